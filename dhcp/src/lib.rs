@@ -1,1 +1,33 @@
-pub fn placeholder() {}
+//! ironpxe's ProxyDHCP server.
+//!
+//! ProxyDHCP answers PXE clients next to the site's own DHCP server: it never hands
+//! out addresses, only tells firmware where to boot from.
+//!
+//! # Layout
+//!
+//! - [`request`]: reads a decoded `dhcproto` message as a [`PxeRequest`] (MAC,
+//!   architecture, vendor class, iPXE features), or says why it is not one.
+//! - [`decide`](mod@decide): the pure core. [`decide()`] takes the config, the
+//!   [`Booter`](ironpxe_core::Booter), the message, its [`RecvMeta`], the time and the
+//!   [`ChainloadMemory`], and returns a [`Reply`] (message, destination, boot path) or
+//!   the reason it is [`Ignored`]. No sockets, no clock.
+//! - [`sock`]: the only place that knows socket options (`SO_BINDTODEVICE`,
+//!   `IP_PKTINFO`).
+//! - [`server`]: the tokio driver: receive, decode, decide, send, log an event.
+//!
+//! Firmware PXE clients are chainloaded into iPXE over TFTP; iPXE clients with HTTP
+//! get the boot script URL directly, which also breaks the chainload loop that stock
+//! iPXE binaries would otherwise fall into.
+
+pub mod decide;
+pub mod request;
+pub mod server;
+pub mod sock;
+
+pub use decide::{
+    decide, BootPath, ChainloadMemory, Destination, Ignored, IpxeBinaries, ProxyConfig, RecvMeta,
+    Reply, ServerPort,
+};
+pub use request::{IpxeInfo, NotPxe, PxeRequest, VendorClass};
+pub use server::serve;
+pub use sock::DhcpSocket;

@@ -1,0 +1,363 @@
+//! The ProxyDHCP decision core: one packet in, at most one reply out.
+//!
+//! Pure and deterministic: the current time and the chainload memory are passed in,
+//! so every branch is a unit test without sockets.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode};
+use ironpxe_core::{BootDecision, Booter, ClientArch, MacAddr};
+
+use crate::request::{NotPxe, PxeRequest, VendorClass};
+
+/// The TFTP names of the iPXE binaries ironpxe can chainload, per firmware.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpxeBinaries {
+    /// x86 BIOS (option 93 = 0), e.g. `undionly.kpxe`.
+    pub bios: Option<String>,
+    /// EFI IA32 (6).
+    pub efi32: Option<String>,
+    /// EFI x64 (7, 9), e.g. `ipxe.efi`.
+    pub efi64: Option<String>,
+    /// Served instead of the firmware binary to BIOS clients that are already iPXE
+    /// (pixiecore's `--ipxe-ipxe`), e.g. `ipxe.pxe`.
+    pub ipxe: Option<String>,
+}
+
+impl IpxeBinaries {
+    /// The binary a client of `arch` is chainloaded with, if one is configured.
+    pub fn for_arch(&self, arch: ClientArch, already_ipxe: bool) -> Option<&str> {
+        let file = match arch {
+            ClientArch::Bios if already_ipxe => self.ipxe.as_ref().or(self.bios.as_ref()),
+            ClientArch::Bios => self.bios.as_ref(),
+            ClientArch::EfiIa32 => self.efi32.as_ref(),
+            ClientArch::EfiX64 | ClientArch::EfiBc => self.efi64.as_ref(),
+            _ => None,
+        };
+        file.map(String::as_str)
+    }
+}
+
+/// Settings of the decision core.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Port of ironpxe's HTTP server, used in script URLs.
+    pub http_port: u16,
+    /// Chainload binaries.
+    pub binaries: IpxeBinaries,
+    /// Chainload the configured iPXE even into clients that already are iPXE with
+    /// HTTP (to replace an old NIC ROM's iPXE). Loops are avoided by remembering the
+    /// chainload per MAC.
+    pub force_chainload: bool,
+    /// How long a chainload is remembered: an iPXE request from the same MAC, in a
+    /// new exchange within this window, comes from the binary we sent.
+    pub chainload_window: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            http_port: 80,
+            binaries: IpxeBinaries::default(),
+            force_chainload: false,
+            chainload_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Which server port a packet arrived on; the two ProxyDHCP roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerPort {
+    /// UDP 67: answer DISCOVER with an OFFER.
+    Dhcp,
+    /// UDP 4011: answer REQUEST/INFORM with an ACK, unicast to the sender.
+    Pxe,
+}
+
+/// Where and how a packet was received (the driver fills this from IP_PKTINFO).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// Our address on the receiving interface; announced as server id and boot server.
+    pub local_ip: Ipv4Addr,
+    /// The receiving interface.
+    pub ifindex: u32,
+    /// Which role the packet was received in.
+    pub port: ServerPort,
+    /// The sender.
+    pub src: SocketAddrV4,
+}
+
+/// Where a reply goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// Limited broadcast to UDP 68, out of the receiving interface.
+    Broadcast {
+        /// Interface to send on.
+        ifindex: u32,
+    },
+    /// Unicast (relay agent on 67, or the 4011 client).
+    Unicast(SocketAddrV4),
+}
+
+/// The boot path a reply hands the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BootPath {
+    /// Load an iPXE binary over TFTP from us.
+    Chainload {
+        /// TFTP file name.
+        file: String,
+    },
+    /// iPXE with HTTP: fetch the boot script directly.
+    Script {
+        /// Script URL.
+        url: String,
+    },
+}
+
+impl BootPath {
+    /// Short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BootPath::Chainload { .. } => "tftp",
+            BootPath::Script { .. } => "http",
+        }
+    }
+
+    /// The file name or URL given to the client.
+    pub fn target(&self) -> &str {
+        match self {
+            BootPath::Chainload { file } => file,
+            BootPath::Script { url } => url,
+        }
+    }
+}
+
+/// A reply to send.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// The DHCP message.
+    pub message: Message,
+    /// Where to send it.
+    pub dest: Destination,
+    /// What it tells the client to boot.
+    pub path: BootPath,
+    /// The parsed request it answers.
+    pub request: PxeRequest,
+}
+
+/// Why a packet got no reply.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Ignored {
+    /// Not a PXE request at all: ordinary DHCP traffic, never answered.
+    #[error("not a PXE client: {0}")]
+    NotPxe(#[from] NotPxe),
+    /// A message type this port does not answer (REQUEST on 67 goes to the site server).
+    #[error("{msg_type:?} on {port:?} port is not for ProxyDHCP")]
+    WrongPort {
+        /// The message type.
+        msg_type: MessageType,
+        /// The port.
+        port: ServerPort,
+    },
+    /// The booter declined this machine.
+    #[error("{0}")]
+    Booter(String),
+    /// No iPXE binary is configured for this firmware.
+    #[error("no iPXE binary configured for firmware {0} (option 93 = {code})", code = .0.code())]
+    NoBinary(ClientArch),
+    /// A firmware ironpxe does not boot.
+    #[error("unsupported client firmware {0} (option 93 = {code})", code = .0.code())]
+    UnsupportedArch(ClientArch),
+    /// UEFI HTTP Boot clients are not answered yet.
+    #[error("UEFI HTTP Boot client ({0}) is not supported")]
+    HttpBoot(ClientArch),
+    /// iPXE without HTTP, right after we chainloaded it: answering again would loop.
+    #[error(
+        "iPXE without HTTP support came back after a chainload; not answering to avoid a boot loop"
+    )]
+    ChainloadLoop,
+}
+
+impl Ignored {
+    /// True for traffic that is simply not ours (logged at debug level only).
+    pub fn is_routine(&self) -> bool {
+        matches!(self, Ignored::NotPxe(_) | Ignored::WrongPort { .. })
+    }
+}
+
+/// Remembers, per MAC, the exchange (xid) in which we last chainloaded iPXE.
+#[derive(Debug, Default)]
+pub struct ChainloadMemory {
+    entries: HashMap<MacAddr, (u32, Instant)>,
+}
+
+impl ChainloadMemory {
+    const PRUNE_AT: usize = 4096;
+
+    /// True when `mac` was chainloaded within `window` in an exchange other than `xid`.
+    fn came_back(&self, mac: MacAddr, xid: u32, now: Instant, window: Duration) -> bool {
+        self.entries
+            .get(&mac)
+            .is_some_and(|&(x, t)| x != xid && now.saturating_duration_since(t) <= window)
+    }
+
+    fn record(&mut self, mac: MacAddr, xid: u32, now: Instant, window: Duration) {
+        if self.entries.len() >= Self::PRUNE_AT {
+            self.entries
+                .retain(|_, (_, t)| now.saturating_duration_since(*t) <= window);
+        }
+        self.entries.insert(mac, (xid, now));
+    }
+
+    /// Number of remembered MACs.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Decides the answer to one received DHCP message.
+pub fn decide(
+    cfg: &ProxyConfig,
+    booter: &dyn Booter,
+    msg: &Message,
+    meta: &RecvMeta,
+    now: Instant,
+    memory: &mut ChainloadMemory,
+) -> Result<Reply, Ignored> {
+    let req = PxeRequest::parse(msg)?;
+    let reply_type = match (meta.port, req.msg_type) {
+        (ServerPort::Dhcp, MessageType::Discover) => MessageType::Offer,
+        (ServerPort::Pxe, MessageType::Request | MessageType::Inform) => MessageType::Ack,
+        (port, msg_type) => return Err(Ignored::WrongPort { msg_type, port }),
+    };
+    if req.class == VendorClass::HttpClient || req.arch.is_http_boot() {
+        return Err(Ignored::HttpBoot(req.arch));
+    }
+    if matches!(req.arch, ClientArch::Unknown(_) | ClientArch::EfiArm32) {
+        return Err(Ignored::UnsupportedArch(req.arch));
+    }
+    if let BootDecision::Ignore(reason) = booter.decide(req.mac, req.arch) {
+        return Err(Ignored::Booter(reason));
+    }
+
+    let path = choose_path(cfg, &req, meta, now, memory)?;
+    if let BootPath::Chainload { .. } = path {
+        memory.record(req.mac, req.xid, now, cfg.chainload_window);
+    }
+
+    let dest = if !req.giaddr.is_unspecified() {
+        Destination::Unicast(SocketAddrV4::new(req.giaddr, 67))
+    } else if meta.port == ServerPort::Pxe {
+        Destination::Unicast(meta.src)
+    } else {
+        Destination::Broadcast {
+            ifindex: meta.ifindex,
+        }
+    };
+    let message = build_reply(msg, &req, reply_type, meta.local_ip, &path);
+    Ok(Reply {
+        message,
+        dest,
+        path,
+        request: req,
+    })
+}
+
+fn choose_path(
+    cfg: &ProxyConfig,
+    req: &PxeRequest,
+    meta: &RecvMeta,
+    now: Instant,
+    memory: &ChainloadMemory,
+) -> Result<BootPath, Ignored> {
+    let chainload = |already_ipxe| {
+        cfg.binaries
+            .for_arch(req.arch, already_ipxe)
+            .map(|f| BootPath::Chainload {
+                file: f.to_string(),
+            })
+            .ok_or(Ignored::NoBinary(req.arch))
+    };
+    if !req.ipxe.is_ipxe {
+        return chainload(false);
+    }
+    let ours = memory.came_back(req.mac, req.xid, now, cfg.chainload_window);
+    match (req.ipxe.http, ours) {
+        (true, true) => Ok(script(cfg, req, meta)),
+        (true, false) if !cfg.force_chainload => Ok(script(cfg, req, meta)),
+        (false, true) => Err(Ignored::ChainloadLoop),
+        _ => chainload(true),
+    }
+}
+
+fn script(cfg: &ProxyConfig, req: &PxeRequest, meta: &RecvMeta) -> BootPath {
+    let host = if cfg.http_port == 80 {
+        meta.local_ip.to_string()
+    } else {
+        format!("{}:{}", meta.local_ip, cfg.http_port)
+    };
+    BootPath::Script {
+        url: format!(
+            "http://{host}/_/ipxe?arch={}&mac={}",
+            req.arch.code(),
+            req.mac
+        ),
+    }
+}
+
+/// PXE vendor options (option 43) for firmware clients: discovery control = 8, "use
+/// the boot file in this offer, skip boot server discovery".
+const PXE_VENDOR_OPTIONS: [u8; 4] = [6, 1, 8, 255];
+
+/// The BOOTP `file` field holds 128 bytes including the terminating NUL.
+const FILE_FIELD_MAX: usize = 127;
+
+fn build_reply(
+    req_msg: &Message,
+    req: &PxeRequest,
+    reply_type: MessageType,
+    server: Ipv4Addr,
+    path: &BootPath,
+) -> Message {
+    let mut m = Message::default();
+    m.set_opcode(Opcode::BootReply)
+        .set_htype(HType::Eth)
+        .set_xid(req.xid)
+        .set_chaddr(&req.mac.octets())
+        .set_giaddr(req.giaddr)
+        .set_siaddr(server)
+        .set_yiaddr(Ipv4Addr::UNSPECIFIED)
+        .set_ciaddr(Ipv4Addr::UNSPECIFIED);
+    let flags = if reply_type == MessageType::Offer {
+        Flags::default().set_broadcast()
+    } else {
+        req_msg.flags()
+    };
+    m.set_flags(flags);
+    let file = path.target().as_bytes();
+    if file.len() <= FILE_FIELD_MAX {
+        // shim and some PXE ROMs read only the BOOTP field; keep both in step.
+        m.set_fname(file);
+    }
+    let opts = m.opts_mut();
+    opts.insert(DhcpOption::MessageType(reply_type));
+    opts.insert(DhcpOption::ServerIdentifier(server));
+    opts.insert(DhcpOption::ClassIdentifier(
+        req.class.as_str().as_bytes().to_vec(),
+    ));
+    if let Some(guid) = &req.guid {
+        opts.insert(DhcpOption::ClientMachineIdentifier(guid.clone()));
+    }
+    opts.insert(DhcpOption::BootfileName(file.to_vec()));
+    if !req.ipxe.is_ipxe && req.class == VendorClass::PxeClient {
+        opts.insert(DhcpOption::VendorExtensions(PXE_VENDOR_OPTIONS.to_vec()));
+    }
+    m
+}
