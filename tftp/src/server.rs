@@ -1,0 +1,231 @@
+//! The tokio driver: receives requests on the well-known socket and runs each read
+//! transfer on its own socket (a new TID, RFC 1350) around a [`Transfer`].
+
+use crate::files::FileSource;
+use crate::packet::{encode_error, ErrorCode, Mode, Packet, Request};
+use crate::transfer::{Outcome, TftpConfig, Transfer};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::UdpSocket;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+const EVENT: &str = "ironpxe::event";
+
+/// Serves read requests arriving on `socket` until `shutdown` completes.
+///
+/// Each RRQ gets a task with a fresh UDP socket bound to the listener's IP (the
+/// unspecified address if the listener is bound to it) and port 0. That socket is not
+/// `connect`ed: datagrams from any other address or port are answered with ERROR 5
+/// (unknown transfer ID, RFC 1350) and leave the transfer alone.
+///
+/// Refusals are sent from the listening socket: WRQ gets ERROR 2 ("read-only
+/// server"), mail mode ERROR 0, a malformed request ERROR 4, and a request beyond
+/// `cfg.max_transfers` concurrent transfers ERROR 0 ("server busy").
+///
+/// On shutdown, transfers still running are aborted. Receive errors are logged and
+/// do not stop the server; the only error returned is failing to read the socket's
+/// local address.
+pub async fn serve(
+    socket: UdpSocket,
+    files: Arc<dyn FileSource>,
+    cfg: TftpConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let local_ip = socket.local_addr()?.ip();
+    let slots = Arc::new(Semaphore::new(cfg.max_transfers));
+    let cfg = Arc::new(cfg);
+    let mut tasks = JoinSet::new();
+    // Requests are small, but RFC 2347 lets option lists grow past 512 bytes.
+    let mut buf = vec![0u8; 65536];
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, peer)) => {
+                    if let Some((req, permit)) = accept(&socket, &buf[..n], peer, &slots).await {
+                        let span = tracing::info_span!("tftp", %peer, file = %req.filename);
+                        let fut = run_transfer(local_ip, peer, req, files.clone(), cfg.clone(), permit);
+                        tasks.spawn(fut.instrument(span));
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "tftp listener receive error"),
+            }
+        }
+    }
+    if !tasks.is_empty() {
+        tracing::info!(
+            running = tasks.len(),
+            "tftp shutting down, aborting transfers"
+        );
+    }
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Decides what to do with a datagram on the listening socket. Returns the request
+/// and a concurrency slot when a transfer should start.
+async fn accept(
+    socket: &UdpSocket,
+    datagram: &[u8],
+    peer: SocketAddr,
+    slots: &Arc<Semaphore>,
+) -> Option<(Request, OwnedSemaphorePermit)> {
+    let refuse = |code: ErrorCode, msg: String| async move {
+        if let Err(e) = socket.send_to(&encode_error(code, &msg), peer).await {
+            tracing::debug!(%peer, error = %e, "tftp could not send error");
+        }
+    };
+    match Packet::parse(datagram) {
+        Ok(Packet::Rrq(req)) => {
+            if req.mode == Mode::Mail {
+                refuse(ErrorCode::NotDefined, "mail mode is not supported".into()).await;
+                return None;
+            }
+            match slots.clone().try_acquire_owned() {
+                Ok(permit) => Some((req, permit)),
+                Err(_) => {
+                    tracing::warn!(
+                        target: EVENT,
+                        event = "tftp.failed",
+                        file = %req.filename,
+                        %peer,
+                        reason = "server busy",
+                    );
+                    refuse(
+                        ErrorCode::NotDefined,
+                        "server busy: too many transfers, retry later".into(),
+                    )
+                    .await;
+                    None
+                }
+            }
+        }
+        Ok(Packet::Wrq(_)) => {
+            refuse(ErrorCode::AccessViolation, "read-only server".into()).await;
+            None
+        }
+        // Never answer an ERROR, whatever its shape (RFC 1350).
+        Ok(Packet::Error { .. }) => None,
+        Err(_) if datagram.starts_with(&[0, 5]) => None,
+        Ok(other) => {
+            refuse(
+                ErrorCode::IllegalOperation,
+                format!("expected a read request, got {}", other.kind()),
+            )
+            .await;
+            None
+        }
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "tftp malformed request");
+            refuse(
+                ErrorCode::IllegalOperation,
+                format!("malformed request: {e}"),
+            )
+            .await;
+            None
+        }
+    }
+}
+
+async fn run_transfer(
+    local_ip: IpAddr,
+    peer: SocketAddr,
+    req: Request,
+    files: Arc<dyn FileSource>,
+    cfg: Arc<TftpConfig>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let file = req.filename.as_str();
+    let failed = |reason: &str| {
+        tracing::warn!(target: EVENT, event = "tftp.failed", file, %peer, reason);
+    };
+    let sock = match UdpSocket::bind(SocketAddr::new(local_ip, 0)).await {
+        Ok(s) => s,
+        Err(e) => {
+            failed(&format!("cannot open transfer socket: {e}"));
+            return;
+        }
+    };
+    let data = match files.open(file) {
+        Ok(d) => d,
+        Err(e) => {
+            failed(&e.to_string());
+            let _ = sock
+                .send_to(&encode_error(e.error_code(), &e.to_string()), peer)
+                .await;
+            return;
+        }
+    };
+    let started = Instant::now();
+    let mut t = Transfer::new(started, &req, data, &cfg);
+    tracing::info!(
+        target: EVENT,
+        event = "tftp.start",
+        file,
+        %peer,
+        blksize = t.blksize(),
+        windowsize = t.windowsize(),
+        tsize = req.options.tsize.is_some(),
+        size = t.size(),
+    );
+    let mut buf = vec![0u8; 2048];
+    loop {
+        while let Some(pkt) = t.poll_transmit() {
+            // A failed send is a lost packet; the retransmission timer recovers.
+            if let Err(e) = sock.send_to(&pkt, peer).await {
+                tracing::debug!(error = %e, "tftp send failed");
+            }
+        }
+        if t.is_finished() {
+            break;
+        }
+        let Some(deadline) = t.poll_timeout() else {
+            break;
+        };
+        tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok((n, src)) if src == peer => t.handle(Instant::now(), &buf[..n]),
+                Ok((_, src)) => {
+                    tracing::debug!(%src, "tftp packet from unknown transfer id");
+                    let e = encode_error(ErrorCode::UnknownTransferId, "unknown transfer id");
+                    let _ = sock.send_to(&e, src).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "tftp transfer receive error"),
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => t.handle_timeout(Instant::now()),
+        }
+    }
+    let duration_ms = started.elapsed().as_millis() as u64;
+    match t.outcome() {
+        Some(Outcome::Complete {
+            bytes, retransmits, ..
+        }) => tracing::info!(
+            target: EVENT,
+            event = "tftp.done",
+            file,
+            %peer,
+            bytes,
+            duration_ms,
+            blksize = t.blksize(),
+            windowsize = t.windowsize(),
+            retransmits,
+        ),
+        Some(Outcome::Aborted { code, message }) => tracing::info!(
+            target: EVENT,
+            event = "tftp.aborted",
+            file,
+            %peer,
+            code = u16::from(*code),
+            message = %message,
+            duration_ms,
+        ),
+        Some(Outcome::Failed { reason }) => failed(&reason.to_string()),
+        None => failed("transfer stopped without an outcome"),
+    }
+}

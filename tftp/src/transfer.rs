@@ -1,0 +1,1127 @@
+//! The deterministic state machine of one read transfer.
+//!
+//! A [`Transfer`] owns the file and decides what to send and when to wake up. It has
+//! no sockets and reads no clock: the driver passes `now` in. Feed it datagrams from
+//! the peer with [`Transfer::handle`], call [`Transfer::handle_timeout`] when
+//! [`Transfer::poll_timeout`] passes, and send everything [`Transfer::poll_transmit`]
+//! returns.
+//!
+//! Blocks are counted internally from 1 as `u64`; the wire carries the low 16 bits,
+//! so block numbers roll over from 65535 to 0 and files of any size can be served.
+
+use crate::packet::{
+    encode_data, encode_error, encode_oack, BlockNum, ErrorCode, Mode, Options, Packet, Request,
+    DEFAULT_BLKSIZE, MAX_BLKSIZE, MIN_BLKSIZE,
+};
+use bytes::Bytes;
+use std::time::{Duration, Instant};
+
+/// TFTP server settings. Every field has a safe default; values out of range are
+/// clamped when a transfer starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TftpConfig {
+    /// Largest block size granted to a client that asks for more (default 1468).
+    ///
+    /// 1468 = 1500-byte Ethernet MTU - 20 (IPv4) - 8 (UDP) - 4 (TFTP header), so a
+    /// block never needs IP fragmentation on a standard LAN. Clients that ask for less
+    /// get what they ask for; clients that ask for nothing get 512 (RFC 1350).
+    pub max_blksize: u16,
+    /// Largest window granted (RFC 7440), default 64.
+    pub max_windowsize: u16,
+    /// Retransmission timeout before the round trip has been measured (default 1 s).
+    pub initial_rto: Duration,
+    /// Floor of the measured retransmission timeout (default 10 ms).
+    pub min_rto: Duration,
+    /// Ceiling of the timeout after exponential backoff (default 4 s).
+    pub max_rto: Duration,
+    /// Retransmissions of the same packet or window without progress before the
+    /// transfer fails (default 10; with the defaults above that is at least 13 s of
+    /// silence from the client).
+    pub max_retries: u32,
+    /// Hard limit on the duration of one transfer (default 10 min).
+    pub max_lifetime: Duration,
+    /// Concurrent transfers the server runs; past this, requests get "server busy"
+    /// (default 256). Used by [`crate::serve`].
+    pub max_transfers: usize,
+}
+
+impl Default for TftpConfig {
+    fn default() -> Self {
+        TftpConfig {
+            max_blksize: 1468,
+            max_windowsize: 64,
+            initial_rto: Duration::from_secs(1),
+            min_rto: Duration::from_millis(10),
+            max_rto: Duration::from_secs(4),
+            max_retries: 10,
+            max_lifetime: Duration::from_secs(600),
+            max_transfers: 256,
+        }
+    }
+}
+
+/// Why a transfer failed on the server's side.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FailReason {
+    /// The client stopped acknowledging.
+    #[error("no acknowledgement after {retries} retransmissions")]
+    Timeout {
+        /// Retransmissions made before giving up.
+        retries: u32,
+    },
+    /// The transfer ran longer than [`TftpConfig::max_lifetime`].
+    #[error("transfer exceeded its {0:?} lifetime")]
+    LifetimeExceeded(Duration),
+    /// The client sent a packet that has no place in a read transfer.
+    #[error("client sent an unexpected {0} packet")]
+    UnexpectedPacket(&'static str),
+}
+
+/// How a transfer ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The last block was acknowledged.
+    Complete {
+        /// File size in bytes as sent (after netascii conversion, if any).
+        bytes: u64,
+        /// Data blocks in the file, including the final short block.
+        blocks: u64,
+        /// Packets (OACK or DATA) sent more than once.
+        retransmits: u64,
+    },
+    /// The client ended the transfer with an ERROR packet. EDK2 does this on purpose
+    /// after learning the size from the OACK (code 8), so this is not a failure.
+    Aborted {
+        /// The client's error code.
+        code: ErrorCode,
+        /// The client's message.
+        message: String,
+    },
+    /// The server gave up.
+    Failed {
+        /// Why.
+        reason: FailReason,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// OACK sent, waiting for ACK 0.
+    Negotiating,
+    /// Sending data, waiting for ACKs.
+    Sending,
+    Done,
+}
+
+/// Retransmission timeout: RFC 6298-style smoothing of measured round trips, or the
+/// fixed value the client asked for with the `timeout` option, doubled per retry.
+#[derive(Clone, Debug)]
+struct Rto {
+    fixed: Option<Duration>,
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    backoff: u32,
+    initial: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Rto {
+    fn base(&self) -> Duration {
+        if let Some(f) = self.fixed {
+            return f;
+        }
+        match self.srtt {
+            Some(srtt) => (srtt + 4 * self.rttvar).clamp(self.min, self.max),
+            None => self.initial,
+        }
+    }
+
+    fn current(&self) -> Duration {
+        let cap = self.max.max(self.base());
+        let factor = 1u32 << self.backoff.min(16);
+        self.base().saturating_mul(factor).min(cap)
+    }
+
+    fn sample(&mut self, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let delta = srtt.checked_sub(rtt).unwrap_or_else(|| rtt - srtt);
+                self.rttvar = (self.rttvar * 3 + delta) / 4;
+                self.srtt = Some((srtt * 7 + rtt) / 8);
+            }
+        }
+    }
+}
+
+/// One read transfer, from the request to the last ACK.
+#[derive(Debug)]
+pub struct Transfer {
+    file: Bytes,
+    blksize: usize,
+    windowsize: u64,
+    total_blocks: u64,
+    oack: Option<Vec<u8>>,
+    negotiated: Options,
+    state: State,
+    /// Highest block the client has acknowledged (0: none, or ACK 0 of the OACK).
+    last_acked: u64,
+    /// Highest block ever handed to the driver.
+    highest_sent: u64,
+    /// Blocks `send_next..=send_end` are queued for `poll_transmit`.
+    send_next: u64,
+    send_end: u64,
+    oack_queued: bool,
+    oack_sent: bool,
+    error_queued: Option<Vec<u8>>,
+    deadline: Option<Instant>,
+    window_sent_at: Instant,
+    window_has_resend: bool,
+    retries: u32,
+    max_retries: u32,
+    retransmits: u64,
+    rto: Rto,
+    expires: Instant,
+    max_lifetime: Duration,
+    outcome: Option<Outcome>,
+}
+
+/// Converts text to netascii: LF becomes CR LF and a bare CR becomes CR NUL.
+fn to_netascii(data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 16);
+    for &b in data {
+        match b {
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b'\r' => out.extend_from_slice(b"\r\0"),
+            _ => out.push(b),
+        }
+    }
+    Bytes::from(out)
+}
+
+impl Transfer {
+    /// Starts serving `file` for `req`.
+    ///
+    /// Options are negotiated here: `blksize` is capped at `cfg.max_blksize`,
+    /// `windowsize` at `cfg.max_windowsize`, `tsize` is answered with the real size and
+    /// `timeout` is accepted and then used as the retransmission timeout. If any option
+    /// was accepted the transfer opens with an OACK and waits for ACK 0; otherwise it
+    /// sends block 1 straight away.
+    ///
+    /// Netascii requests get the file converted to netascii; the sizes reported
+    /// (`tsize`, [`Outcome::Complete`]) are then those of the converted data. Mail
+    /// mode is treated as octet here; [`crate::serve`] refuses it before this point.
+    pub fn new(now: Instant, req: &Request, file: Bytes, cfg: &TftpConfig) -> Transfer {
+        let file = if req.mode == Mode::Netascii {
+            to_netascii(&file)
+        } else {
+            file
+        };
+        let max_blksize = cfg.max_blksize.clamp(MIN_BLKSIZE, MAX_BLKSIZE);
+        let max_window = cfg.max_windowsize.max(1);
+        let mut negotiated = Options::default();
+        let mut blksize = DEFAULT_BLKSIZE;
+        if let Some(b) = req.options.blksize {
+            blksize = b.clamp(MIN_BLKSIZE, max_blksize);
+            negotiated.blksize = Some(blksize);
+        }
+        let mut windowsize = 1;
+        if let Some(w) = req.options.windowsize {
+            windowsize = w.clamp(1, max_window);
+            negotiated.windowsize = Some(windowsize);
+        }
+        if req.options.tsize.is_some() {
+            negotiated.tsize = Some(file.len() as u64);
+        }
+        let mut fixed_rto = None;
+        if let Some(t) = req.options.timeout.filter(|&t| t >= 1) {
+            negotiated.timeout = Some(t);
+            fixed_rto = Some(Duration::from_secs(t.into()));
+        }
+        let total_blocks = file.len() as u64 / u64::from(blksize) + 1;
+        let oack = (!negotiated.is_empty()).then(|| encode_oack(&negotiated));
+        let mut t = Transfer {
+            file,
+            blksize: blksize.into(),
+            windowsize: windowsize.into(),
+            total_blocks,
+            negotiated,
+            state: State::Sending,
+            last_acked: 0,
+            highest_sent: 0,
+            send_next: 1,
+            send_end: 0,
+            oack_queued: false,
+            oack_sent: false,
+            error_queued: None,
+            deadline: None,
+            window_sent_at: now,
+            window_has_resend: false,
+            retries: 0,
+            max_retries: cfg.max_retries,
+            retransmits: 0,
+            rto: Rto {
+                fixed: fixed_rto,
+                srtt: None,
+                rttvar: Duration::ZERO,
+                backoff: 0,
+                initial: cfg.initial_rto.max(Duration::from_millis(1)),
+                min: cfg.min_rto.max(Duration::from_millis(1)),
+                max: cfg.max_rto.max(cfg.min_rto).max(Duration::from_millis(1)),
+            },
+            expires: now + cfg.max_lifetime,
+            max_lifetime: cfg.max_lifetime,
+            outcome: None,
+            oack,
+        };
+        if t.oack.is_some() {
+            t.state = State::Negotiating;
+            t.queue_oack(now);
+        } else {
+            t.queue_window(now);
+        }
+        t
+    }
+
+    /// Block size in use.
+    pub fn blksize(&self) -> u16 {
+        self.blksize as u16
+    }
+
+    /// Window size in use (1 = lockstep).
+    pub fn windowsize(&self) -> u16 {
+        self.windowsize as u16
+    }
+
+    /// Bytes that will be sent.
+    pub fn size(&self) -> u64 {
+        self.file.len() as u64
+    }
+
+    /// The options acknowledged in the OACK (empty when no OACK is sent).
+    pub fn negotiated(&self) -> &Options {
+        &self.negotiated
+    }
+
+    /// Packets sent more than once so far.
+    pub fn retransmits(&self) -> u64 {
+        self.retransmits
+    }
+
+    /// True once nothing is left to send and the transfer is over.
+    pub fn is_finished(&self) -> bool {
+        self.state == State::Done && self.error_queued.is_none()
+    }
+
+    /// How the transfer ended, once it has.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        self.outcome.as_ref()
+    }
+
+    /// When [`Transfer::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == State::Done {
+            return None;
+        }
+        Some(match self.deadline {
+            Some(d) => d.min(self.expires),
+            None => self.expires,
+        })
+    }
+
+    /// The next datagram to send to the peer, if any. Call until it returns `None`.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        if let Some(e) = self.error_queued.take() {
+            return Some(e);
+        }
+        match self.state {
+            State::Done => None,
+            State::Negotiating => {
+                if !self.oack_queued {
+                    return None;
+                }
+                self.oack_queued = false;
+                if self.oack_sent {
+                    self.retransmits += 1;
+                    self.window_has_resend = true;
+                }
+                self.oack_sent = true;
+                self.oack.clone()
+            }
+            State::Sending => {
+                if self.send_next > self.send_end {
+                    return None;
+                }
+                let block = self.send_next;
+                self.send_next += 1;
+                if block <= self.highest_sent {
+                    self.retransmits += 1;
+                    self.window_has_resend = true;
+                } else {
+                    self.highest_sent = block;
+                }
+                let start = ((block - 1) as usize).saturating_mul(self.blksize);
+                let start = start.min(self.file.len());
+                let end = start.saturating_add(self.blksize).min(self.file.len());
+                Some(encode_data(BlockNum(block as u16), &self.file[start..end]))
+            }
+        }
+    }
+
+    /// Processes one datagram from the peer (the driver has already checked its
+    /// source address and port).
+    pub fn handle(&mut self, now: Instant, datagram: &[u8]) {
+        if self.state == State::Done {
+            return;
+        }
+        if now >= self.expires {
+            self.fail(FailReason::LifetimeExceeded(self.max_lifetime));
+            return;
+        }
+        // Garbage from the right peer is dropped: the retransmission timer recovers.
+        let Ok(packet) = Packet::parse(datagram) else {
+            return;
+        };
+        match packet {
+            Packet::Ack(block) => self.on_ack(now, block),
+            Packet::Error { code, message } => {
+                // Never answer an ERROR (RFC 1350); just stop.
+                self.state = State::Done;
+                self.outcome = Some(Outcome::Aborted { code, message });
+            }
+            other => {
+                let kind = other.kind();
+                self.fail(FailReason::UnexpectedPacket(kind));
+                self.error_queued = Some(encode_error(
+                    ErrorCode::IllegalOperation,
+                    &format!("unexpected {kind} in a read transfer"),
+                ));
+            }
+        }
+    }
+
+    /// Retransmits or gives up if the deadline from [`Transfer::poll_timeout`] passed.
+    /// Calling it early does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == State::Done {
+            return;
+        }
+        if now >= self.expires {
+            self.fail(FailReason::LifetimeExceeded(self.max_lifetime));
+            return;
+        }
+        match self.deadline {
+            Some(d) if now >= d => {}
+            _ => return,
+        }
+        if self.retries >= self.max_retries {
+            self.fail(FailReason::Timeout {
+                retries: self.retries,
+            });
+            return;
+        }
+        self.retries += 1;
+        self.rto.backoff += 1;
+        if self.state == State::Negotiating {
+            self.queue_oack(now);
+        } else {
+            self.queue_window(now);
+        }
+    }
+
+    fn queue_oack(&mut self, now: Instant) {
+        self.oack_queued = true;
+        self.window_sent_at = now;
+        self.window_has_resend = false;
+        self.deadline = Some(now + self.rto.current());
+    }
+
+    /// Queues the window that follows the last acknowledged block.
+    fn queue_window(&mut self, now: Instant) {
+        self.send_next = self.last_acked + 1;
+        self.send_end = (self.last_acked + self.windowsize).min(self.total_blocks);
+        self.window_sent_at = now;
+        self.window_has_resend = false;
+        self.deadline = Some(now + self.rto.current());
+    }
+
+    fn on_ack(&mut self, now: Instant, block: BlockNum) {
+        match self.state {
+            State::Negotiating => {
+                if block.0 != 0 {
+                    return;
+                }
+                if !self.window_has_resend {
+                    self.rto
+                        .sample(now.saturating_duration_since(self.window_sent_at));
+                }
+                self.state = State::Sending;
+                self.progress();
+                self.queue_window(now);
+            }
+            State::Sending => {
+                // Where does this 16-bit number fall relative to the last ACK? Only
+                // blocks already sent and not yet acknowledged count. A repeat of the
+                // last ACK, or an older one, is ignored: answering it would double
+                // the traffic for the rest of the transfer (Sorcerer's Apprentice).
+                let ahead = u64::from(block.0.wrapping_sub(self.last_acked as u16));
+                if ahead == 0 || ahead > self.highest_sent - self.last_acked {
+                    return;
+                }
+                let acked = self.last_acked + ahead;
+                if acked == self.send_end && !self.window_has_resend {
+                    self.rto
+                        .sample(now.saturating_duration_since(self.window_sent_at));
+                }
+                self.last_acked = acked;
+                self.progress();
+                if acked == self.total_blocks {
+                    self.state = State::Done;
+                    self.deadline = None;
+                    self.outcome = Some(Outcome::Complete {
+                        bytes: self.file.len() as u64,
+                        blocks: self.total_blocks,
+                        retransmits: self.retransmits,
+                    });
+                } else {
+                    // With windowsize > 1 an ACK inside the window means the client
+                    // missed the block after it: the next window starts there.
+                    self.queue_window(now);
+                }
+            }
+            State::Done => {}
+        }
+    }
+
+    fn progress(&mut self) {
+        self.retries = 0;
+        self.rto.backoff = 0;
+    }
+
+    fn fail(&mut self, reason: FailReason) {
+        self.error_queued = Some(encode_error(ErrorCode::NotDefined, &reason.to_string()));
+        self.state = State::Done;
+        self.deadline = None;
+        self.outcome = Some(Outcome::Failed { reason });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::encode_ack;
+
+    fn req(options: Options) -> Request {
+        Request {
+            filename: "undionly.kpxe".into(),
+            mode: Mode::Octet,
+            options,
+        }
+    }
+
+    fn file(len: usize) -> Bytes {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    fn ack(b: u16) -> Vec<u8> {
+        encode_ack(BlockNum(b))
+    }
+
+    fn drain(t: &mut Transfer) -> Vec<Packet> {
+        std::iter::from_fn(|| t.poll_transmit())
+            .map(|d| Packet::parse(&d).expect("transfer emitted an unparsable packet"))
+            .collect()
+    }
+
+    /// Block numbers of DATA packets; panics on anything else.
+    fn blocks(ps: &[Packet]) -> Vec<u16> {
+        ps.iter()
+            .map(|p| match p {
+                Packet::Data { block, .. } => block.0,
+                other => panic!("expected DATA, got {other:?}"),
+            })
+            .collect()
+    }
+
+    fn data(p: &Packet) -> (u16, Bytes) {
+        match p {
+            Packet::Data { block, payload } => (block.0, payload.clone()),
+            other => panic!("expected DATA, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lockstep_happy_path() {
+        let f = file(1200);
+        let t0 = Instant::now();
+        let mut t = Transfer::new(
+            t0,
+            &req(Options::default()),
+            f.clone(),
+            &TftpConfig::default(),
+        );
+        assert_eq!((t.blksize(), t.windowsize()), (512, 1));
+        let mut got = Vec::new();
+        for b in 1..=3u16 {
+            let ps = drain(&mut t);
+            assert_eq!(ps.len(), 1);
+            let (n, payload) = data(&ps[0]);
+            assert_eq!(n, b);
+            got.extend_from_slice(&payload);
+            assert!(!t.is_finished());
+            t.handle(t0 + Duration::from_millis(u64::from(b)), &ack(b));
+        }
+        assert_eq!(got, f);
+        assert!(t.is_finished());
+        assert!(t.poll_transmit().is_none());
+        assert_eq!(t.poll_timeout(), None);
+        assert_eq!(
+            t.outcome(),
+            Some(&Outcome::Complete {
+                bytes: 1200,
+                blocks: 3,
+                retransmits: 0
+            })
+        );
+    }
+
+    #[test]
+    fn options_are_acknowledged_and_data_waits_for_ack_0() {
+        let t0 = Instant::now();
+        let opts = Options {
+            blksize: Some(1024),
+            tsize: Some(0),
+            timeout: Some(3),
+            windowsize: Some(2),
+        };
+        let mut t = Transfer::new(t0, &req(opts), file(3000), &TftpConfig::default());
+        assert_eq!(
+            drain(&mut t),
+            vec![Packet::Oack(Options {
+                blksize: Some(1024),
+                tsize: Some(3000),
+                timeout: Some(3),
+                windowsize: Some(2),
+            })]
+        );
+        // Until ACK 0 nothing else goes out; a wrong ACK does not start the data.
+        t.handle(t0, &ack(1));
+        assert!(drain(&mut t).is_empty());
+        // The client's timeout option is the retransmission timeout.
+        assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(3)));
+        t.handle(t0, &ack(0));
+        let ps = drain(&mut t);
+        assert_eq!(blocks(&ps), [1, 2]);
+        assert_eq!(data(&ps[1]).1.len(), 1024);
+        t.handle(t0, &ack(2));
+        let ps = drain(&mut t);
+        assert_eq!(blocks(&ps), [3]);
+        assert_eq!(data(&ps[0]).1.len(), 3000 - 2048);
+        t.handle(t0, &ack(3));
+        assert!(t.is_finished());
+        assert!(matches!(
+            t.outcome(),
+            Some(Outcome::Complete { blocks: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn tsize_probe_aborted_with_error_8_is_not_a_failure() {
+        let t0 = Instant::now();
+        let opts = Options {
+            tsize: Some(0),
+            ..Options::default()
+        };
+        let mut t = Transfer::new(t0, &req(opts), file(70_000), &TftpConfig::default());
+        assert_eq!(
+            drain(&mut t),
+            vec![Packet::Oack(Options {
+                tsize: Some(70_000),
+                ..Options::default()
+            })]
+        );
+        t.handle(t0, &encode_error(ErrorCode::OptionNegotiation, "aborted"));
+        assert!(t.is_finished());
+        assert!(t.poll_transmit().is_none(), "an ERROR is never answered");
+        assert_eq!(
+            t.outcome(),
+            Some(&Outcome::Aborted {
+                code: ErrorCode::OptionNegotiation,
+                message: "aborted".into()
+            })
+        );
+    }
+
+    #[test]
+    fn blksize_is_clamped_to_the_configured_maximum() {
+        let t0 = Instant::now();
+        let ask = |b: u16, max: u16| {
+            let cfg = TftpConfig {
+                max_blksize: max,
+                ..TftpConfig::default()
+            };
+            let opts = Options {
+                blksize: Some(b),
+                ..Options::default()
+            };
+            let mut t = Transfer::new(t0, &req(opts), file(100_000), &cfg);
+            let Packet::Oack(o) = &drain(&mut t)[0] else {
+                panic!("no OACK")
+            };
+            assert_eq!(o.blksize, Some(t.blksize()));
+            t.handle(t0, &ack(0));
+            assert_eq!(data(&drain(&mut t)[0]).1.len(), usize::from(t.blksize()));
+            t.blksize()
+        };
+        assert_eq!(ask(65464, 1468), 1468);
+        assert_eq!(ask(1432, 1468), 1432);
+        assert_eq!(ask(8, 1468), 8);
+        assert_eq!(ask(4096, 512), 512);
+        assert_eq!(ask(9000, 65535), 9000);
+        assert_eq!(ask(65464, 65535), 65464);
+    }
+
+    #[test]
+    fn windowsize_is_clamped() {
+        let opts = Options {
+            windowsize: Some(1000),
+            ..Options::default()
+        };
+        let t = Transfer::new(Instant::now(), &req(opts), file(10), &TftpConfig::default());
+        assert_eq!(t.windowsize(), 64);
+        assert_eq!(t.negotiated().windowsize, Some(64));
+    }
+
+    #[test]
+    fn window_of_4_recovers_from_a_lost_block() {
+        let t0 = Instant::now();
+        let f = file(5000); // 9 full blocks of 512 and one of 392
+        let opts = Options {
+            windowsize: Some(4),
+            ..Options::default()
+        };
+        let mut t = Transfer::new(t0, &req(opts), f.clone(), &TftpConfig::default());
+        assert!(matches!(drain(&mut t)[..], [Packet::Oack(_)]));
+        t.handle(t0, &ack(0));
+        let w = drain(&mut t);
+        assert_eq!(blocks(&w), [1, 2, 3, 4]);
+        // Block 2 is lost: the client acknowledges 1, the last block it has in order.
+        t.handle(t0, &ack(1));
+        let w = drain(&mut t);
+        assert_eq!(blocks(&w), [2, 3, 4, 5]);
+        assert_eq!(t.retransmits(), 3);
+        // Blocks 3 and 4 of the first window arrive late; the client repeats ACK 1.
+        t.handle(t0, &ack(1));
+        assert!(drain(&mut t).is_empty());
+        t.handle(t0, &ack(5));
+        assert_eq!(blocks(&drain(&mut t)), [6, 7, 8, 9]);
+        t.handle(t0, &ack(9));
+        let last = drain(&mut t);
+        assert_eq!(blocks(&last), [10]);
+        assert_eq!(data(&last[0]).1, f.slice(4608..));
+        t.handle(t0, &ack(10));
+        assert_eq!(
+            t.outcome(),
+            Some(&Outcome::Complete {
+                bytes: 5000,
+                blocks: 10,
+                retransmits: 3
+            })
+        );
+    }
+
+    #[test]
+    fn retransmits_with_backoff_then_fails_after_the_cap() {
+        let t0 = Instant::now();
+        let cfg = TftpConfig::default(); // 1 s initial, 4 s cap, 10 retries
+        let mut t = Transfer::new(t0, &req(Options::default()), file(100), &cfg);
+        assert_eq!(blocks(&drain(&mut t)), [1]);
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            let d = t.poll_timeout().unwrap();
+            waits.push((d - now).as_secs());
+            // Early wake-ups do nothing.
+            t.handle_timeout(d - Duration::from_millis(1));
+            assert!(drain(&mut t).is_empty());
+            now = d;
+            t.handle_timeout(now);
+            assert_eq!(blocks(&drain(&mut t)), [1]);
+        }
+        assert_eq!(waits, [1, 2, 4, 4, 4, 4, 4, 4, 4, 4]);
+        assert_eq!(t.retransmits(), 10);
+        let d = t.poll_timeout().unwrap();
+        assert_eq!(d - now, Duration::from_secs(4));
+        t.handle_timeout(d);
+        let ps = drain(&mut t);
+        assert!(
+            matches!(
+                &ps[..],
+                [Packet::Error {
+                    code: ErrorCode::NotDefined,
+                    ..
+                }]
+            ),
+            "{ps:?}"
+        );
+        assert!(t.is_finished());
+        assert_eq!(
+            t.outcome(),
+            Some(&Outcome::Failed {
+                reason: FailReason::Timeout { retries: 10 }
+            })
+        );
+    }
+
+    #[test]
+    fn progress_resets_the_backoff() {
+        let t0 = Instant::now();
+        let mut t = Transfer::new(
+            t0,
+            &req(Options::default()),
+            file(2000),
+            &TftpConfig::default(),
+        );
+        drain(&mut t);
+        t.handle_timeout(t0 + Duration::from_secs(1));
+        assert_eq!(blocks(&drain(&mut t)), [1]);
+        t.handle_timeout(t0 + Duration::from_secs(3));
+        assert_eq!(blocks(&drain(&mut t)), [1]);
+        assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(7)));
+        let now = t0 + Duration::from_secs(4);
+        t.handle(now, &ack(1));
+        assert_eq!(blocks(&drain(&mut t)), [2]);
+        // Retransmitted window: no RTT sample (Karn), backoff reset to the initial RTO.
+        assert_eq!(t.poll_timeout(), Some(now + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn timeout_adapts_to_the_measured_round_trip() {
+        let t0 = Instant::now();
+        let mut t = Transfer::new(
+            t0,
+            &req(Options::default()),
+            file(5000),
+            &TftpConfig::default(),
+        );
+        let mut now = t0;
+        for b in 1..=4u16 {
+            drain(&mut t);
+            now += Duration::from_millis(2);
+            t.handle(now, &ack(b));
+        }
+        drain(&mut t);
+        // srtt 2 ms, rttvar shrinking below 1 ms: clamped to the 10 ms floor.
+        assert_eq!(t.poll_timeout(), Some(now + Duration::from_millis(10)));
+
+        let mut t = Transfer::new(
+            t0,
+            &req(Options::default()),
+            file(5000),
+            &TftpConfig::default(),
+        );
+        drain(&mut t);
+        t.handle(t0 + Duration::from_millis(100), &ack(1));
+        drain(&mut t);
+        // First sample 100 ms: srtt 100, rttvar 50, RTO 300 ms.
+        assert_eq!(
+            t.poll_timeout(),
+            Some(t0 + Duration::from_millis(100 + 300))
+        );
+    }
+
+    #[test]
+    fn duplicate_and_stray_acks_cause_no_transmission() {
+        let t0 = Instant::now();
+        let mut t = Transfer::new(
+            t0,
+            &req(Options::default()),
+            file(2000),
+            &TftpConfig::default(),
+        );
+        let mut sent = drain(&mut t).len();
+        t.handle(t0, &ack(1));
+        sent += drain(&mut t).len();
+        assert_eq!(sent, 2);
+        // Repeats of ACK 1, an ACK 0, and an ACK for a block never sent.
+        for b in [1, 1, 0, 3, 4, 65535, 1] {
+            t.handle(t0, &ack(b));
+            sent += drain(&mut t).len();
+        }
+        assert_eq!(sent, 2, "duplicate ACKs must not trigger sends");
+        t.handle(t0, &ack(2));
+        assert_eq!(blocks(&drain(&mut t)), [3]);
+        t.handle(t0, &ack(2));
+        assert!(drain(&mut t).is_empty());
+        assert_eq!(t.retransmits(), 0);
+        // Garbage from the peer is dropped too.
+        t.handle(t0, b"\0");
+        t.handle(t0, b"\0\x09xx");
+        assert!(drain(&mut t).is_empty());
+        t.handle(t0, &ack(3));
+        assert_eq!(blocks(&drain(&mut t)), [4]);
+        t.handle(t0, &ack(4));
+        assert_eq!(
+            t.outcome(),
+            Some(&Outcome::Complete {
+                bytes: 2000,
+                blocks: 4,
+                retransmits: 0
+            })
+        );
+    }
+
+    #[test]
+    fn block_numbers_roll_over_to_zero() {
+        let t0 = Instant::now();
+        let n_blocks: u64 = 70_001;
+        let f = file(70_000 * 8 + 3);
+        let opts = Options {
+            blksize: Some(8),
+            ..Options::default()
+        };
+        let mut t = Transfer::new(t0, &req(opts), f.clone(), &TftpConfig::default());
+        assert!(matches!(drain(&mut t)[..], [Packet::Oack(_)]));
+        let mut wire = 0u16;
+        t.handle(t0, &ack(0));
+        let mut got = Vec::with_capacity(f.len());
+        let mut sent = 0u64;
+        for abs in 1..=n_blocks {
+            let d = t.poll_transmit().expect("a block");
+            assert!(t.poll_transmit().is_none());
+            sent += 1;
+            assert_eq!(u16::from_be_bytes([d[2], d[3]]), abs as u16);
+            match abs {
+                65535 => assert_eq!(&d[2..4], [0xff, 0xff]),
+                65536 => assert_eq!(&d[2..4], [0, 0]),
+                65537 => assert_eq!(&d[2..4], [0, 1]),
+                _ => {}
+            }
+            got.extend_from_slice(&d[4..]);
+            wire = wire.wrapping_add(1);
+            t.handle(
+                t0,
+                &d[2..4].iter().fold(vec![0, 4], |mut v, b| {
+                    v.push(*b);
+                    v
+                }),
+            );
+        }
+        assert_eq!(wire, (n_blocks % 65536) as u16);
+        assert_eq!(sent, n_blocks);
+        assert_eq!(got, f);
+        assert_eq!(
+            t.outcome(),
+            Some(&Outcome::Complete {
+                bytes: f.len() as u64,
+                blocks: n_blocks,
+                retransmits: 0
+            })
+        );
+    }
+
+    #[test]
+    fn rollover_with_a_window_keeps_acks_straight() {
+        // Windows of 64 cross 65535 -> 0; an old ACK from before the wrap is ignored.
+        let t0 = Instant::now();
+        let f = file(66_000 * 8);
+        let opts = Options {
+            blksize: Some(8),
+            windowsize: Some(64),
+            ..Options::default()
+        };
+        let mut t = Transfer::new(t0, &req(opts), f.clone(), &TftpConfig::default());
+        drain(&mut t);
+        t.handle(t0, &ack(0));
+        let mut got = Vec::new();
+        let mut stale_tested = false;
+        while !t.is_finished() {
+            let w = drain(&mut t);
+            assert!(!w.is_empty());
+            let (last, _) = data(w.last().unwrap());
+            for p in &w {
+                got.extend_from_slice(&data(p).1);
+            }
+            if last == 64 && got.len() > 65536 * 8 {
+                // First window after the wrap (last ACK was 0): 65500 is stale.
+                t.handle(t0, &ack(65500));
+                assert!(drain(&mut t).is_empty());
+                stale_tested = true;
+            }
+            t.handle(t0, &ack(last));
+        }
+        assert!(stale_tested);
+        assert_eq!(got, f);
+        assert!(matches!(
+            t.outcome(),
+            Some(Outcome::Complete {
+                blocks: 66_001,
+                retransmits: 0,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn size_multiple_of_blksize_ends_with_an_empty_block() {
+        let t0 = Instant::now();
+        let mut t = Transfer::new(
+            t0,
+            &req(Options::default()),
+            file(1024),
+            &TftpConfig::default(),
+        );
+        assert_eq!(data(&drain(&mut t)[0]), (1, file(1024).slice(..512)));
+        t.handle(t0, &ack(1));
+        assert_eq!(data(&drain(&mut t)[0]).1.len(), 512);
+        t.handle(t0, &ack(2));
+        assert_eq!(data(&drain(&mut t)[0]), (3, Bytes::new()));
+        assert!(!t.is_finished());
+        t.handle(t0, &ack(3));
+        assert_eq!(
+            t.outcome(),
+            Some(&Outcome::Complete {
+                bytes: 1024,
+                blocks: 3,
+                retransmits: 0
+            })
+        );
+    }
+
+    #[test]
+    fn empty_file_is_one_empty_block() {
+        let t0 = Instant::now();
+        let opts = Options {
+            tsize: Some(0),
+            ..Options::default()
+        };
+        let mut t = Transfer::new(t0, &req(opts), Bytes::new(), &TftpConfig::default());
+        assert_eq!(
+            drain(&mut t),
+            vec![Packet::Oack(Options {
+                tsize: Some(0),
+                ..Options::default()
+            })]
+        );
+        t.handle(t0, &ack(0));
+        assert_eq!(data(&drain(&mut t)[0]), (1, Bytes::new()));
+        t.handle(t0, &ack(1));
+        assert_eq!(
+            t.outcome(),
+            Some(&Outcome::Complete {
+                bytes: 0,
+                blocks: 1,
+                retransmits: 0
+            })
+        );
+    }
+
+    #[test]
+    fn lost_oack_is_retransmitted() {
+        let t0 = Instant::now();
+        let opts = Options {
+            blksize: Some(1432),
+            ..Options::default()
+        };
+        let mut t = Transfer::new(t0, &req(opts), file(10), &TftpConfig::default());
+        assert!(matches!(drain(&mut t)[..], [Packet::Oack(_)]));
+        t.handle_timeout(t0 + Duration::from_secs(1));
+        assert!(matches!(drain(&mut t)[..], [Packet::Oack(_)]));
+        t.handle(t0 + Duration::from_millis(1001), &ack(0));
+        assert_eq!(blocks(&drain(&mut t)), [1]);
+        t.handle(t0 + Duration::from_millis(1002), &ack(1));
+        assert!(matches!(
+            t.outcome(),
+            Some(Outcome::Complete { retransmits: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn lifetime_is_bounded() {
+        let t0 = Instant::now();
+        let cfg = TftpConfig {
+            max_lifetime: Duration::from_secs(5),
+            initial_rto: Duration::from_secs(10),
+            ..TftpConfig::default()
+        };
+        let mut t = Transfer::new(t0, &req(Options::default()), file(100_000), &cfg);
+        drain(&mut t);
+        assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+        t.handle_timeout(t0 + Duration::from_secs(5));
+        assert!(matches!(
+            drain(&mut t)[..],
+            [Packet::Error {
+                code: ErrorCode::NotDefined,
+                ..
+            }]
+        ));
+        assert_eq!(
+            t.outcome(),
+            Some(&Outcome::Failed {
+                reason: FailReason::LifetimeExceeded(Duration::from_secs(5))
+            })
+        );
+    }
+
+    #[test]
+    fn unexpected_packet_from_peer_fails_with_error_4() {
+        let t0 = Instant::now();
+        let mut t = Transfer::new(
+            t0,
+            &req(Options::default()),
+            file(100),
+            &TftpConfig::default(),
+        );
+        drain(&mut t);
+        t.handle(t0, &encode_data(BlockNum(1), b"x"));
+        assert!(matches!(
+            drain(&mut t)[..],
+            [Packet::Error {
+                code: ErrorCode::IllegalOperation,
+                ..
+            }]
+        ));
+        assert!(t.is_finished());
+        assert_eq!(
+            t.outcome(),
+            Some(&Outcome::Failed {
+                reason: FailReason::UnexpectedPacket("DATA")
+            })
+        );
+    }
+
+    #[test]
+    fn netascii_converts_line_ends() {
+        let t0 = Instant::now();
+        let r = Request {
+            filename: "boot.txt".into(),
+            mode: Mode::Netascii,
+            options: Options {
+                tsize: Some(0),
+                ..Options::default()
+            },
+        };
+        let mut t = Transfer::new(
+            t0,
+            &r,
+            Bytes::from_static(b"a\nb\rc"),
+            &TftpConfig::default(),
+        );
+        assert_eq!(
+            drain(&mut t),
+            vec![Packet::Oack(Options {
+                tsize: Some(7),
+                ..Options::default()
+            })]
+        );
+        t.handle(t0, &ack(0));
+        assert_eq!(
+            data(&drain(&mut t)[0]),
+            (1, Bytes::from_static(b"a\r\nb\r\0c"))
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! The `ironpxe::event` records the driver emits, captured with a tracing layer.
+//! One test per binary: it installs the global subscriber.
+
+mod common;
+
+use common::*;
+use ironpxe_tftp::{ErrorCode, Options, Packet, TftpConfig};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::Layer;
+
+type Fields = BTreeMap<String, String>;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<Fields>>>);
+
+struct Visitor<'a>(&'a mut Fields);
+
+impl Visit for Visitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().into(), format!("{value:?}"));
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        if event.metadata().target() != "ironpxe::event" {
+            return;
+        }
+        let mut f = Fields::new();
+        event.record(&mut Visitor(&mut f));
+        f.insert("level".into(), event.metadata().level().to_string());
+        self.0.lock().unwrap().push(f);
+    }
+}
+
+impl Capture {
+    /// Waits for the record `event` about `file`: transfers log their end
+    /// asynchronously, after the client has its last ACK sent.
+    fn wait(&self, event: &str, file: &str) -> Fields {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|f| {
+                    f.get("event").map(String::as_str) == Some(event)
+                        && f.get("file").map(String::as_str) == Some(file)
+                })
+                .cloned();
+            if let Some(f) = found {
+                return f;
+            }
+            assert!(Instant::now() < deadline, "no {event} for {file}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_emit_start_done_aborted_and_failed() {
+    let cap = Capture::default();
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(cap.clone()))
+        .unwrap();
+    let srv = Server::start(TftpConfig::default()).await;
+    let addr = srv.addr;
+    let c = cap.clone();
+    tokio::task::spawn_blocking(move || {
+        let opts = Options {
+            blksize: Some(1432),
+            windowsize: Some(4),
+            tsize: Some(0),
+            ..Options::default()
+        };
+        assert!(matches!(
+            fetch(addr, "undionly.kpxe", opts),
+            Fetched::File { .. }
+        ));
+        let start = c.wait("tftp.start", "undionly.kpxe");
+        assert_eq!(start["peer"].split(':').next(), Some("127.0.0.1"));
+        assert_eq!(start["blksize"], "1432");
+        assert_eq!(start["windowsize"], "4");
+        assert_eq!(start["tsize"], "true");
+        let done = c.wait("tftp.done", "undionly.kpxe");
+        assert_eq!(done["bytes"], "100000");
+        assert_eq!(done["blksize"], "1432");
+        assert_eq!(done["windowsize"], "4");
+        assert_eq!(done["retransmits"], "0");
+        assert_eq!(done["level"], "INFO");
+        assert!(done.contains_key("duration_ms"));
+
+        assert!(matches!(
+            fetch(addr, "nope.efi", Options::default()),
+            Fetched::Error(ErrorCode::FileNotFound, _)
+        ));
+        let failed = c.wait("tftp.failed", "nope.efi");
+        assert_eq!(failed["reason"], "file not found");
+        assert_eq!(failed["level"], "WARN");
+
+        // EDK2's size probe: OACK, then ERROR 8.
+        let s = client();
+        let probe = Options {
+            tsize: Some(0),
+            ..Options::default()
+        };
+        s.send_to(&rrq("efi/ipxe.efi", probe), addr).unwrap();
+        let (_, tid) = recv(&s);
+        let abort = Packet::Error {
+            code: ErrorCode::OptionNegotiation,
+            message: "probe".into(),
+        };
+        s.send_to(&abort.encode().unwrap(), tid).unwrap();
+        let aborted = c.wait("tftp.aborted", "efi/ipxe.efi");
+        assert_eq!(aborted["code"], "8");
+        assert_eq!(aborted["level"], "INFO");
+    })
+    .await
+    .unwrap();
+    srv.stop().await;
+}

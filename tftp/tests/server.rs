@@ -1,0 +1,245 @@
+//! The tokio driver on 127.0.0.1, against a small blocking TFTP client.
+
+mod common;
+
+use common::*;
+use ironpxe_tftp::packet::{encode_ack, BlockNum};
+use ironpxe_tftp::{ErrorCode, Mode, Options, Packet, Request, TftpConfig};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockstep_fetch_returns_the_exact_bytes() {
+    let srv = Server::start(TftpConfig::default()).await;
+    let addr = srv.addr;
+    let got = blocking(move || fetch(addr, "/undionly.kpxe", Options::default())).await;
+    assert_eq!(
+        got,
+        Fetched::File {
+            data: pattern(100_000).to_vec(),
+            oack: None
+        }
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windowed_fetch_with_options_returns_the_exact_bytes() {
+    let srv = Server::start(TftpConfig::default()).await;
+    let addr = srv.addr;
+    let opts = Options {
+        blksize: Some(65464),
+        tsize: Some(0),
+        windowsize: Some(8),
+        timeout: None,
+    };
+    let got = blocking(move || fetch(addr, "efi/ipxe.efi", opts)).await;
+    assert_eq!(
+        got,
+        Fetched::File {
+            data: pattern(300_001).to_vec(),
+            oack: Some(Options {
+                blksize: Some(1468),
+                tsize: Some(300_001),
+                windowsize: Some(8),
+                timeout: None,
+            })
+        }
+    );
+    // Several transfers at once, each on its own TID.
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::task::spawn_blocking(move || {
+                let opts = Options {
+                    windowsize: Some(4),
+                    blksize: Some(1024 + i),
+                    ..Options::default()
+                };
+                fetch(addr, "undionly.kpxe", opts)
+            })
+        })
+        .collect();
+    for h in handles {
+        match h.await.unwrap() {
+            Fetched::File { data, .. } => assert_eq!(data, pattern(100_000).to_vec()),
+            other => panic!("{other:?}"),
+        }
+    }
+    let empty = blocking(move || fetch(addr, "empty", Options::default())).await;
+    assert_eq!(
+        empty,
+        Fetched::File {
+            data: vec![],
+            oack: None
+        }
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_file_gets_error_1_and_bad_path_error_2() {
+    let srv = Server::start(TftpConfig::default()).await;
+    let addr = srv.addr;
+    let (got, from) = blocking(move || {
+        let s = client();
+        s.send_to(&rrq("snponly.efi", Options::default()), addr)
+            .unwrap();
+        recv(&s)
+    })
+    .await;
+    assert_eq!(
+        got,
+        Packet::Error {
+            code: ErrorCode::FileNotFound,
+            message: "file not found".into()
+        }
+    );
+    assert_ne!(from.port(), addr.port(), "sent from the transfer's own TID");
+    let got = blocking(move || fetch(addr, "../etc/passwd", Options::default())).await;
+    assert!(
+        matches!(&got, Fetched::Error(ErrorCode::AccessViolation, m) if m.contains("..")),
+        "{got:?}"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrq_mail_and_garbage_are_refused() {
+    let srv = Server::start(TftpConfig::default()).await;
+    let addr = srv.addr;
+    blocking(move || {
+        let s = client();
+        let wrq = Packet::Wrq(Request {
+            filename: "upload".into(),
+            mode: Mode::Octet,
+            options: Options::default(),
+        });
+        s.send_to(&wrq.encode().unwrap(), addr).unwrap();
+        assert_eq!(
+            recv(&s).0,
+            Packet::Error {
+                code: ErrorCode::AccessViolation,
+                message: "read-only server".into()
+            }
+        );
+        s.send_to(b"\0\x01undionly.kpxe\0mail\0", addr).unwrap();
+        assert!(matches!(
+            recv(&s).0,
+            Packet::Error { code: ErrorCode::NotDefined, message } if message.contains("mail")
+        ));
+        s.send_to(b"\0\x01undionly.kpxe", addr).unwrap();
+        assert!(matches!(
+            recv(&s).0,
+            Packet::Error { code: ErrorCode::IllegalOperation, message } if message.contains("truncated")
+        ));
+    })
+    .await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_tid_gets_error_5_and_the_transfer_goes_on() {
+    let srv = Server::start(TftpConfig::default()).await;
+    let addr = srv.addr;
+    blocking(move || {
+        let s = client();
+        s.send_to(&rrq("undionly.kpxe", Options::default()), addr)
+            .unwrap();
+        let (first, tid) = recv(&s);
+        assert!(matches!(
+            first,
+            Packet::Data {
+                block: BlockNum(1),
+                ..
+            }
+        ));
+        // An intruder acknowledges block 1 from another port.
+        let intruder = client();
+        intruder.send_to(&encode_ack(BlockNum(1)), tid).unwrap();
+        let (reply, from) = recv(&intruder);
+        assert_eq!(from, tid);
+        assert_eq!(
+            reply,
+            Packet::Error {
+                code: ErrorCode::UnknownTransferId,
+                message: "unknown transfer id".into()
+            }
+        );
+        // The real client's transfer is untouched: it still gets block 2 after its ACK,
+        // and nothing else arrived in between.
+        s.send_to(&encode_ack(BlockNum(1)), tid).unwrap();
+        let (p, _) = recv(&s);
+        let want = pattern(100_000).slice(512..1024);
+        assert_eq!(
+            p,
+            Packet::Data {
+                block: BlockNum(2),
+                payload: want
+            }
+        );
+        // Walk away: the server retransmits block 2 on its own.
+        let (p, _) = recv(&s);
+        assert!(matches!(
+            p,
+            Packet::Data {
+                block: BlockNum(2),
+                ..
+            }
+        ));
+    })
+    .await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_transfers_the_client_hears_server_busy() {
+    let cfg = TftpConfig {
+        max_transfers: 1,
+        ..TftpConfig::default()
+    };
+    let srv = Server::start(cfg).await;
+    let addr = srv.addr;
+    blocking(move || {
+        // The EDK2 size probe holds the only slot until it answers the OACK.
+        let probe = client();
+        let tsize = Options {
+            tsize: Some(0),
+            ..Options::default()
+        };
+        probe.send_to(&rrq("undionly.kpxe", tsize.clone()), addr).unwrap();
+        let (oack, tid) = recv(&probe);
+        assert_eq!(
+            oack,
+            Packet::Oack(Options {
+                tsize: Some(100_000),
+                ..Options::default()
+            })
+        );
+        let other = client();
+        other.send_to(&rrq("undionly.kpxe", Options::default()), addr).unwrap();
+        assert!(matches!(
+            recv(&other).0,
+            Packet::Error { code: ErrorCode::NotDefined, message } if message.contains("server busy")
+        ));
+        // The probe ends with ERROR 8; the slot frees up and a real fetch works.
+        let abort = Packet::Error {
+            code: ErrorCode::OptionNegotiation,
+            message: "tsize probe".into(),
+        };
+        probe.send_to(&abort.encode().unwrap(), tid).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match fetch(addr, "undionly.kpxe", Options::default()) {
+                Fetched::File { data, .. } => {
+                    assert_eq!(data, pattern(100_000).to_vec());
+                    break;
+                }
+                Fetched::Error(_, m) if m.contains("busy") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    srv.stop().await;
+}
