@@ -1,0 +1,537 @@
+//! The HTTP server on a real 127.0.0.1 socket, with reqwest and raw TCP clients.
+
+use std::collections::HashMap;
+use std::io::{Seek, SeekFrom, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use ironpxe_core::{
+    BootDecision, BootSpec, Booter, ClientArch, FileId, FileRef, MacAddr, StaticBooter,
+};
+use ironpxe_http::{router, serve, HttpState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing_subscriber::layer::SubscriberExt;
+
+// ---- capture of `ironpxe::event` events --------------------------------------
+
+type Fields = HashMap<String, String>;
+static EVENTS: Mutex<Vec<Fields>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+struct Visitor<'a>(&'a mut Fields);
+
+impl tracing::field::Visit for Visitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_string(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_string(), value.to_string());
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != "ironpxe::event" {
+            return;
+        }
+        let mut f = Fields::new();
+        event.record(&mut Visitor(&mut f));
+        EVENTS.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+    }
+}
+
+fn capture_events() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Capture))
+            .unwrap();
+    });
+}
+
+/// Waits (up to 5 s) for an event named `name` whose `key` field is `value`.
+async fn event(name: &str, key: &str, value: &str) -> Fields {
+    for _ in 0..500 {
+        let found = EVENTS
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|f| {
+                f.get("event").map(String::as_str) == Some(name)
+                    && f.get(key).map(String::as_str) == Some(value)
+            })
+            .cloned();
+        if let Some(f) = found {
+            return f;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "no {name} event with {key}={value}; got {:?}",
+        EVENTS.lock().unwrap_or_else(|e| e.into_inner())
+    );
+}
+
+// ---- servers and fixtures -----------------------------------------------------
+
+const MAC: &str = "52:54:00:12:34:56";
+
+/// Starts ironpxe's HTTP server on 127.0.0.1 and returns its base URL.
+async fn start(booter: Arc<dyn Booter>) -> String {
+    capture_events();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = HttpState::new(booter).unwrap();
+    tokio::spawn(serve(listener, router(state), std::future::pending()));
+    format!("http://{addr}")
+}
+
+/// A temp dir holding a kernel and an initrd with known contents.
+struct Files {
+    _dir: tempfile::TempDir,
+    kernel: FileRef,
+    initrd: FileRef,
+    kernel_bytes: Vec<u8>,
+}
+
+fn files() -> Files {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel_bytes: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(dir.path().join("vmlinuz"), &kernel_bytes).unwrap();
+    std::fs::write(dir.path().join("initrd.img"), b"initrd").unwrap();
+    Files {
+        kernel: FileRef::Local(dir.path().join("vmlinuz")),
+        initrd: FileRef::Local(dir.path().join("initrd.img")),
+        _dir: dir,
+        kernel_bytes,
+    }
+}
+
+fn static_booter(f: &Files, cmdline: &str) -> Arc<dyn Booter> {
+    Arc::new(StaticBooter::new(BootSpec {
+        kernel: f.kernel.clone(),
+        initrds: vec![f.initrd.clone()],
+        cmdline: cmdline.into(),
+        message: None,
+    }))
+}
+
+struct Ignoring;
+
+impl Booter for Ignoring {
+    fn decide(&self, _: MacAddr, _: ClientArch) -> BootDecision {
+        BootDecision::Ignore("not in the inventory".into())
+    }
+    fn file(&self, _: &FileId) -> Option<FileRef> {
+        None
+    }
+}
+
+fn file_url(base: &str, f: &FileRef) -> String {
+    format!("{base}/_/file?name={}", f.id())
+}
+
+/// Sends a raw request and returns the whole response (the server closes).
+async fn raw(base: &str, request: &str) -> Vec<u8> {
+    let addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("server did not close the connection")
+        .unwrap();
+    out
+}
+
+// ---- tests --------------------------------------------------------------------
+
+#[tokio::test]
+async fn script_for_bios_and_efi() {
+    let f = files();
+    let base = start(static_booter(&f, "console=ttyS0 nixos.install=/dev/sda")).await;
+    let url = format!("{base}/_/ipxe?arch=0&mac={MAC}");
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let bios = r.text().await.unwrap();
+    assert!(bios.starts_with("#!ipxe\n"));
+    // The base URL is the Host the client used.
+    assert!(bios.contains(&format!(
+        "kernel --name vmlinuz {} console=ttyS0 nixos.install=/dev/sda ||",
+        file_url(&base, &f.kernel)
+    )));
+    assert!(bios.contains(&format!(
+        "initrd --name initrd.img {} ||",
+        file_url(&base, &f.initrd)
+    )));
+    assert!(bios.contains(&format!("{base}/_/booting?mac={MAC}&arch=0")));
+    assert!(!bios.contains("initrd="));
+    event("http.script", "mac", MAC).await;
+
+    let efi = reqwest::get(format!("{base}/_/ipxe?arch=7&mac={MAC}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(efi.contains("console=ttyS0 nixos.install=/dev/sda initrd=initrd.img ||"));
+}
+
+#[tokio::test]
+async fn script_without_host_header_uses_the_local_address() {
+    let f = files();
+    let base = start(static_booter(&f, "quiet")).await;
+    let resp = raw(
+        &base,
+        &format!("GET /_/ipxe?arch=0&mac={MAC} HTTP/1.0\r\n\r\n"),
+    )
+    .await;
+    let text = String::from_utf8(resp).unwrap();
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    assert!(text.contains(&format!("{base}/_/file?name=")), "{text}");
+}
+
+#[tokio::test]
+async fn bad_parameters_are_400() {
+    let f = files();
+    let base = start(static_booter(&f, "")).await;
+    for q in [
+        "arch=0&mac=nonsense",
+        "arch=0",
+        "mac=52:54:00:12:34:56",
+        "arch=x&mac=52:54:00:12:34:56",
+    ] {
+        let r = reqwest::get(format!("{base}/_/ipxe?{q}")).await.unwrap();
+        assert_eq!(r.status(), 400, "{q}");
+        let body = r.text().await.unwrap();
+        assert_eq!(body.lines().count(), 1, "{body}");
+    }
+    let r = reqwest::get(format!("{base}/_/booting?mac=zz&arch=0"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = reqwest::get(format!("{base}/_/file")).await.unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn ignored_machines_and_unknown_files_are_404() {
+    let base = start(Arc::new(Ignoring)).await;
+    let r = reqwest::get(format!("{base}/_/ipxe?arch=0&mac=52:54:00:00:00:99"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let ev = event("http.ignored", "mac", "52:54:00:00:00:99").await;
+    assert_eq!(ev["reason"], "not in the inventory");
+
+    let f = files();
+    let base = start(static_booter(&f, "")).await;
+    let r = reqwest::get(format!("{base}/_/file?name=0123456789abcdef"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // A file the booter knows but that is gone from disk.
+    let gone = FileRef::Local(f._dir.path().join("gone"));
+    let base = start(Arc::new(StaticBooter::new(BootSpec {
+        kernel: gone.clone(),
+        initrds: vec![],
+        cmdline: String::new(),
+        message: None,
+    })))
+    .await;
+    let r = reqwest::get(file_url(&base, &gone)).await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn get_is_byte_exact_with_content_length() {
+    let f = files();
+    let base = start(static_booter(&f, "")).await;
+    let r = reqwest::get(file_url(&base, &f.kernel)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "100000");
+    assert_eq!(r.headers()["accept-ranges"], "bytes");
+    assert_eq!(r.bytes().await.unwrap(), f.kernel_bytes);
+    let id = f.kernel.id().to_string();
+    let start = event("http.file.start", "id", &id).await;
+    assert_eq!(start["bytes"], "100000");
+    assert_eq!(start["file"], f.kernel.to_string());
+    assert!(start["peer"].starts_with("127.0.0.1:"));
+    let done = event("http.file.done", "id", &id).await;
+    assert_eq!(done["bytes"], "100000");
+    assert!(done.contains_key("duration_ms"));
+}
+
+#[tokio::test]
+async fn empty_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty");
+    std::fs::write(&path, b"").unwrap();
+    let empty = FileRef::Local(path);
+    let base = start(Arc::new(StaticBooter::new(BootSpec {
+        kernel: empty.clone(),
+        initrds: vec![],
+        cmdline: String::new(),
+        message: None,
+    })))
+    .await;
+    let r = reqwest::get(file_url(&base, &empty)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "0");
+    assert!(r.bytes().await.unwrap().is_empty());
+    event("http.file.done", "id", empty.id().as_str()).await;
+    let r = reqwest::Client::new()
+        .get(file_url(&base, &empty))
+        .header("range", "bytes=0-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+}
+
+#[tokio::test]
+async fn head_has_length_and_no_body() {
+    let f = files();
+    let base = start(static_booter(&f, "")).await;
+    let r = reqwest::Client::new()
+        .head(file_url(&base, &f.kernel))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "100000");
+    // On the wire: the response ends right after the headers.
+    let path = file_url("", &f.kernel);
+    let resp = raw(
+        &base,
+        &format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    let text = String::from_utf8(resp).unwrap();
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-length: 100000\r\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\n"), "{text:?}");
+}
+
+#[tokio::test]
+async fn ranges_are_served() {
+    let f = files();
+    let base = start(static_booter(&f, "")).await;
+    let url = file_url(&base, &f.kernel);
+    let c = reqwest::Client::new();
+    let k = &f.kernel_bytes;
+    for (range, start, end) in [
+        ("bytes=10-19", 10, 19),
+        ("bytes=-5", 99_995, 99_999),
+        ("bytes=99990-", 99_990, 99_999),
+        ("bytes=0-999999", 0, 99_999),
+    ] {
+        let r = c.get(&url).header("range", range).send().await.unwrap();
+        assert_eq!(r.status(), 206, "{range}");
+        assert_eq!(
+            r.headers()["content-range"],
+            format!("bytes {start}-{end}/100000")
+        );
+        assert_eq!(r.headers()["content-length"], (end - start + 1).to_string());
+        assert_eq!(r.bytes().await.unwrap(), &k[start..=end], "{range}");
+    }
+    let r = c
+        .get(&url)
+        .header("range", "bytes=100000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(r.headers()["content-range"], "bytes */100000");
+    // Multiple ranges are not supported: the whole file comes back.
+    let r = c
+        .get(&url)
+        .header("range", "bytes=0-1,5-6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), 100_000);
+}
+
+#[tokio::test]
+async fn large_sparse_file_streams() {
+    const SIZE: u64 = 64 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big-initrd");
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.set_len(SIZE).unwrap();
+    // Markers at the start, middle and last byte show the order is kept.
+    for (at, b) in [(0, 0xAA), (SIZE / 2, 0xBB), (SIZE - 1, 0xCC)] {
+        file.seek(SeekFrom::Start(at)).unwrap();
+        file.write_all(&[b]).unwrap();
+    }
+    drop(file);
+    let big = FileRef::Local(path);
+    let base = start(Arc::new(StaticBooter::new(BootSpec {
+        kernel: big.clone(),
+        initrds: vec![],
+        cmdline: String::new(),
+        message: None,
+    })))
+    .await;
+    let r = reqwest::get(file_url(&base, &big)).await.unwrap();
+    assert_eq!(r.content_length(), Some(SIZE));
+    let mut pos = 0u64;
+    let mut markers = Vec::new();
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        for (i, &b) in chunk.iter().enumerate() {
+            if b != 0 {
+                markers.push((pos + i as u64, b));
+            }
+        }
+        pos += chunk.len() as u64;
+    }
+    assert_eq!(pos, SIZE);
+    assert_eq!(markers, [(0, 0xAA), (SIZE / 2, 0xBB), (SIZE - 1, 0xCC)]);
+    event("http.file.done", "id", big.id().as_str()).await;
+}
+
+#[tokio::test]
+async fn client_going_away_is_logged_as_failed() {
+    const SIZE: u64 = 32 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("abandoned");
+    std::fs::File::create(&path).unwrap().set_len(SIZE).unwrap();
+    let fref = FileRef::Local(path);
+    let base = start(Arc::new(StaticBooter::new(BootSpec {
+        kernel: fref.clone(),
+        initrds: vec![],
+        cmdline: String::new(),
+        message: None,
+    })))
+    .await;
+    let r = reqwest::get(file_url(&base, &fref)).await.unwrap();
+    let mut stream = r.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    drop(stream);
+    let ev = event("http.file.failed", "id", fref.id().as_str()).await;
+    assert!(ev["reason"].contains("went away"), "{ev:?}");
+}
+
+#[tokio::test]
+async fn booting_callback_is_logged() {
+    let f = files();
+    let base = start(static_booter(&f, "")).await;
+    let r = reqwest::get(format!("{base}/_/booting?mac=52:54:00:00:00:42&arch=9"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap().is_empty());
+    let ev = event("http.booting", "mac", "52:54:00:00:00:42").await;
+    assert_eq!(ev["arch"], "efi-bc");
+    assert!(ev["peer"].starts_with("127.0.0.1:"));
+}
+
+/// An upstream server for remote files: `/kernel` with a length, `/chunked`
+/// without one, anything else 404.
+async fn upstream(data: Vec<u8>) -> String {
+    use axum::body::Body;
+    use axum::routing::get;
+    let d1 = data.clone();
+    let app = axum::Router::new()
+        .route("/kernel", get(move || async move { d1.clone() }))
+        .route(
+            "/chunked",
+            get(move || async move {
+                let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                    data.chunks(1000).map(|c| Ok(c.to_vec())).collect();
+                Body::from_stream(futures_util::stream::iter(chunks))
+            }),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn remote_files_stream_through() {
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+    let up = upstream(data.clone()).await;
+    let kernel = FileRef::parse(&format!("{up}/kernel")).unwrap();
+    let chunked = FileRef::parse(&format!("{up}/chunked")).unwrap();
+    let missing = FileRef::parse(&format!("{up}/missing")).unwrap();
+    let base = start(Arc::new(StaticBooter::new(BootSpec {
+        kernel: kernel.clone(),
+        initrds: vec![chunked.clone(), missing.clone()],
+        cmdline: String::new(),
+        message: None,
+    })))
+    .await;
+
+    let r = reqwest::get(file_url(&base, &kernel)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "50000");
+    assert_eq!(r.bytes().await.unwrap(), data);
+    event("http.file.done", "id", kernel.id().as_str()).await;
+
+    let r = reqwest::Client::new()
+        .head(file_url(&base, &kernel))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "50000");
+
+    let r = reqwest::get(file_url(&base, &chunked)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("content-length").is_none());
+    assert_eq!(r.bytes().await.unwrap(), data);
+    event("http.file.done", "id", chunked.id().as_str()).await;
+
+    let r = reqwest::get(file_url(&base, &missing)).await.unwrap();
+    assert_eq!(r.status(), 502);
+
+    // Unreachable upstream (nothing listens on port 9 of 127.0.0.1).
+    let dead = FileRef::parse("http://127.0.0.1:9/k").unwrap();
+    let base = start(Arc::new(StaticBooter::new(BootSpec {
+        kernel: dead.clone(),
+        initrds: vec![],
+        cmdline: String::new(),
+        message: None,
+    })))
+    .await;
+    let r = reqwest::get(file_url(&base, &dead)).await.unwrap();
+    assert_eq!(r.status(), 502);
+}
+
+#[tokio::test]
+async fn serve_stops_on_shutdown() {
+    let f = files();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let state = HttpState::new(static_booter(&f, "")).unwrap();
+    let server = tokio::spawn(serve(listener, router(state), async {
+        let _ = rx.await;
+    }));
+    let r = reqwest::get(format!("{base}/_/booting?mac={MAC}&arch=0"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tx.send(()).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve did not stop")
+        .unwrap();
+    assert!(result.is_ok());
+}

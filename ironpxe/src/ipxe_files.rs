@@ -1,0 +1,222 @@
+//! Finding the iPXE binaries ironpxe chainloads, and loading them once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use ironpxe_dhcp::IpxeBinaries;
+
+/// Where distributions install iPXE: Debian and Ubuntu, then Fedora.
+pub const SEARCH_DIRS: &[&str] = &["/usr/lib/ipxe", "/usr/share/ipxe"];
+
+/// The roles an iPXE binary plays, the flag that sets each, and the file names
+/// distributions use for it.
+const ROLES: &[(Role, &str, &[&str])] = &[
+    (Role::Bios, "--ipxe-bios", &["undionly.kpxe"]),
+    (Role::Efi32, "--ipxe-efi32", &["ipxe-i386.efi"]),
+    (
+        Role::Efi64,
+        "--ipxe-efi64",
+        &["ipxe.efi", "ipxe-x86_64.efi"],
+    ),
+    (Role::Ipxe, "--ipxe-ipxe", &["ipxe.pxe"]),
+];
+
+/// Files served over TFTP by name when present next to the binaries above, so that
+/// `tftp://server/snponly.efi` works without configuration.
+const EXTRA_NAMES: &[&str] = &["snponly.efi", "ipxe-snponly-x86_64.efi"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Role {
+    Bios,
+    Efi32,
+    Efi64,
+    Ipxe,
+}
+
+/// Paths given on the command line, one per role.
+#[derive(Default, Debug, Clone)]
+pub struct Overrides {
+    pub bios: Option<PathBuf>,
+    pub efi32: Option<PathBuf>,
+    pub efi64: Option<PathBuf>,
+    pub ipxe: Option<PathBuf>,
+}
+
+/// The iPXE binaries in use: which file plays which role, and every file's bytes
+/// under its TFTP name.
+#[derive(Debug)]
+pub struct IpxeSet {
+    pub binaries: IpxeBinaries,
+    pub files: BTreeMap<String, Bytes>,
+    /// One line per file: role, TFTP name, path, size, for the startup log.
+    pub report: Vec<String>,
+}
+
+impl IpxeSet {
+    /// Uses the given paths; for roles without one, looks in [`SEARCH_DIRS`] unless
+    /// any path was given explicitly (then only what was asked for is served).
+    pub fn resolve(over: &Overrides, search_dirs: &[&Path]) -> Result<Self> {
+        let explicit = [&over.bios, &over.efi32, &over.efi64, &over.ipxe]
+            .iter()
+            .any(|p| p.is_some());
+        let mut chosen: Vec<(Role, &str, PathBuf)> = Vec::new();
+        for &(role, flag, names) in ROLES {
+            let given = match role {
+                Role::Bios => &over.bios,
+                Role::Efi32 => &over.efi32,
+                Role::Efi64 => &over.efi64,
+                Role::Ipxe => &over.ipxe,
+            };
+            if let Some(p) = given {
+                chosen.push((role, flag, p.clone()));
+            } else if !explicit {
+                if let Some(p) = find(search_dirs, names) {
+                    chosen.push((role, flag, p));
+                }
+            }
+        }
+        if chosen.is_empty() {
+            let dirs: Vec<String> = search_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect();
+            bail!(
+                "no iPXE binaries found in {}: install your distribution's ipxe package \
+                 (Debian: apt-get install ipxe) or pass --ipxe-bios/--ipxe-efi64 FILE",
+                dirs.join(" or ")
+            );
+        }
+
+        let mut set = IpxeSet {
+            binaries: IpxeBinaries::default(),
+            files: BTreeMap::new(),
+            report: Vec::new(),
+        };
+        for (role, flag, path) in &chosen {
+            let name = set
+                .add(path)
+                .with_context(|| format!("{flag} {}", path.display()))?;
+            let slot = match role {
+                Role::Bios => &mut set.binaries.bios,
+                Role::Efi32 => &mut set.binaries.efi32,
+                Role::Efi64 => &mut set.binaries.efi64,
+                Role::Ipxe => &mut set.binaries.ipxe,
+            };
+            *slot = Some(name.clone());
+            set.report.push(format!(
+                "{:<6} {} ({}, {} bytes)",
+                format!("{role:?}").to_lowercase(),
+                name,
+                path.display(),
+                set.files[&name].len()
+            ));
+        }
+        if !explicit {
+            if let Some(p) = find(search_dirs, EXTRA_NAMES) {
+                let name = set.add(&p)?;
+                set.report.push(format!(
+                    "extra  {} ({}, {} bytes)",
+                    name,
+                    p.display(),
+                    set.files[&name].len()
+                ));
+            }
+        }
+        Ok(set)
+    }
+
+    /// Reads `path` once and registers it under its file name.
+    fn add(&mut self, path: &Path) -> Result<String> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .with_context(|| format!("{} has no usable file name", path.display()))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read iPXE binary {}", path.display()))?;
+        if bytes.is_empty() {
+            bail!("iPXE binary {} is empty", path.display());
+        }
+        if let Some(existing) = self.files.get(&name) {
+            if existing.as_ref() != bytes.as_slice() {
+                bail!("two different iPXE binaries are both named {name:?}; rename one");
+            }
+        }
+        self.files.insert(name.clone(), Bytes::from(bytes));
+        Ok(name)
+    }
+}
+
+fn find(dirs: &[&Path], names: &[&str]) -> Option<PathBuf> {
+    dirs.iter()
+        .flat_map(|d| names.iter().map(move |n| d.join(n)))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(files: &[&str]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for f in files {
+            std::fs::write(d.path().join(f), format!("contents of {f}")).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn finds_debian_layout() {
+        let d = dir_with(&["undionly.kpxe", "ipxe.efi", "snponly.efi", "ipxe.pxe"]);
+        let set = IpxeSet::resolve(&Overrides::default(), &[d.path()]).unwrap();
+        assert_eq!(set.binaries.bios.as_deref(), Some("undionly.kpxe"));
+        assert_eq!(set.binaries.efi64.as_deref(), Some("ipxe.efi"));
+        assert_eq!(set.binaries.ipxe.as_deref(), Some("ipxe.pxe"));
+        assert_eq!(set.binaries.efi32, None);
+        assert_eq!(
+            set.files.keys().collect::<Vec<_>>(),
+            ["ipxe.efi", "ipxe.pxe", "snponly.efi", "undionly.kpxe"]
+        );
+        assert_eq!(&set.files["ipxe.efi"][..], b"contents of ipxe.efi");
+    }
+
+    #[test]
+    fn finds_fedora_names_in_a_later_dir() {
+        let empty = dir_with(&[]);
+        let d = dir_with(&["undionly.kpxe", "ipxe-x86_64.efi"]);
+        let set = IpxeSet::resolve(&Overrides::default(), &[empty.path(), d.path()]).unwrap();
+        assert_eq!(set.binaries.efi64.as_deref(), Some("ipxe-x86_64.efi"));
+    }
+
+    #[test]
+    fn explicit_paths_disable_the_search() {
+        let d = dir_with(&["undionly.kpxe", "ipxe.efi", "custom.kpxe"]);
+        let over = Overrides {
+            bios: Some(d.path().join("custom.kpxe")),
+            ..Overrides::default()
+        };
+        let set = IpxeSet::resolve(&over, &[d.path()]).unwrap();
+        assert_eq!(set.binaries.bios.as_deref(), Some("custom.kpxe"));
+        assert_eq!(set.binaries.efi64, None);
+        assert_eq!(set.files.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let empty = dir_with(&[]);
+        let err = IpxeSet::resolve(&Overrides::default(), &[empty.path()]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no iPXE binaries found"),
+            "{err:#}"
+        );
+        let over = Overrides {
+            efi64: Some("/nonexistent/ipxe.efi".into()),
+            ..Overrides::default()
+        };
+        let err = IpxeSet::resolve(&over, &[empty.path()]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("--ipxe-efi64 /nonexistent/ipxe.efi"), "{msg}");
+    }
+}
