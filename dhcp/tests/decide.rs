@@ -139,7 +139,7 @@ fn fname(m: &Message) -> Option<&[u8]> {
     m.fname().map(|f| f.split(|b| *b == 0).next().unwrap_or(f))
 }
 
-fn opt<'a>(m: &'a Message, code: OptionCode) -> Option<&'a DhcpOption> {
+fn opt(m: &Message, code: OptionCode) -> Option<&DhcpOption> {
     m.opts().get(code)
 }
 

@@ -1,0 +1,286 @@
+//! ironpxe's boot events, read back from its log lines, and where its binary is.
+//!
+//! ironpxe logs each step of a boot as a tracing event with target `ironpxe::event`
+//! and a field `event=NAME` (`dhcp.offer`, `tftp.done`, `http.booting`, ...), with
+//! further `key=value` fields. Both the text format (values bare or double-quoted,
+//! span fields in `name{k=v}:` prefixes) and the JSON format are understood.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+
+use crate::proc::LogLine;
+
+/// The tracing target of boot events.
+pub const EVENT_TARGET: &str = "ironpxe::event";
+
+/// One boot event logged by ironpxe.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// When the line was read.
+    pub at: Instant,
+    /// The `event` field, e.g. `dhcp.offer`.
+    pub name: String,
+    /// The other fields, in order, unquoted (span fields last).
+    pub fields: Vec<(String, String)>,
+    /// The log line as printed.
+    pub line: String,
+}
+
+impl Event {
+    /// The value of a field.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `name k=v k=v`, for timelines and messages.
+    pub fn summary(&self) -> String {
+        let mut s = self.name.clone();
+        for (k, v) in &self.fields {
+            if v.contains(' ') || v.is_empty() {
+                s.push_str(&format!(" {k}={v:?}"));
+            } else {
+                s.push_str(&format!(" {k}={v}"));
+            }
+        }
+        s
+    }
+}
+
+/// Extracts the events from ironpxe's log lines.
+pub fn events_from_lines(lines: &[LogLine]) -> Vec<Event> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            parse_event_line(&l.text).map(|(name, fields)| Event {
+                at: l.at,
+                name,
+                fields,
+                line: l.text.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Parses one log line; `None` unless it is an `ironpxe::event` with an `event` field.
+pub fn parse_event_line(line: &str) -> Option<(String, Vec<(String, String)>)> {
+    let line = line.trim();
+    if line.starts_with('{') {
+        return parse_json_line(line);
+    }
+    let pos = line.find(EVENT_TARGET)?;
+    let (before, after) = line.split_at(pos);
+    let after = &after[EVENT_TARGET.len()..];
+    let after = after.strip_prefix(':').unwrap_or(after);
+    let mut fields = parse_kv(after);
+    // Span fields: `span{k=v k2="x y"}:` segments before the target.
+    let mut rest = before;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        for (k, v) in parse_kv(&rest[open + 1..open + close]) {
+            if !fields.iter().any(|(fk, _)| *fk == k) {
+                fields.push((k, v));
+            }
+        }
+        rest = &rest[open + close + 1..];
+    }
+    let idx = fields.iter().position(|(k, _)| k == "event")?;
+    let (_, name) = fields.remove(idx);
+    Some((name, fields))
+}
+
+fn parse_json_line(line: &str) -> Option<(String, Vec<(String, String)>)> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v.get("target")?.as_str()? != EVENT_TARGET {
+        return None;
+    }
+    let obj = v.get("fields")?.as_object()?;
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let name = text(obj.get("event")?);
+    let mut fields: Vec<(String, String)> = obj
+        .iter()
+        .filter(|(k, _)| *k != "event")
+        .map(|(k, v)| (k.clone(), text(v)))
+        .collect();
+    if let Some(span) = v.get("span").and_then(|s| s.as_object()) {
+        for (k, v) in span {
+            if k != "name" && !fields.iter().any(|(fk, _)| fk == k) {
+                fields.push((k.clone(), text(v)));
+            }
+        }
+    }
+    Some((name, fields))
+}
+
+/// Parses `k=v k2="quoted \"value\"" words k3=v3`; tokens without `=` (the message)
+/// are skipped.
+pub(crate) fn parse_kv(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if chars.peek() != Some(&'=') {
+            continue; // a bare word of the message
+        }
+        chars.next();
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            value.push(match n {
+                                'n' => '\n',
+                                't' => '\t',
+                                other => other,
+                            });
+                        }
+                    }
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        let valid_key = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
+        if valid_key {
+            out.push((key, value));
+        }
+    }
+    out
+}
+
+/// Finds the ironpxe binary: `$IRONPXE_BIN`, else `ironpxe` in the cargo target
+/// profile directory of the running executable (same profile first).
+pub fn ironpxe_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("IRONPXE_BIN").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        bail!(
+            "ironpxe binary not found at {} (from IRONPXE_BIN); build it with `cargo build -p ironpxe`",
+            p.display()
+        );
+    }
+    let exe = std::env::current_exe()?;
+    let candidates = bin_candidates(&exe, "ironpxe");
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    let shown = candidates
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    bail!("ironpxe binary not found at {shown}; build it with `cargo build -p ironpxe`")
+}
+
+/// `target/<profile>/deps/x` or `target/<profile>/x` → `target/<profile>/<name>`,
+/// then the other profiles of the same target directory.
+pub(crate) fn bin_candidates(exe: &Path, name: &str) -> Vec<PathBuf> {
+    let mut dir = exe.parent().map(Path::to_path_buf);
+    if dir
+        .as_deref()
+        .and_then(Path::file_name)
+        .is_some_and(|n| n == "deps" || n == "examples")
+    {
+        dir = dir.and_then(|d| d.parent().map(Path::to_path_buf));
+    }
+    let mut out = Vec::new();
+    if let Some(profile_dir) = dir {
+        out.push(profile_dir.join(name));
+        if let Some(target) = profile_dir.parent() {
+            for profile in ["debug", "release"] {
+                let p = target.join(profile).join(name);
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_event_with_quotes_and_spans() {
+        let line = "2026-01-01T00:00:00.123Z  INFO client{mac=52:54:00:aa:bb:cc xid=0x1}: \
+                    ironpxe::event: offered boot event=\"dhcp.offer\" file=\"undionly.kpxe\" \
+                    note=\"a \\\"b\\\" c\" bytes=123";
+        let (name, fields) = parse_event_line(line).unwrap();
+        assert_eq!(name, "dhcp.offer");
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(fk, _)| fk == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("file").as_deref(), Some("undionly.kpxe"));
+        assert_eq!(get("note").as_deref(), Some("a \"b\" c"));
+        assert_eq!(get("bytes").as_deref(), Some("123"));
+        assert_eq!(get("mac").as_deref(), Some("52:54:00:aa:bb:cc"));
+    }
+
+    #[test]
+    fn bare_event_and_non_events() {
+        let (name, _) =
+            parse_event_line(" INFO ironpxe::event: event=tftp.done file=x bytes=9").unwrap();
+        assert_eq!(name, "tftp.done");
+        assert!(parse_event_line(" INFO ironpxe::dhcp: event=dhcp.offer").is_none());
+        assert!(parse_event_line(" INFO ironpxe::event: no event here").is_none());
+    }
+
+    #[test]
+    fn json_event() {
+        let line = r#"{"timestamp":"x","level":"INFO","fields":{"event":"http.booting","mac":"52:54:00:00:00:01","bytes":5},"target":"ironpxe::event"}"#;
+        let (name, fields) = parse_event_line(line).unwrap();
+        assert_eq!(name, "http.booting");
+        assert!(fields.contains(&("bytes".to_string(), "5".to_string())));
+    }
+
+    #[test]
+    fn binary_candidates_follow_profile() {
+        let c = bin_candidates(Path::new("/t/debug/deps/lab-123"), "ironpxe");
+        assert_eq!(c[0], Path::new("/t/debug/ironpxe"));
+        assert!(c.contains(&PathBuf::from("/t/release/ironpxe")));
+        let c = bin_candidates(Path::new("/t/release/ironpxe-lab"), "ironpxe");
+        assert_eq!(c[0], Path::new("/t/release/ironpxe"));
+    }
+}
