@@ -53,3 +53,35 @@ fn qemu_bios_guest_boots_through_ironpxe_with_exact_cmdline() {
         .guest
         .wait_for_serial("reboot: Power down", Duration::from_secs(10));
 }
+
+/// Characters iPXE would otherwise interpret (`${...}`, `#`, `||`, `&&`, runs of
+/// spaces, quotes) reach the kernel unchanged, and the boot message, with its own
+/// `${...}`, is printed on the client console.
+#[test]
+fn qemu_bios_guest_gets_special_characters_and_the_boot_message_verbatim() {
+    const TRICKY: &str = "console=ttyS0 a  b \"q\" #c x=${ y} $z || && tab\tend";
+    const MESSAGE: &str = "Installing ${hostname} #1: \"node-07\" || nothing";
+    let lab = Lab::new("qemu_bios_verbatim").expect("build lab");
+    let kernel = ironpxe_lab::kernel().expect("test kernel");
+    let initrd = lab.initrd().expect("initrd");
+    let mut args = lab.ironpxe_boot_args(&kernel, &[&initrd], TRICKY);
+    args.push("--bootmsg".into());
+    args.push(MESSAGE.into());
+    let _ironpxe = lab.start_ironpxe(&args).expect("start ironpxe");
+
+    let outcome = boot_once(&lab, GuestConfig::bios(), DEFAULT_MARKER_TIMEOUT).expect("guest");
+    let marker = outcome.marker.unwrap_or_else(|e| {
+        panic!(
+            "the guest did not boot through ironpxe: {e:#}\n(logs in {})",
+            lab.out_dir().display()
+        )
+    });
+    assert_eq!(
+        marker.cmdline, TRICKY,
+        "the kernel's /proc/cmdline differs from --cmdline"
+    );
+    outcome
+        .guest
+        .wait_for_serial(MESSAGE, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("the boot message never reached the console: {e:#}"));
+}
