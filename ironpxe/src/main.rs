@@ -1,5 +1,8 @@
 //! The `ironpxe` command: parses the pixiecore-compatible command line, checks it,
 //! and runs the ProxyDHCP, TFTP and HTTP servers until stopped.
+//!
+//! Installed (or symlinked) as `pixiecore`, it presents itself as pixiecore, so
+//! existing scripts, units and `services.pixiecore` keep working unchanged.
 
 mod cli;
 mod ipxe_files;
@@ -7,10 +10,33 @@ mod run;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
+
+/// The name under which ironpxe behaves as a pixiecore drop-in.
+const PIXIECORE: &str = "pixiecore";
+
+fn invoked_as_pixiecore() -> bool {
+    std::env::args_os()
+        .next()
+        .as_deref()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == PIXIECORE)
+}
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let mut cmd = cli::Cli::command();
+    if invoked_as_pixiecore() {
+        cmd = cmd
+            .name(PIXIECORE)
+            .bin_name(PIXIECORE)
+            .version(concat!(env!("CARGO_PKG_VERSION"), " (ironpxe, pixiecore-compatible)"))
+            .about("pixiecore-compatible network boot server (provided by ironpxe)");
+    }
+    let args = match cli::Cli::from_arg_matches(&cmd.get_matches()) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     run::init_logging(&args.log);
     match run::run(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -92,7 +92,14 @@ fn serve(args: &ServerArgs, booter: Arc<dyn Booter>) -> Result<()> {
         efi64: args.ipxe_efi64.clone(),
         ipxe: args.ipxe_ipxe.clone(),
     };
-    let dirs: Vec<&Path> = SEARCH_DIRS.iter().map(Path::new).collect();
+    // IRONPXE_IPXE_DIR (set by packagers, e.g. the Nix package to pkgs.ipxe) is
+    // searched before the distribution directories.
+    let packaged = std::env::var_os("IRONPXE_IPXE_DIR").map(std::path::PathBuf::from);
+    let dirs: Vec<&Path> = packaged
+        .as_deref()
+        .into_iter()
+        .chain(SEARCH_DIRS.iter().map(Path::new))
+        .collect();
     let ipxe = IpxeSet::resolve(&over, &dirs)?;
     for line in &ipxe.report {
         info!("iPXE {line}");

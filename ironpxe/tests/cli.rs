@@ -216,3 +216,20 @@ fn serves_ipxe_over_tftp_and_boot_files_over_http_on_loopback() {
     let (head, _) = http_get(http, "/_/file?name=00000000000000000000000000000000");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 }
+
+#[test]
+fn runs_as_pixiecore_under_that_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("pixiecore");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ironpxe"), &link).unwrap();
+    let (code, text) = output(Command::new(&link).arg("--version"));
+    assert_eq!(code, 0, "{text}");
+    assert!(text.starts_with("pixiecore "), "{text}");
+    let (code, text) = output(Command::new(&link).args(["boot", "--help"]));
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("Usage: pixiecore boot"), "{text}");
+    // A pixiecore command line with a missing kernel fails the same clear way.
+    let (code, text) = output(Command::new(&link).args(["boot", "/nonexistent/k", "--cmdline", "x"]));
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("KERNEL /nonexistent/k"), "{text}");
+}

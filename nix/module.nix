@@ -1,0 +1,175 @@
+# NixOS module: services.ironpxe.
+{ config, lib, pkgs, ... }:
+
+let
+  cfg = config.services.ironpxe;
+  helpers = import ./lib.nix;
+  settingsFormat = pkgs.formats.toml { };
+  settings = helpers.mkSettings { inherit (cfg) settings machines interface; };
+  configFile = settingsFormat.generate "ironpxe.toml" settings;
+  args = helpers.mkArgs {
+    inherit (cfg) apiServer apiRequestTimeout interface debug dhcpNoBind extraArguments;
+    inherit settings;
+    configFile = "${configFile}";
+  };
+  ports = helpers.firewallPorts settings;
+  inherit (lib) mkOption types;
+
+  machineType = types.submodule {
+    options = {
+      mac = mkOption {
+        type = types.str;
+        example = "52:54:00:12:34:56";
+        description = "MAC address of the machine's boot NIC.";
+      };
+      profile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "Profile (a `settings.profiles` entry) the machine boots.";
+      };
+      kernel = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "Kernel for this machine, overriding its profile's.";
+      };
+      initrd = mkOption {
+        type = types.nullOr (types.listOf types.str);
+        default = null;
+        description = "Initrds for this machine, overriding its profile's.";
+      };
+      cmdline = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "Kernel command line for this machine, overriding its profile's.";
+      };
+      message = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "Message shown on the machine's console before it boots.";
+      };
+      boot = mkOption {
+        type = types.nullOr (types.enum [ "netboot" "local" "ignore" ]);
+        default = null;
+        description = "`netboot` (default), `local` (leave to the next boot device) or `ignore`.";
+      };
+    };
+  };
+in
+{
+  options.services.ironpxe = {
+    enable = lib.mkEnableOption "ironpxe, the network boot server (ProxyDHCP, TFTP, HTTP)";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.ironpxe or (pkgs.callPackage ./package.nix { });
+      defaultText = lib.literalExpression "pkgs.ironpxe";
+      description = "The ironpxe package.";
+    };
+
+    interface = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "enp3s0";
+      description = "The data NIC: ProxyDHCP answers only requests arriving on it.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open UDP 67, 69 and 4011 and the HTTP and status TCP ports.";
+    };
+
+    settings = mkOption {
+      type = settingsFormat.type;
+      default = { };
+      example = lib.literalExpression ''
+        {
+          server.http_port = 80;
+          profiles.compute = {
+            kernel = "/srv/netboot/bzImage";
+            initrd = [ "/srv/netboot/initrd" ];
+            cmdline = "init=/nix/store/...-nixos-system/init loglevel=4";
+          };
+        }
+      '';
+      description = "ironpxe.toml contents (`[server]`, `[ipxe]`, `[profiles.NAME]`, `[[machines]]`), rendered as TOML.";
+    };
+
+    machines = mkOption {
+      type = types.attrsOf machineType;
+      default = { };
+      example = lib.literalExpression ''{ node-00 = { mac = "52:54:00:00:00:10"; profile = "compute"; }; }'';
+      description = "Machines by name; appended to `settings.machines` with the name as `name`.";
+    };
+
+    apiServer = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "file:///etc/ironpxe/api";
+      description = "Run in pixiecore API mode against this URL (http, https or file) instead of the config file.";
+    };
+
+    apiRequestTimeout = mkOption {
+      type = types.str;
+      default = "5s";
+      description = "Timeout of one API request (API mode).";
+    };
+
+    dhcpNoBind = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Receive DHCP without binding UDP 67 (next to a DHCP server on this host); needs CAP_NET_RAW.";
+    };
+
+    debug = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Log packet-level decisions.";
+    };
+
+    extraArguments = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = "Extra command-line arguments.";
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    networking.firewall = lib.mkIf cfg.openFirewall {
+      allowedUDPPorts = ports.udp;
+      allowedTCPPorts = ports.tcp;
+    };
+
+    systemd.services.ironpxe = {
+      description = "ironpxe network boot server";
+      after = [ "network-online.target" ];
+      wants = [ "network-online.target" ];
+      wantedBy = [ "multi-user.target" ];
+      restartTriggers = [ configFile ];
+      serviceConfig = {
+        ExecStart = "${lib.getExe cfg.package} ${lib.escapeShellArgs args}";
+        ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+        Restart = "on-failure";
+        DynamicUser = true;
+        StateDirectory = "ironpxe";
+        AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ] ++ lib.optional cfg.dhcpNoBind "CAP_NET_RAW";
+        CapabilityBoundingSet = [ "CAP_NET_BIND_SERVICE" ] ++ lib.optional cfg.dhcpNoBind "CAP_NET_RAW";
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectControlGroups = true;
+        RestrictNamespaces = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        RestrictRealtime = true;
+        SystemCallArchitectures = "native";
+        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" "AF_NETLINK" ]
+          ++ lib.optional cfg.dhcpNoBind "AF_PACKET";
+      };
+    };
+  };
+}
