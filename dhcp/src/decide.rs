@@ -19,8 +19,15 @@ pub struct IpxeBinaries {
     pub bios: Option<String>,
     /// EFI IA32 (6).
     pub efi32: Option<String>,
-    /// EFI x64 (7, 9), e.g. `ipxe.efi`.
+    /// EFI x64 (7, 9), e.g. `ipxe.efi`, or `snponly.efi` when the operator prefers
+    /// the firmware's own network driver.
     pub efi64: Option<String>,
+    /// EFI ARM64 (11), e.g. `snp.efi` of an arm64 iPXE build.
+    pub arm64: Option<String>,
+    /// The x64 binary UEFI HTTP Boot clients (16) download; falls back to `efi64`.
+    /// An HTTP Boot client has just used the firmware's network driver, so
+    /// `snponly.efi` is safe there and starts about 4 s faster than `ipxe.efi`.
+    pub http_efi64: Option<String>,
     /// Served instead of the firmware binary to BIOS clients that are already iPXE
     /// (pixiecore's `--ipxe-ipxe`), e.g. `ipxe.pxe`.
     pub ipxe: Option<String>,
@@ -34,11 +41,29 @@ impl IpxeBinaries {
             ClientArch::Bios => self.bios.as_ref(),
             ClientArch::EfiIa32 => self.efi32.as_ref(),
             ClientArch::EfiX64 | ClientArch::EfiBc => self.efi64.as_ref(),
+            ClientArch::EfiArm64 => self.arm64.as_ref(),
+            _ => None,
+        };
+        file.map(String::as_str)
+    }
+
+    /// The binary a UEFI HTTP Boot client of `arch` downloads, if one is configured.
+    pub fn for_http_boot(&self, arch: ClientArch) -> Option<&str> {
+        let file = match arch {
+            ClientArch::HttpIa32 | ClientArch::EfiIa32 => self.efi32.as_ref(),
+            ClientArch::HttpX64 | ClientArch::EfiX64 | ClientArch::EfiBc => {
+                self.http_efi64.as_ref().or(self.efi64.as_ref())
+            }
+            ClientArch::HttpArm64 | ClientArch::EfiArm64 => self.arm64.as_ref(),
             _ => None,
         };
         file.map(String::as_str)
     }
 }
+
+/// Path under which ironpxe's HTTP server serves the iPXE binaries by file name
+/// (`http://<server>/_/bin/snponly.efi`); UEFI HTTP Boot clients get such a URL.
+pub const BINARY_URL_PATH: &str = "/_/bin/";
 
 /// Settings of the decision core.
 #[derive(Clone, Debug)]
@@ -114,6 +139,11 @@ pub enum BootPath {
         /// Script URL.
         url: String,
     },
+    /// UEFI HTTP Boot firmware: download an iPXE EFI binary from our HTTP server.
+    HttpBoot {
+        /// URL of the binary.
+        url: String,
+    },
 }
 
 impl BootPath {
@@ -122,6 +152,7 @@ impl BootPath {
         match self {
             BootPath::Chainload { .. } => "tftp",
             BootPath::Script { .. } => "http",
+            BootPath::HttpBoot { .. } => "httpboot",
         }
     }
 
@@ -129,7 +160,7 @@ impl BootPath {
     pub fn target(&self) -> &str {
         match self {
             BootPath::Chainload { file } => file,
-            BootPath::Script { url } => url,
+            BootPath::Script { url } | BootPath::HttpBoot { url } => url,
         }
     }
 }
@@ -167,12 +198,12 @@ pub enum Ignored {
     /// No iPXE binary is configured for this firmware.
     #[error("no iPXE binary configured for firmware {0} (option 93 = {code})", code = .0.code())]
     NoBinary(ClientArch),
-    /// A firmware ironpxe does not boot.
-    #[error("unsupported client firmware {0} (option 93 = {code})", code = .0.code())]
+    /// A firmware ironpxe does not boot (an unknown option 93 code, or ARM32).
+    #[error("unsupported client firmware {0} (option 93 = {code}); not answering", code = .0.code())]
     UnsupportedArch(ClientArch),
-    /// UEFI HTTP Boot clients are not answered yet.
-    #[error("UEFI HTTP Boot client ({0}) is not supported")]
-    HttpBoot(ClientArch),
+    /// A UEFI HTTP Boot client for which no iPXE binary is configured.
+    #[error("no iPXE binary configured for UEFI HTTP Boot client {0} (option 93 = {code})", code = .0.code())]
+    NoHttpBinary(ClientArch),
     /// iPXE without HTTP, right after we chainloaded it: answering again would loop.
     #[error(
         "iPXE without HTTP support came back after a chainload; not answering to avoid a boot loop"
@@ -237,18 +268,27 @@ pub fn decide(
         (ServerPort::Pxe, MessageType::Request | MessageType::Inform) => MessageType::Ack,
         (port, msg_type) => return Err(Ignored::WrongPort { msg_type, port }),
     };
-    if req.class == VendorClass::HttpClient || req.arch.is_http_boot() {
-        return Err(Ignored::HttpBoot(req.arch));
+    if matches!(
+        req.arch,
+        ClientArch::Unknown(_) | ClientArch::EfiArm32 | ClientArch::HttpArm32
+    ) {
+        return Err(Ignored::UnsupportedArch(req.arch));
     }
-    if matches!(req.arch, ClientArch::Unknown(_) | ClientArch::EfiArm32) {
+    let http_boot = req.class == VendorClass::HttpClient || req.arch.is_http_boot();
+    if http_boot && req.arch == ClientArch::Bios {
+        // BIOS firmware has no HTTP Boot; a client claiming both is not one we know.
         return Err(Ignored::UnsupportedArch(req.arch));
     }
     if let BootDecision::Ignore(reason) = booter.decide(req.mac, req.arch) {
         return Err(Ignored::Booter(reason));
     }
 
-    let path = choose_path(cfg, &req, meta, now, memory)?;
-    if let BootPath::Chainload { .. } = path {
+    let path = if http_boot {
+        http_boot_path(cfg, &req, meta)?
+    } else {
+        choose_path(cfg, &req, meta, now, memory)?
+    };
+    if let BootPath::Chainload { .. } | BootPath::HttpBoot { .. } = path {
         memory.record(req.mac, req.xid, now, cfg.chainload_window);
     }
 
@@ -297,12 +337,31 @@ fn choose_path(
     }
 }
 
-fn script(cfg: &ProxyConfig, req: &PxeRequest, meta: &RecvMeta) -> BootPath {
-    let host = if cfg.http_port == 80 {
+/// `ip` or `ip:port` of our HTTP server, as seen on the receiving interface.
+fn http_host(cfg: &ProxyConfig, meta: &RecvMeta) -> String {
+    if cfg.http_port == 80 {
         meta.local_ip.to_string()
     } else {
         format!("{}:{}", meta.local_ip, cfg.http_port)
-    };
+    }
+}
+
+fn http_boot_path(
+    cfg: &ProxyConfig,
+    req: &PxeRequest,
+    meta: &RecvMeta,
+) -> Result<BootPath, Ignored> {
+    let file = cfg
+        .binaries
+        .for_http_boot(req.arch)
+        .ok_or(Ignored::NoHttpBinary(req.arch))?;
+    Ok(BootPath::HttpBoot {
+        url: format!("http://{}{BINARY_URL_PATH}{file}", http_host(cfg, meta)),
+    })
+}
+
+fn script(cfg: &ProxyConfig, req: &PxeRequest, meta: &RecvMeta) -> BootPath {
+    let host = http_host(cfg, meta);
     BootPath::Script {
         url: format!(
             "http://{host}/_/ipxe?arch={}&mac={}",

@@ -13,6 +13,8 @@
 //!   the reason it is [`Ignored`]. No sockets, no clock.
 //! - [`sock`]: the only place that knows socket options (`SO_BINDTODEVICE`,
 //!   `IP_PKTINFO`).
+//! - [`nobind`]: the non-binding receive path (`--dhcp-no-bind`): a packet socket
+//!   with a BPF filter, IPv4/UDP decoding, and raw sends from port 67.
 //! - [`server`]: the tokio driver: receive, decode, decide, send, log an event.
 //!
 //! Firmware PXE clients are chainloaded into iPXE over TFTP; iPXE clients with HTTP
@@ -20,13 +22,14 @@
 //! iPXE binaries would otherwise fall into.
 
 pub mod decide;
+pub mod nobind;
 pub mod request;
 pub mod server;
 pub mod sock;
 
 pub use decide::{
     decide, BootPath, ChainloadMemory, Destination, Ignored, IpxeBinaries, ProxyConfig, RecvMeta,
-    Reply, ServerPort,
+    Reply, ServerPort, BINARY_URL_PATH,
 };
 pub use request::{IpxeInfo, NotPxe, PxeRequest, VendorClass};
 pub use server::serve;

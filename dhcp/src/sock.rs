@@ -16,12 +16,19 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use crate::decide::{Destination, RecvMeta, ServerPort};
+use crate::nobind::PacketSocket;
 
-/// A UDP socket receiving DHCP for one [`ServerPort`].
+/// A socket receiving DHCP for one [`ServerPort`]: a bound UDP socket, or the
+/// non-binding packet-socket path of [`DhcpSocket::no_bind`].
 pub struct DhcpSocket {
-    inner: UdpSocket,
+    inner: Inner,
     port: ServerPort,
     listen_ip: Ipv4Addr,
+}
+
+enum Inner {
+    Udp(UdpSocket),
+    Packet(Box<PacketSocket>),
 }
 
 impl DhcpSocket {
@@ -45,7 +52,23 @@ impl DhcpSocket {
         sock.set_nonblocking(true)?;
         sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
         Ok(DhcpSocket {
-            inner: UdpSocket::from_std(sock.into())?,
+            inner: Inner::Udp(UdpSocket::from_std(sock.into())?),
+            port: role,
+            listen_ip,
+        })
+    }
+
+    /// Receives DHCP to UDP `port` without binding it (pixiecore's `--dhcp-no-bind`),
+    /// so a DHCP server on the same host can keep the port. Needs CAP_NET_RAW. With
+    /// `device`, only packets arriving on that interface are seen.
+    pub fn no_bind(
+        role: ServerPort,
+        port: u16,
+        device: Option<&str>,
+        listen_ip: Ipv4Addr,
+    ) -> io::Result<Self> {
+        Ok(DhcpSocket {
+            inner: Inner::Packet(Box::new(PacketSocket::open(port, device)?)),
             port: role,
             listen_ip,
         })
@@ -58,48 +81,55 @@ impl DhcpSocket {
 
     /// Receives one datagram with its metadata.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, RecvMeta)> {
-        let fd = self.inner.as_raw_fd();
+        let udp = match &self.inner {
+            Inner::Udp(u) => u,
+            Inner::Packet(p) => return p.recv(buf, self.port, self.listen_ip).await,
+        };
+        let fd = udp.as_raw_fd();
         let listen_ip = self.listen_ip;
         let role = self.port;
-        self.inner
-            .async_io(Interest::READABLE, || {
-                let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
-                let mut iov = [IoSliceMut::new(buf)];
-                let msg = recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())
-                    .map_err(io::Error::from)?;
-                let src = msg
-                    .address
-                    .map(|a| SocketAddrV4::new(a.ip(), a.port()))
-                    .unwrap_or_else(|| SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-                let mut ifindex = 0;
-                let mut spec_dst = Ipv4Addr::UNSPECIFIED;
-                for c in msg.cmsgs().map_err(io::Error::from)? {
-                    if let ControlMessageOwned::Ipv4PacketInfo(info) = c {
-                        ifindex = info.ipi_ifindex as u32;
-                        spec_dst = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
-                    }
+        udp.async_io(Interest::READABLE, || {
+            let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
+            let mut iov = [IoSliceMut::new(buf)];
+            let msg = recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())
+                .map_err(io::Error::from)?;
+            let src = msg
+                .address
+                .map(|a| SocketAddrV4::new(a.ip(), a.port()))
+                .unwrap_or_else(|| SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+            let mut ifindex = 0;
+            let mut spec_dst = Ipv4Addr::UNSPECIFIED;
+            for c in msg.cmsgs().map_err(io::Error::from)? {
+                if let ControlMessageOwned::Ipv4PacketInfo(info) = c {
+                    ifindex = info.ipi_ifindex as u32;
+                    spec_dst = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
                 }
-                let local_ip = if listen_ip.is_unspecified() {
-                    spec_dst
-                } else {
-                    listen_ip
-                };
-                Ok((
-                    msg.bytes,
-                    RecvMeta {
-                        local_ip,
-                        ifindex,
-                        port: role,
-                        src,
-                    },
-                ))
-            })
-            .await
+            }
+            let local_ip = if listen_ip.is_unspecified() {
+                spec_dst
+            } else {
+                listen_ip
+            };
+            Ok((
+                msg.bytes,
+                RecvMeta {
+                    local_ip,
+                    ifindex,
+                    port: role,
+                    src,
+                },
+            ))
+        })
+        .await
     }
 
     /// Sends a reply from `local_ip`; a broadcast leaves through `ifindex`.
     pub async fn send(&self, data: &[u8], dest: Destination, local_ip: Ipv4Addr) -> io::Result<()> {
-        let fd = self.inner.as_raw_fd();
+        let udp = match &self.inner {
+            Inner::Udp(u) => u,
+            Inner::Packet(p) => return p.send(data, dest, local_ip).await,
+        };
+        let fd = udp.as_raw_fd();
         let (to, ifindex) = match dest {
             Destination::Broadcast { ifindex } => {
                 (SocketAddrV4::new(Ipv4Addr::BROADCAST, 68), ifindex)
@@ -114,14 +144,13 @@ impl DhcpSocket {
             ipi_addr: libc::in_addr { s_addr: 0 },
         };
         let addr = SockaddrIn::from(to);
-        self.inner
-            .async_io(Interest::WRITABLE, || {
-                let iov = [IoSlice::new(data)];
-                let cmsgs = [ControlMessage::Ipv4PacketInfo(&info)];
-                sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&addr))
-                    .map(|_| ())
-                    .map_err(io::Error::from)
-            })
-            .await
+        udp.async_io(Interest::WRITABLE, || {
+            let iov = [IoSlice::new(data)];
+            let cmsgs = [ControlMessage::Ipv4PacketInfo(&info)];
+            sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&addr))
+                .map(|_| ())
+                .map_err(io::Error::from)
+        })
+        .await
     }
 }

@@ -36,6 +36,8 @@ fn cfg() -> ProxyConfig {
             efi32: None,
             efi64: Some("ipxe.efi".into()),
             ipxe: None,
+            arm64: None,
+            http_efi64: None,
         },
         ..ProxyConfig::default()
     }
@@ -537,19 +539,28 @@ fn unknown_and_unsupported_firmware_is_ignored_with_a_reason() {
     .unwrap_err();
     assert_eq!(err, Ignored::UnsupportedArch(ClientArch::Unknown(42)));
     assert!(!err.is_routine());
+    // HTTP Boot x64 without any x64 binary configured.
     let http = Client {
         class: Some(b"HTTPClient:Arch:00016:UNDI:003000"),
         ..Client::firmware(16)
     };
+    let no_x64 = ProxyConfig {
+        binaries: IpxeBinaries {
+            efi64: None,
+            ..cfg().binaries
+        },
+        ..cfg()
+    };
     let err = run(
-        &cfg(),
+        &no_x64,
         &http.packet(),
         ServerPort::Dhcp,
         Instant::now(),
         &mut mem,
     )
     .unwrap_err();
-    assert_eq!(err, Ignored::HttpBoot(ClientArch::HttpX64));
+    assert_eq!(err, Ignored::NoHttpBinary(ClientArch::HttpX64));
+    assert!(!err.is_routine());
 }
 
 #[test]

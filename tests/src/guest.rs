@@ -46,6 +46,9 @@ pub struct GuestConfig {
     pub memory_mib: u32,
     /// UEFI only: turn off OVMF's PXE so it goes straight to UEFI HTTP Boot.
     pub uefi_http_only: bool,
+    /// Load the iPXE option ROM on the NIC (default). Off (`romfile=`), a UEFI guest
+    /// uses OVMF's own virtio-net driver and EDK2's PXE or HTTP Boot client.
+    pub ipxe_rom: bool,
     /// More QEMU arguments.
     pub extra_args: Vec<String>,
 }
@@ -59,6 +62,7 @@ impl GuestConfig {
             mac: None,
             memory_mib: 512,
             uefi_http_only: false,
+            ipxe_rom: true,
             extra_args: Vec::new(),
         }
     }
@@ -68,6 +72,24 @@ impl GuestConfig {
         GuestConfig {
             firmware: Firmware::Uefi,
             ..Self::bios()
+        }
+    }
+
+    /// A UEFI guest without the iPXE ROM: EDK2's own PXE client (PXEv4) boots it.
+    pub fn uefi_native_pxe() -> Self {
+        GuestConfig {
+            ipxe_rom: false,
+            ..Self::uefi()
+        }
+    }
+
+    /// A UEFI guest without the iPXE ROM and with PXE turned off: EDK2's UEFI HTTP
+    /// Boot client (HTTPv4) boots it.
+    pub fn uefi_http_boot() -> Self {
+        GuestConfig {
+            ipxe_rom: false,
+            uefi_http_only: true,
+            ..Self::uefi()
         }
     }
 }
@@ -171,9 +193,10 @@ pub(crate) fn start(
     // The iPXE ROMs carry the PCI id of a modern (virtio 1.0) device. QEMU patches
     // the id only into its default ROM, so with an explicit romfile= the device must
     // be modern-only or the firmware skips the ROM.
-    let rom = match config.firmware {
-        Firmware::Bios => PXE_VIRTIO_ROM,
-        Firmware::Uefi => EFI_VIRTIO_ROM,
+    let rom = match (config.ipxe_rom, config.firmware) {
+        (false, _) => "",
+        (true, Firmware::Bios) => PXE_VIRTIO_ROM,
+        (true, Firmware::Uefi) => EFI_VIRTIO_ROM,
     };
     cmd.arg("-device").arg(format!(
         "virtio-net-pci,netdev=n0,mac={mac},romfile={rom},disable-legacy=on,bootindex=1"

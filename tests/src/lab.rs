@@ -51,6 +51,7 @@ pub struct LabBuilder {
     name: String,
     site_dhcp: bool,
     router_advertisements: bool,
+    relayed_segment: bool,
 }
 
 impl LabBuilder {
@@ -64,6 +65,13 @@ impl LabBuilder {
     /// them iPXE waits about 16 s for one in its "Configuring" step.
     pub fn router_advertisements(mut self, on: bool) -> Self {
         self.router_advertisements = on;
+        self
+    }
+
+    /// Whether the site DHCP server also serves segment 1 (`10.78.N.0/24`, router
+    /// `10.78.N.1`) through a relay (default off); see [`Lab::add_relay`].
+    pub fn relayed_segment(mut self, on: bool) -> Self {
+        self.relayed_segment = on;
         self
     }
 
@@ -115,7 +123,7 @@ impl LabBuilder {
         lab.register_owner()?;
         lab.create_network()?;
         if self.site_dhcp {
-            lab.start_site_dhcp(self.router_advertisements)?;
+            lab.start_site_dhcp(self.router_advertisements, self.relayed_segment)?;
         }
         lab.write_description()?;
         Ok(lab)
@@ -191,6 +199,7 @@ impl Lab {
             name: name.to_string(),
             site_dhcp: true,
             router_advertisements: true,
+            relayed_segment: false,
         }
     }
 
@@ -264,6 +273,11 @@ impl Lab {
             .clone()
     }
 
+    /// The lab's subnet number N (addresses are `10.77.N.x`).
+    pub fn subnet(&self) -> u8 {
+        self.inner.subnet
+    }
+
     /// The site server's address, `10.77.N.1`.
     pub fn site_addr(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 77, self.inner.subnet, 1)
@@ -287,7 +301,7 @@ impl Lab {
         format!("fd77:{:x}::", self.inner.subnet)
     }
 
-    fn ip(&self, args: &[&str]) -> Result<()> {
+    pub(crate) fn ip(&self, args: &[&str]) -> Result<()> {
         run_ip(args)
     }
 
@@ -301,7 +315,7 @@ impl Lab {
     }
 
     /// Writes `value` to `/proc/sys/<key>` as seen from inside `ns` (never the host's).
-    fn sysctl_in(&self, ns: &str, key: &str, value: &str) -> Result<()> {
+    pub(crate) fn sysctl_in(&self, ns: &str, key: &str, value: &str) -> Result<()> {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
         let out = self.run_in(ns, "sh", &["-c", &format!("echo {value} > {path}")])?;
         if !out.status.success() {
@@ -313,7 +327,7 @@ impl Lab {
         Ok(())
     }
 
-    fn add_namespace(&self, ns: &str) -> Result<()> {
+    pub(crate) fn add_namespace(&self, ns: &str) -> Result<()> {
         self.ip(&["netns", "add", ns])?;
         self.inner
             .namespaces
@@ -406,7 +420,7 @@ impl Lab {
         self.ip(&["-n", &sw, "link", "set", port, "up"])
     }
 
-    fn start_site_dhcp(&self, ra: bool) -> Result<()> {
+    fn start_site_dhcp(&self, ra: bool, relayed: bool) -> Result<()> {
         let (lo, hi) = self.dhcp_range();
         let leases = self.inner.tmp_dir.join("site-dnsmasq.leases");
         let mut cmd = Command::new("ip");
@@ -428,6 +442,13 @@ impl Lab {
             .arg(format!("--interface={}", self.site_ifname()))
             .arg(format!("--dhcp-range={lo},{hi},255.255.255.0,1h"))
             .arg(format!("--dhcp-leasefile={}", leases.display()));
+        if relayed {
+            let far = crate::segments::segment_prefix(1, self.inner.subnet);
+            cmd.arg(format!(
+                "--dhcp-range=set:seg1,{far}.100,{far}.200,255.255.255.0,1h"
+            ))
+            .arg(format!("--dhcp-option=tag:seg1,option:router,{far}.1"));
+        }
         if ra {
             cmd.arg("--enable-ra")
                 .arg(format!("--dhcp-range={},ra-only", self.prefix6()));
@@ -600,9 +621,17 @@ impl Lab {
     /// ironpxe namespace, logging to `ironpxe.log`. Waits (up to 15 s) until it
     /// listens on UDP 67 or its HTTP port, and fails if it exits first.
     pub fn start_ironpxe<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<Ironpxe> {
+        self.start_ironpxe_in(&self.pxe_ns(), args)
+    }
+
+    /// Like [`Lab::start_ironpxe`], in namespace `ns` (for example the site
+    /// namespace, next to its DHCP server). Outside the ironpxe namespace UDP 67 may
+    /// belong to another server, so only the HTTP port counts as "listening" there.
+    pub fn start_ironpxe_in<S: AsRef<OsStr>>(&self, ns: &str, args: &[S]) -> Result<Ironpxe> {
         let bin = ironpxe_bin()?;
+        let udp67_counts = ns == self.pxe_ns();
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.pxe_ns()])
+        cmd.args(["netns", "exec", ns])
             .arg(&bin)
             .args(args)
             .env("NO_COLOR", "1");
@@ -622,7 +651,7 @@ impl Lab {
                     proc.tail(30)
                 );
             }
-            if self.listening(&self.pxe_ns(), port) {
+            if self.listening(ns, port, udp67_counts) {
                 break;
             }
             if Instant::now() >= deadline {
@@ -637,8 +666,8 @@ impl Lab {
         Ok(Ironpxe { proc })
     }
 
-    /// Whether something in `ns` listens on UDP 67 or TCP `http_port`.
-    fn listening(&self, ns: &str, http_port: u16) -> bool {
+    /// Whether something in `ns` listens on TCP `http_port` (or UDP 67, if `udp67`).
+    fn listening(&self, ns: &str, http_port: u16, udp67: bool) -> bool {
         let Ok(out) = self.run_in(
             ns,
             "cat",
@@ -652,12 +681,11 @@ impl Lab {
             return false;
         };
         let text = String::from_utf8_lossy(&out.stdout);
-        let udp67 = ":0043 ";
         let tcp = format!(":{http_port:04X} ");
         text.lines().any(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
             cols.len() > 3
-                && ((format!("{} ", cols[1]).ends_with(udp67) && cols[3] == "07")
+                && ((udp67 && format!("{} ", cols[1]).ends_with(":0043 ") && cols[3] == "07")
                     || (format!("{} ", cols[1]).ends_with(&tcp) && cols[3] == "0A"))
         })
     }
@@ -683,6 +711,12 @@ impl Lab {
 
     /// Creates a tap device on the bridge and starts a QEMU guest on it.
     pub fn start_guest(&self, config: GuestConfig) -> Result<Guest> {
+        self.start_guest_on(&self.bridge(), config)
+    }
+
+    /// Starts a QEMU guest on another bridge of the switch namespace (see
+    /// [`Lab::add_segment`]).
+    pub fn start_guest_on(&self, bridge: &str, config: GuestConfig) -> Result<Guest> {
         let n = self.inner.next_guest.fetch_add(1, Ordering::SeqCst);
         if n > 250 {
             bail!("too many guests in one lab");
@@ -690,7 +724,7 @@ impl Lab {
         let tap = format!("{}-t{n}", self.inner.id);
         let sw = self.switch_ns();
         self.ip(&["-n", &sw, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
-        self.ip(&["-n", &sw, "link", "set", &tap, "master", &self.bridge()])?;
+        self.ip(&["-n", &sw, "link", "set", &tap, "master", bridge])?;
         self.ip(&["-n", &sw, "link", "set", &tap, "up"])?;
         let mac = config.mac.unwrap_or(ironpxe_core::MacAddr([
             0x52,

@@ -16,6 +16,9 @@
 //! - [`Lab::start_guest`] starts a BIOS or UEFI QEMU [`Guest`] on a tap device of the
 //!   bridge; [`Guest::wait_for_marker`] returns the [`Marker`] with the command line
 //!   the kernel received.
+//! - [`segments`]: more bridges ([`Lab::add_segment`]) with their own DHCP server,
+//!   a second ironpxe NIC, or a dnsmasq DHCP relay routing to the main segment; and
+//!   tcpdump captures ([`Lab::capture`]) read back as UDP datagrams.
 //! - [`Lab::timeline`] merges power-on, serial lines, ironpxe events and site DHCP
 //!   lines into a [`Timeline`] in seconds since power-on.
 //!
@@ -44,6 +47,7 @@ pub mod guest;
 pub mod lab;
 pub mod preflight;
 pub mod proc;
+pub mod segments;
 pub mod timeline;
 
 use std::path::PathBuf;
@@ -55,6 +59,7 @@ pub use guest::{Firmware, Guest, GuestConfig, Marker, DEFAULT_MARKER_TIMEOUT};
 pub use lab::{cleanup_stale, Client, Ironpxe, Lab, LabBuilder, DEFAULT_HTTP_PORT};
 pub use preflight::preflight;
 pub use proc::{LogLine, Stream};
+pub use segments::{save_dhcp_requests, Capture, CapturedUdp, LabProc, Segment};
 pub use timeline::{Entry, Source, Timeline};
 
 impl Lab {

@@ -8,7 +8,10 @@ use std::process::Command;
 use serde_json::Value;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn nix_instantiate() -> Command {
@@ -23,7 +26,10 @@ fn nix_files(dir: &Path, out: &mut Vec<PathBuf>) {
         let p = entry.unwrap().path();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         if p.is_dir() {
-            if !matches!(name.as_str(), "target" | ".git" | "lab-out" | ".lab-cache" | "fuzz") {
+            if !matches!(
+                name.as_str(),
+                "target" | ".git" | "lab-out" | ".lab-cache" | "fuzz"
+            ) {
                 nix_files(&p, out);
             }
         } else if name.ends_with(".nix") {
@@ -33,8 +39,15 @@ fn nix_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn require_nix() {
-    let ok = nix_instantiate().arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(ok, "nix-instantiate is missing: install Debian's nix-bin (scripts/setup-debian does)");
+    let ok = nix_instantiate()
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "nix-instantiate is missing: install Debian's nix-bin (scripts/setup-debian does)"
+    );
 }
 
 #[test]
@@ -42,12 +55,23 @@ fn every_nix_file_parses() {
     require_nix();
     let mut files = Vec::new();
     nix_files(&workspace(), &mut files);
-    for must in ["flake.nix", "default.nix", "nix/module.nix", "nix/package.nix", "nix/tests/vm-test.nix"] {
+    for must in [
+        "flake.nix",
+        "default.nix",
+        "nix/module.nix",
+        "nix/package.nix",
+        "nix/tests/vm-test.nix",
+    ] {
         assert!(files.contains(&workspace().join(must)), "{must} is missing");
     }
     for f in &files {
         let out = nix_instantiate().arg("--parse").arg(f).output().unwrap();
-        assert!(out.status.success(), "{} does not parse:\n{}", f.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{} does not parse:\n{}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -58,7 +82,11 @@ fn eval() -> Value {
         .arg(workspace().join("nix/ci/eval.nix"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "nix/ci/eval.nix failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "nix/ci/eval.nix failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -66,9 +94,23 @@ fn eval() -> Value {
 fn module_declares_the_documented_options() {
     let v = eval();
     let opts = v["options"].as_object().unwrap();
-    for name in ["enable", "package", "interface", "openFirewall", "settings", "machines", "apiServer", "dhcpNoBind"] {
-        let o = opts.get(name).unwrap_or_else(|| panic!("services.ironpxe.{name} is not declared"));
-        assert!(!o["description"].as_str().unwrap_or("").is_empty(), "{name} has no description");
+    for name in [
+        "enable",
+        "package",
+        "interface",
+        "openFirewall",
+        "settings",
+        "machines",
+        "apiServer",
+        "dhcpNoBind",
+    ] {
+        let o = opts
+            .get(name)
+            .unwrap_or_else(|| panic!("services.ironpxe.{name} is not declared"));
+        assert!(
+            !o["description"].as_str().unwrap_or("").is_empty(),
+            "{name} has no description"
+        );
     }
     assert_eq!(opts["settings"]["type"], "toml");
     assert_eq!(opts["machines"]["type"], "attrsOf submodule");
@@ -79,20 +121,41 @@ fn service_runs_unprivileged_with_only_the_capabilities_it_needs() {
     let v = eval();
     let plain = &v["service"]["plain"]["serviceConfig"];
     assert_eq!(plain["DynamicUser"], true);
-    assert_eq!(plain["AmbientCapabilities"], serde_json::json!(["CAP_NET_BIND_SERVICE"]));
-    assert_eq!(plain["CapabilityBoundingSet"], serde_json::json!(["CAP_NET_BIND_SERVICE"]));
+    assert_eq!(
+        plain["AmbientCapabilities"],
+        serde_json::json!(["CAP_NET_BIND_SERVICE"])
+    );
+    assert_eq!(
+        plain["CapabilityBoundingSet"],
+        serde_json::json!(["CAP_NET_BIND_SERVICE"])
+    );
     assert_eq!(plain["NoNewPrivileges"], true);
     assert_eq!(plain["ProtectSystem"], "strict");
     assert_eq!(plain["PrivateTmp"], true);
     assert_eq!(plain["Restart"], "on-failure");
     assert_eq!(plain["StateDirectory"], "ironpxe");
-    assert!(plain["ExecReload"].as_str().unwrap().ends_with("kill -HUP $MAINPID"));
-    assert!(!plain["RestrictAddressFamilies"].as_array().unwrap().contains(&"AF_PACKET".into()));
+    assert!(plain["ExecReload"]
+        .as_str()
+        .unwrap()
+        .ends_with("kill -HUP $MAINPID"));
+    assert!(!plain["RestrictAddressFamilies"]
+        .as_array()
+        .unwrap()
+        .contains(&"AF_PACKET".into()));
 
     let raw = &v["service"]["noBind"]["serviceConfig"];
-    assert_eq!(raw["AmbientCapabilities"], serde_json::json!(["CAP_NET_BIND_SERVICE", "CAP_NET_RAW"]));
-    assert!(raw["RestrictAddressFamilies"].as_array().unwrap().contains(&"AF_PACKET".into()));
-    assert!(raw["ExecStart"].as_str().unwrap().contains("--dhcp-no-bind"));
+    assert_eq!(
+        raw["AmbientCapabilities"],
+        serde_json::json!(["CAP_NET_BIND_SERVICE", "CAP_NET_RAW"])
+    );
+    assert!(raw["RestrictAddressFamilies"]
+        .as_array()
+        .unwrap()
+        .contains(&"AF_PACKET".into()));
+    assert!(raw["ExecStart"]
+        .as_str()
+        .unwrap()
+        .contains("--dhcp-no-bind"));
 
     let fw = &v["service"]["plain"]["firewall"];
     assert_eq!(fw["allowedUDPPorts"], serde_json::json!([67, 69, 4011]));
@@ -104,17 +167,43 @@ fn seed_cluster_renders_twenty_machines() {
     let v = eval();
     let machines = v["cluster"]["machines"].as_array().unwrap();
     let count = |role: &str| machines.iter().filter(|m| m["profile"] == role).count();
-    assert_eq!((count("manager"), count("storage"), count("compute")), (1, 3, 16));
-    let mut macs: Vec<&str> = machines.iter().map(|m| m["mac"].as_str().unwrap()).collect();
+    assert_eq!(
+        (count("manager"), count("storage"), count("compute")),
+        (1, 3, 16)
+    );
+    let mut macs: Vec<&str> = machines
+        .iter()
+        .map(|m| m["mac"].as_str().unwrap())
+        .collect();
     macs.sort();
     macs.dedup();
     assert_eq!(macs.len(), 20, "MACs must be unique");
     assert_eq!(v["cluster"]["interface"], "eno2");
 
-    assert_eq!(v["args"]["config"], serde_json::json!(["serve", "--config", "/etc/ironpxe.toml"]));
-    let api: Vec<&str> = v["args"]["api"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    assert_eq!(&api[..4], ["api", "file:///etc/ironpxe/api", "--api-request-timeout", "5s"]);
-    for w in [["--interface", "eno2"], ["--port", "8080"], ["--status-port", "9090"]] {
+    assert_eq!(
+        v["args"]["config"],
+        serde_json::json!(["serve", "--config", "/etc/ironpxe.toml"])
+    );
+    let api: Vec<&str> = v["args"]["api"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &api[..4],
+        [
+            "api",
+            "file:///etc/ironpxe/api",
+            "--api-request-timeout",
+            "5s"
+        ]
+    );
+    for w in [
+        ["--interface", "eno2"],
+        ["--port", "8080"],
+        ["--status-port", "9090"],
+    ] {
         assert!(api.windows(2).any(|p| p == w), "{w:?} missing in {api:?}");
     }
 }

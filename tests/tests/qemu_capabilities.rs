@@ -29,17 +29,25 @@ fn setpriv_args(caps: &str) -> Vec<String> {
 /// its wrapper.
 fn real_ironpxe() -> PathBuf {
     static REAL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    REAL.get_or_init(|| ironpxe_lab::ironpxe_bin().expect("ironpxe binary")).clone()
+    REAL.get_or_init(|| ironpxe_lab::ironpxe_bin().expect("ironpxe binary"))
+        .clone()
 }
 
 fn require(tool: &str) {
-    let ok = Command::new(tool).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = Command::new(tool)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     assert!(ok, "{tool} is missing: install Debian's util-linux");
 }
 
 /// A directory every user can read, holding copies of `files`.
 fn world_readable(files: &[&Path]) -> (tempfile::TempDir, Vec<PathBuf>) {
-    let dir = tempfile::Builder::new().prefix("ironpxe-caps").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("ironpxe-caps")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let copies = files
         .iter()
@@ -97,16 +105,34 @@ fn qemu_guest_boots_through_ironpxe_with_only_cap_net_bind_service() {
             .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
             .unwrap_or_default()
     };
-    assert_eq!(field("Uid:"), NOBODY, "ironpxe is not running as nobody:\n{status}");
-    assert_eq!(field("CapEff:"), "0000000000000400", "effective capabilities:\n{status}");
-    assert_eq!(field("CapBnd:"), "0000000000000400", "bounding set:\n{status}");
+    assert_eq!(
+        field("Uid:"),
+        NOBODY,
+        "ironpxe is not running as nobody:\n{status}"
+    );
+    assert_eq!(
+        field("CapEff:"),
+        "0000000000000400",
+        "effective capabilities:\n{status}"
+    );
+    assert_eq!(
+        field("CapBnd:"),
+        "0000000000000400",
+        "bounding set:\n{status}"
+    );
 
     let outcome = boot_once(&lab, GuestConfig::bios(), DEFAULT_MARKER_TIMEOUT).expect("guest");
     let marker = outcome.marker.unwrap_or_else(|e| {
-        panic!("the guest did not boot through unprivileged ironpxe: {e:#}\n(logs in {})", lab.out_dir().display())
+        panic!(
+            "the guest did not boot through unprivileged ironpxe: {e:#}\n(logs in {})",
+            lab.out_dir().display()
+        )
     });
     assert_eq!(marker.cmdline, CMDLINE);
-    println!("unprivileged boot: marker {:.1} s after power-on", outcome.timeline.marker_at().unwrap_or_default());
+    println!(
+        "unprivileged boot: marker {:.1} s after power-on",
+        outcome.timeline.marker_at().unwrap_or_default()
+    );
 }
 
 #[test]

@@ -149,6 +149,7 @@ fn boot(args: BootArgs) -> Result<bool> {
     let config = if args.uefi {
         GuestConfig {
             uefi_http_only: args.http_boot,
+            ipxe_rom: !args.http_boot,
             ..GuestConfig::uefi()
         }
     } else {

@@ -1,0 +1,187 @@
+//! The decision core on packets captured from real clients in the QEMU lab
+//! (`testdata/dhcp/`, see `testdata/README.md`): each gets its exact boot path.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
+use ironpxe_core::{BootSpec, ClientArch, FileRef, StaticBooter};
+use ironpxe_dhcp::{
+    decide, BootPath, ChainloadMemory, Destination, Ignored, IpxeBinaries, NotPxe, ProxyConfig,
+    PxeRequest, RecvMeta, Reply, ServerPort,
+};
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+
+fn vector(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/dhcp")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn cfg() -> ProxyConfig {
+    ProxyConfig {
+        http_port: 8080,
+        binaries: IpxeBinaries {
+            bios: Some("undionly.kpxe".into()),
+            efi32: None,
+            efi64: Some("ipxe.efi".into()),
+            arm64: None,
+            http_efi64: Some("snponly.efi".into()),
+            ipxe: None,
+        },
+        ..ProxyConfig::default()
+    }
+}
+
+fn run(name: &str, port: ServerPort) -> Result<Reply, Ignored> {
+    let msg = PxeRequest::decode(&vector(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let booter = StaticBooter::new(BootSpec {
+        kernel: FileRef::parse("/srv/vmlinuz").unwrap(),
+        initrds: vec![],
+        cmdline: String::new(),
+        message: None,
+    });
+    let meta = RecvMeta {
+        local_ip: SERVER,
+        ifindex: 2,
+        port,
+        src: SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 150), 68),
+    };
+    decide(
+        &cfg(),
+        &booter,
+        &msg,
+        &meta,
+        Instant::now(),
+        &mut ChainloadMemory::default(),
+    )
+}
+
+fn script(arch: u16, mac: &str) -> BootPath {
+    BootPath::Script {
+        url: format!("http://10.77.0.2:8080/_/ipxe?arch={arch}&mac={mac}"),
+    }
+}
+
+#[test]
+fn seabios_ipxe_rom_gets_the_script_directly() {
+    let r = run("seabios-ipxe-rom-discover.bin", ServerPort::Dhcp).unwrap();
+    assert_eq!(r.request.arch, ClientArch::Bios);
+    assert!(r.request.ipxe.is_ipxe && r.request.ipxe.http);
+    assert_eq!(r.path, script(0, "52:54:00:4e:d0:01"));
+    assert_eq!(r.dest, Destination::Broadcast { ifindex: 2 });
+    // Its REQUEST on 67 is for the site server.
+    let err = run("seabios-ipxe-rom-request.bin", ServerPort::Dhcp).unwrap_err();
+    assert!(matches!(
+        err,
+        Ignored::WrongPort {
+            msg_type: MessageType::Request,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn relayed_discover_is_answered_to_the_relay() {
+    let r = run("relayed-seabios-ipxe-rom-discover.bin", ServerPort::Dhcp).unwrap();
+    assert_eq!(r.request.giaddr, Ipv4Addr::new(10, 78, 85, 1));
+    assert_eq!(
+        r.dest,
+        Destination::Unicast(SocketAddrV4::new(Ipv4Addr::new(10, 78, 85, 1), 67))
+    );
+    assert_eq!(r.message.giaddr(), Ipv4Addr::new(10, 78, 85, 1));
+    assert_eq!(r.path, script(0, "52:54:00:d5:54:00"));
+    // ironpxe's own relayed offer, seen on the wire, is not a request.
+    let err = run("relayed-ironpxe-offer.bin", ServerPort::Dhcp).unwrap_err();
+    assert_eq!(err, Ignored::NotPxe(NotPxe::NotRequest));
+}
+
+#[test]
+fn ovmf_native_pxe_is_chainloaded_into_ipxe_efi() {
+    let r = run("ovmf-pxe-discover.bin", ServerPort::Dhcp).unwrap();
+    assert_eq!(r.request.arch, ClientArch::EfiX64);
+    assert!(!r.request.ipxe.is_ipxe);
+    assert_eq!(
+        r.path,
+        BootPath::Chainload {
+            file: "ipxe.efi".into()
+        }
+    );
+    let opts = r.message.opts();
+    assert_eq!(opts.msg_type(), Some(MessageType::Offer));
+    assert_eq!(
+        opts.get(OptionCode::VendorExtensions),
+        Some(&DhcpOption::VendorExtensions(vec![6, 1, 8, 255]))
+    );
+    // The GUID (option 97) is echoed.
+    let guid = opts.get(OptionCode::ClientMachineIdentifier);
+    assert!(
+        matches!(guid, Some(DhcpOption::ClientMachineIdentifier(g)) if g.len() == 17 && g[0] == 0),
+        "{guid:?}"
+    );
+    // The same firmware's REQUEST, had it been sent to 4011, is ACKed alike.
+    let r = run("ovmf-pxe-request.bin", ServerPort::Pxe).unwrap();
+    assert_eq!(r.message.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(r.path.target(), "ipxe.efi");
+}
+
+#[test]
+fn chainloaded_ipxe_efi_gets_the_script() {
+    let r = run("ovmf-chainloaded-ipxe-efi-discover.bin", ServerPort::Dhcp).unwrap();
+    assert!(r.request.ipxe.is_ipxe && r.request.ipxe.http);
+    assert_eq!(r.path, script(7, "52:54:00:83:76:00"));
+    assert_eq!(r.message.opts().get(OptionCode::VendorExtensions), None);
+    let err = run("ovmf-chainloaded-ipxe-efi-request.bin", ServerPort::Dhcp).unwrap_err();
+    assert!(matches!(err, Ignored::WrongPort { .. }));
+}
+
+#[test]
+fn ovmf_http_boot_gets_the_snponly_url() {
+    let r = run("ovmf-http-boot-discover.bin", ServerPort::Dhcp).unwrap();
+    assert_eq!(r.request.arch, ClientArch::HttpX64);
+    assert_eq!(
+        r.path,
+        BootPath::HttpBoot {
+            url: "http://10.77.0.2:8080/_/bin/snponly.efi".into()
+        }
+    );
+    assert_eq!(
+        r.message.opts().get(OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
+    );
+    let err = run("ovmf-http-boot-request.bin", ServerPort::Dhcp).unwrap_err();
+    assert!(matches!(err, Ignored::WrongPort { .. }));
+    // The snponly.efi it downloaded comes back as iPXE with HTTP.
+    let r = run("ovmf-http-snponly-ipxe-discover.bin", ServerPort::Dhcp).unwrap();
+    assert_eq!(r.path, script(7, "52:54:00:ef:ff:00"));
+}
+
+#[test]
+fn every_vector_survives_truncation_and_bit_flips() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/dhcp");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("bin") {
+            continue;
+        }
+        n += 1;
+        let bytes = std::fs::read(&path).unwrap();
+        for len in (0..bytes.len()).step_by(7) {
+            if let Ok(m) = PxeRequest::decode(&bytes[..len]) {
+                let _ = PxeRequest::parse(&m);
+            }
+        }
+        for i in (0..bytes.len()).step_by(3) {
+            let mut b = bytes.clone();
+            b[i] ^= 0xff;
+            if let Ok(m) = PxeRequest::decode(&b) {
+                let _ = PxeRequest::parse(&m);
+            }
+        }
+    }
+    assert_eq!(n, 11, "vectors in {}", dir.display());
+}
