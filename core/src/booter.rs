@@ -1,5 +1,5 @@
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::{BootSpec, ClientArch, FileId, FileRef, MacAddr};
 
@@ -8,6 +8,12 @@ use crate::{BootSpec, ClientArch, FileId, FileRef, MacAddr};
 pub enum BootDecision {
     /// Netboot this spec.
     Netboot(Arc<BootSpec>),
+    /// Boot from the next local boot device: ProxyDHCP still answers, so iPXE
+    /// starts, and its script then leaves iPXE to the firmware's next boot option
+    /// (the reinstall-then-boot-from-disk flow).
+    Local,
+    /// Serve this iPXE script verbatim (the pixiecore API's `ipxe-script`).
+    Script(Arc<str>),
     /// Do not answer this machine at all; the reason is logged.
     Ignore(String),
 }
@@ -19,6 +25,14 @@ pub enum BootDecision {
 pub trait Booter: Send + Sync + 'static {
     /// What `mac` (with firmware `arch`) boots.
     fn decide(&self, mac: MacAddr, arch: ClientArch) -> BootDecision;
+
+    /// Like [`Booter::decide`], for callers that may wait a bounded time for an
+    /// answer (the HTTP script handler, which runs it off the async workers). A
+    /// booter that consults a slow source answers DHCP from a cache and lets this
+    /// wait for the source. The default is [`Booter::decide`].
+    fn decide_wait(&self, mac: MacAddr, arch: ClientArch) -> BootDecision {
+        self.decide(mac, arch)
+    }
 
     /// The file behind a served id, if some boot spec references it. Ids that no spec
     /// produced resolve to nothing, so only referenced files are reachable.
@@ -34,11 +48,82 @@ pub struct StaticBooter {
 impl StaticBooter {
     /// Serves `spec` to every machine.
     pub fn new(spec: BootSpec) -> Self {
-        let files = spec.files().map(|f| (f.id(), f.clone())).collect();
+        Self::with_files(spec, Vec::new())
+    }
+
+    /// Serves `spec` to every machine, and also `extra` files (those its command
+    /// line references through `{{ URL "..." }}`, see [`crate::template`]).
+    pub fn with_files(spec: BootSpec, extra: Vec<FileRef>) -> Self {
+        let files = spec
+            .files()
+            .chain(extra.iter())
+            .map(|f| (f.id(), f.clone()))
+            .collect();
         StaticBooter {
             spec: Arc::new(spec),
             files,
         }
+    }
+}
+
+/// A booter that can be replaced while running (configuration reload).
+///
+/// Callers keep one `Arc<SwapBooter>`; [`SwapBooter::swap`] installs a new booter
+/// atomically. Files of the booter it replaced stay reachable until the next swap,
+/// so a machine that fetched its script just before a reload can still download
+/// what that script names. Transfers already running hold their own file handles.
+pub struct SwapBooter {
+    inner: RwLock<Generations>,
+}
+
+struct Generations {
+    current: Arc<dyn Booter>,
+    previous: Option<Arc<dyn Booter>>,
+}
+
+impl SwapBooter {
+    /// Starts with `booter`.
+    pub fn new(booter: Arc<dyn Booter>) -> Self {
+        SwapBooter {
+            inner: RwLock::new(Generations {
+                current: booter,
+                previous: None,
+            }),
+        }
+    }
+
+    /// Installs `booter`; the one it replaces still resolves its files.
+    pub fn swap(&self, booter: Arc<dyn Booter>) {
+        let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let old = std::mem::replace(&mut g.current, booter);
+        g.previous = Some(old);
+    }
+
+    /// The booter in use now.
+    pub fn current(&self) -> Arc<dyn Booter> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .current
+            .clone()
+    }
+}
+
+impl Booter for SwapBooter {
+    fn decide(&self, mac: MacAddr, arch: ClientArch) -> BootDecision {
+        self.current().decide(mac, arch)
+    }
+
+    fn decide_wait(&self, mac: MacAddr, arch: ClientArch) -> BootDecision {
+        self.current().decide_wait(mac, arch)
+    }
+
+    fn file(&self, id: &FileId) -> Option<FileRef> {
+        let (cur, prev) = {
+            let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
+            (g.current.clone(), g.previous.clone())
+        };
+        cur.file(id).or_else(|| prev.and_then(|p| p.file(id)))
     }
 }
 
@@ -71,5 +156,48 @@ mod tests {
         assert_eq!(b.file(&FileId::from_wire("../../etc/passwd")), None);
         let mac = MacAddr([2, 0, 0, 0, 0, 1]);
         assert!(matches!(b.decide(mac, ClientArch::Bios), BootDecision::Netboot(s) if *s == spec));
+    }
+
+    #[test]
+    fn swap_booter_switches_and_keeps_previous_files_one_generation() {
+        let spec = |k: &str| BootSpec {
+            kernel: FileRef::parse(k).unwrap(),
+            initrds: vec![],
+            cmdline: k.into(),
+            message: None,
+        };
+        let a = spec("/a");
+        let b = spec("/b");
+        let c = spec("/c");
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let s = SwapBooter::new(Arc::new(StaticBooter::new(a.clone())));
+        assert!(
+            matches!(s.decide(mac, ClientArch::Bios), BootDecision::Netboot(x) if x.cmdline == "/a")
+        );
+        s.swap(Arc::new(StaticBooter::new(b.clone())));
+        assert!(
+            matches!(s.decide_wait(mac, ClientArch::Bios), BootDecision::Netboot(x) if x.cmdline == "/b")
+        );
+        assert_eq!(s.file(&a.kernel.id()), Some(a.kernel.clone()));
+        assert_eq!(s.file(&b.kernel.id()), Some(b.kernel.clone()));
+        s.swap(Arc::new(StaticBooter::new(c.clone())));
+        assert_eq!(s.file(&a.kernel.id()), None);
+        assert_eq!(s.file(&b.kernel.id()), Some(b.kernel.clone()));
+        assert_eq!(s.file(&c.kernel.id()), Some(c.kernel));
+    }
+
+    #[test]
+    fn static_booter_serves_extra_template_files() {
+        let extra = FileRef::parse("/srv/cloud-config").unwrap();
+        let b = StaticBooter::with_files(
+            BootSpec {
+                kernel: FileRef::parse("/k").unwrap(),
+                initrds: vec![],
+                cmdline: String::new(),
+                message: None,
+            },
+            vec![extra.clone()],
+        );
+        assert_eq!(b.file(&extra.id()), Some(extra));
     }
 }

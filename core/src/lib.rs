@@ -10,6 +10,9 @@
 //!   [`FileRef`]. It is derived from the reference itself, so it survives a restart.
 //! - [`Booter`] answers "what does this MAC boot?" and "which file is this id?".
 //!   [`StaticBooter`] is pixiecore's `boot` mode: one spec for every machine.
+//!   [`ConfigBooter`] answers per MAC from a validated [`Config`] (the TOML file of
+//!   `ironpxe serve`), and [`SwapBooter`] lets a running server replace its booter.
+//! - [`template`] expands `{{ URL "x" }}` / `{{ ID "x" }}` in command lines.
 //!
 //! Data flows one way: the DHCP core asks the booter whether to answer a MAC at all,
 //! the HTTP server asks it for the spec to render a script and for the files the
@@ -17,10 +20,13 @@
 
 mod arch;
 mod booter;
+pub mod config;
 mod mac;
 mod spec;
+pub mod template;
 
 pub use arch::ClientArch;
-pub use booter::{BootDecision, Booter, StaticBooter};
+pub use booter::{BootDecision, Booter, StaticBooter, SwapBooter};
+pub use config::{Config, ConfigBooter};
 pub use mac::{MacAddr, MacParseError};
 pub use spec::{BootSpec, FileId, FileRef, FileRefError};

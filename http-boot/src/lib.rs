@@ -9,7 +9,10 @@
 //!
 //! 1. `GET /_/ipxe?arch=N&mac=M`: the booter decides. `Netboot` renders a script with
 //!    [`ironpxe_ipxe::boot_script`]. Its base URL is `http://<Host header>`, or the
-//!    connection's local address when the header is missing. `Ignore` answers 404.
+//!    connection's local address when the header is missing. `Local` answers
+//!    [`ironpxe_ipxe::local_boot_script`], `Script` its text verbatim, and `Ignore`
+//!    answers 404. The booter is asked with [`Booter::decide_wait`], off the async
+//!    workers, so an API booter may wait for its source here.
 //! 2. `GET|HEAD /_/file?name=ID`: the booter maps the [`FileId`] back to a [`FileRef`].
 //!    A local file is streamed from disk in 64 KiB chunks, never read whole. It
 //!    always has a `Content-Length` and accepts a single `Range`. A remote file is
@@ -17,10 +20,15 @@
 //! 3. `GET /_/booting?mac=M&arch=N`: the script's last call before `boot`. It is only
 //!    logged.
 //!
+//! UEFI HTTP Boot firmware starts one step earlier: ProxyDHCP hands it the URL of an
+//! iPXE EFI binary, `GET|HEAD /_/bin/<name>`, served from memory
+//! ([`HttpState::with_ipxe_binaries`]); that iPXE then asks DHCP again and fetches
+//! the script.
+//!
 //! Every step emits a `tracing` event with target `ironpxe::event` and a field
-//! `event`: `http.script`, `http.ignored`, `http.file.start`, `http.file.done`
+//! `event`: `http.script`, `http.local`, `http.ignored`, `http.file.start`, `http.file.done`
 //! (the body was sent to its end), `http.file.failed` (read error, short file, or the
-//! client went away) and `http.booting`.
+//! client went away), `http.booting` and `http.bin` (an iPXE binary was requested).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -47,7 +55,7 @@ use axum::Router;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use ironpxe_core::{BootDecision, Booter, ClientArch, FileId, FileRef, MacAddr};
-use ironpxe_ipxe::{boot_script, BootScript, Field, ScriptError};
+use ironpxe_ipxe::{boot_script, local_boot_script, BootScript, Field, ScriptError};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpListener;
 use tokio_util::io::ReaderStream;
@@ -68,6 +76,7 @@ pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 pub struct HttpState {
     booter: Arc<dyn Booter>,
     client: reqwest::Client,
+    binaries: Arc<HashMap<String, Bytes>>,
 }
 
 impl HttpState {
@@ -83,7 +92,18 @@ impl HttpState {
 
     /// State with a caller-configured client for remote files.
     pub fn with_client(booter: Arc<dyn Booter>, client: reqwest::Client) -> Self {
-        HttpState { booter, client }
+        HttpState {
+            booter,
+            client,
+            binaries: Arc::default(),
+        }
+    }
+
+    /// Serves these iPXE binaries (file name, contents) at `/_/bin/<name>`, for UEFI
+    /// HTTP Boot clients.
+    pub fn with_ipxe_binaries(mut self, files: impl IntoIterator<Item = (String, Bytes)>) -> Self {
+        self.binaries = Arc::new(files.into_iter().collect());
+        self
     }
 }
 
@@ -98,6 +118,7 @@ pub fn router(state: HttpState) -> Router {
         // `get` also answers HEAD; the handler sees the method.
         .route("/_/file", get(file))
         .route("/_/booting", get(booting))
+        .route("/_/bin/{name}", get(ipxe_binary))
         .with_state(Arc::new(state))
 }
 
@@ -257,7 +278,7 @@ async fn script(
     };
     // Booters may consult an API; keep a slow one off the async workers.
     let booter = st.booter.clone();
-    let decision = match tokio::task::spawn_blocking(move || booter.decide(mac, arch)).await {
+    let decision = match tokio::task::spawn_blocking(move || booter.decide_wait(mac, arch)).await {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(%mac, error = %e, "booter failed while deciding");
@@ -266,6 +287,35 @@ async fn script(
     };
     let spec = match decision {
         BootDecision::Netboot(spec) => spec,
+        BootDecision::Local => {
+            tracing::info!(
+                target: EVENT,
+                event = "http.local",
+                %mac,
+                %arch,
+                peer = %Peer(conn.peer)
+            );
+            return (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                local_boot_script(mac, arch),
+            )
+                .into_response();
+        }
+        BootDecision::Script(text) => {
+            tracing::info!(
+                target: EVENT,
+                event = "http.script",
+                %mac,
+                %arch,
+                custom = true,
+                peer = %Peer(conn.peer)
+            );
+            return (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                text.to_string(),
+            )
+                .into_response();
+        }
         BootDecision::Ignore(reason) => {
             tracing::info!(target: EVENT, event = "http.ignored", %mac, %reason);
             return plain(
@@ -320,6 +370,41 @@ async fn booting(conn: Conn, RawQuery(query): RawQuery) -> Response {
         }
         Err(msg) => plain(StatusCode::BAD_REQUEST, msg),
     }
+}
+
+/// An iPXE binary by file name. EDK2's HTTP Boot accepts an image whose
+/// Content-Type is `application/efi` (or whose URL ends in `.efi`).
+async fn ipxe_binary(
+    State(st): State<Arc<HttpState>>,
+    conn: Conn,
+    method: Method,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    let Some(bytes) = st.binaries.get(&name).cloned() else {
+        tracing::debug!(%name, peer = %Peer(conn.peer), "request for an unknown iPXE binary");
+        return plain(StatusCode::NOT_FOUND, "unknown file");
+    };
+    let content_type = if name.ends_with(".efi") {
+        "application/efi"
+    } else {
+        "application/octet-stream"
+    };
+    tracing::info!(
+        target: EVENT,
+        event = "http.bin",
+        file = %name,
+        bytes = bytes.len(),
+        head = method == Method::HEAD,
+        peer = %Peer(conn.peer),
+    );
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+        (header::CONTENT_LENGTH, HeaderValue::from(bytes.len())),
+    ];
+    if method == Method::HEAD {
+        return (headers, Body::empty()).into_response();
+    }
+    (headers, Body::from(bytes)).into_response()
 }
 
 async fn file(

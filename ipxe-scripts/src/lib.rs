@@ -47,19 +47,29 @@
 //! - in the cmdline, `\n` or `\r` (a kernel command line is one line);
 //! - in any field, NUL (iPXE settings are C strings).
 //!
+//! # Command line templates
+//!
+//! A cmdline may reference files as `{{ ID "<file id>" }}`, the canonical form that
+//! booters produce from `{{ URL "x" }}` (see [`ironpxe_core::template`]). Each one
+//! is expanded to `<base>/_/file?name=<id>` before escaping, so the kernel gets a URL
+//! of this server, as the client reached it.
+//!
 //! # Failure handling in the script
 //!
 //! If the kernel or an initrd fails to download, the script frees what it has
 //! fetched, then waits 2, 4, 8 and 16 seconds before attempts 2 to 5. This gives
 //! [`MAX_ATTEMPTS`] attempts in about 30 seconds, not an instant reboot loop. After
 //! the last failed attempt it prints what failed and runs `exit 1`, which returns to
-//! the firmware's next boot option. A failed `boot` is not retried, because it means
-//! a bad image, not a network fault.
+//! the firmware's next boot option. Before each retry it fetches its own script URL
+//! again and discards it: an ironpxe restarted mid-boot then looks the machine up
+//! again, and, since file ids are derived from the files, serves the same ids. A
+//! failed `boot` is not retried, because it means a bad image, not a network fault.
 
 use std::collections::HashSet;
 use std::fmt::{self, Write as _};
 
-use ironpxe_core::{BootSpec, ClientArch, FileRef, MacAddr};
+use ironpxe_core::template::{render_cmdline, TemplateError};
+use ironpxe_core::{BootSpec, ClientArch, FileId, FileRef, MacAddr};
 
 /// How many times the script tries to fetch the kernel and initrds before giving up.
 pub const MAX_ATTEMPTS: u32 = 5;
@@ -117,6 +127,9 @@ pub enum ScriptError {
         /// Why, and what to do instead.
         reason: &'static str,
     },
+    /// The cmdline's `{{ ... }}` template could not be expanded.
+    #[error("cmdline: {0}")]
+    Template(TemplateError),
     /// The base URL is not an `http://` or `https://` URL.
     #[error("base URL {base:?} must start with http:// or https://")]
     BaseUrlScheme {
@@ -134,7 +147,10 @@ pub enum ScriptError {
 pub fn boot_script(p: &BootScript<'_>) -> Result<String, ScriptError> {
     let base = check_base_url(p.base_url)?;
     let spec = p.spec;
-    let cmdline = Words::new(Field::Cmdline, &spec.cmdline)?;
+    // Files the cmdline names through `{{ URL "..." }}` are served like the kernel.
+    let file_url = |id: &FileId| format!("{base}/_/file?name={id}");
+    let expanded = render_cmdline(&spec.cmdline, &file_url).map_err(ScriptError::Template)?;
+    let cmdline = Words::new(Field::Cmdline, &expanded)?;
     let message = match &spec.message {
         Some(m) if !m.is_empty() => Some(Words::new(Field::Message, m)?),
         _ => None,
@@ -235,6 +251,14 @@ pub fn boot_script(p: &BootScript<'_>) -> Result<String, ScriptError> {
     // drops only what this attempt downloaded.
     w(format_args!("imgfree"));
     w(format_args!("sleep ${{ironpxe-wait}}"));
+    // Ask for this script again before retrying (its result is discarded). If ironpxe
+    // restarted meanwhile, this makes it look the machine up again, so the ids below,
+    // which are derived from the files themselves, are served again.
+    w(format_args!(
+        "imgfetch --name ironpxe-refresh {base}/_/ipxe?mac={}&arch={} && imgfree ironpxe-refresh ||",
+        p.mac,
+        p.arch.code()
+    ));
     w(format_args!("inc ironpxe-wait ${{ironpxe-wait}}"));
     w(format_args!("goto ironpxe-retry"));
 
@@ -244,6 +268,19 @@ pub fn boot_script(p: &BootScript<'_>) -> Result<String, ScriptError> {
     ));
     w(format_args!("exit 1"));
     Ok(s)
+}
+
+/// The script for a machine that boots from its local disk: it says so on the
+/// console and leaves iPXE with `exit`, which hands control back to the firmware,
+/// which then tries its next boot device (SeaBIOS and UEFI boot managers both do).
+pub fn local_boot_script(mac: MacAddr, arch: ClientArch) -> String {
+    format!(
+        "#!ipxe\n\
+         # ironpxe: {mac} (arch {code}, {arch}) boots from its next boot device\n\
+         echo ironpxe: {mac} boots from its next boot device\n\
+         exit 0\n",
+        code = arch.code()
+    )
 }
 
 /// Checks the base URL can be written into a script word as is: no whitespace (which

@@ -484,3 +484,82 @@ fn print_example() {
     let s = spec("console=ttyS0 x=${ y} \"q\"", Some("Installing ${node}"));
     println!("{}", render(&s, ClientArch::EfiX64).unwrap());
 }
+
+#[test]
+fn template_file_urls_expand_to_served_urls() {
+    let cfg = FileRef::parse("/srv/cloud-config").unwrap();
+    let id = cfg.id();
+    let s = spec(
+        &format!(
+            "console=ttyS0 cfg={} lit={{{{x",
+            ironpxe_core::template::file_marker(&id)
+        ),
+        None,
+    );
+    let script = render(&s, ClientArch::Bios).unwrap();
+    let run = sim::run(&script, |_| false);
+    assert!(run.booted);
+    assert_eq!(
+        String::from_utf8(run.kernel.unwrap().cmdline).unwrap(),
+        format!("console=ttyS0 cfg={BASE}/_/file?name={id} lit={{{{x")
+    );
+    // A NUL that is not a file marker is still refused.
+    let e = render(&spec("a=\0/srv/x\0", None), ClientArch::Bios).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ScriptError::Unrepresentable {
+                ch: '\0',
+                offset: 2,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn retries_ask_for_the_script_again_first() {
+    let s = spec("quiet", None);
+    let script = render(&s, ClientArch::EfiX64).unwrap();
+    let kernel_url = format!("{BASE}/_/file?name={}", s.kernel.id());
+    let mut failures = 1;
+    let run = sim::run(&script, |url| {
+        if url == kernel_url && failures > 0 {
+            failures -= 1;
+            true
+        } else {
+            false
+        }
+    });
+    assert!(run.booted);
+    let refresh = format!("{BASE}/_/ipxe?mac=52:54:00:12:34:56&arch=7");
+    let at = run
+        .fetches
+        .iter()
+        .position(|u| *u == refresh)
+        .expect("no refresh");
+    assert_eq!(run.fetches[at - 1], kernel_url);
+    assert_eq!(run.fetches[at + 1], kernel_url);
+    assert_eq!(run.images.len(), 3);
+    // A failing refresh does not stop the retry.
+    let run = sim::run(&script, |url| url == refresh || url == kernel_url);
+    assert_eq!(run.fetches.iter().filter(|u| **u == refresh).count(), 4);
+}
+
+#[test]
+fn local_boot_script_leaves_ipxe() {
+    let script = local_boot_script(MAC, ClientArch::Bios);
+    assert_eq!(
+        script,
+        "#!ipxe\n# ironpxe: 52:54:00:12:34:56 (arch 0, bios) boots from its next boot device\n\
+         echo ironpxe: 52:54:00:12:34:56 boots from its next boot device\nexit 0\n"
+    );
+    let run = sim::run(&script, |_| false);
+    assert!(!run.booted);
+    assert_eq!(run.exit, Some(0));
+    assert_eq!(
+        String::from_utf8(run.console).unwrap(),
+        "ironpxe: 52:54:00:12:34:56 boots from its next boot device\n"
+    );
+}

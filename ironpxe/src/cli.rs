@@ -35,6 +35,20 @@ pub struct LogArgs {
     /// Prefix log lines with timestamps.
     #[arg(short = 't', long = "log-timestamps", global = true)]
     pub log_timestamps: bool,
+
+    /// Log format: `text` for people, `json` (one object per line, with timestamps)
+    /// for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// The format of log lines on stderr.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `LEVEL target: message key=value ...`
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields, spans.
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -46,6 +60,109 @@ KERNEL and INITRD are local paths, file:// URLs, or http(s):// URLs; remote file
 streamed through ironpxe, so clients only ever talk to ironpxe."
     )]
     Boot(BootArgs),
+
+    /// Boot machines by MAC as described in a TOML configuration file; reloads it on
+    /// SIGHUP and when the file changes.
+    #[command(
+        long_about = "Boot machines by MAC as described in a TOML configuration file.\n\n\
+The file has [server], [ipxe], [profiles.NAME] and [[machines]] sections (see \
+examples/cluster.toml). Command-line flags override [server] and [ipxe] values; a flag \
+left at its default value counts as not given.\n\n\
+The file is reloaded on SIGHUP and when it changes. A new file with problems is refused, \
+each problem is logged, and the previous configuration keeps serving.",
+        after_help = "Example:\n  ironpxe check --config /etc/ironpxe.toml && ironpxe serve --config /etc/ironpxe.toml"
+    )]
+    Serve(ServeArgs),
+
+    /// Check a configuration file without serving: prints every problem as
+    /// FILE:LINE: key: message and exits 1 if there is any.
+    Check(CheckArgs),
+
+    /// Ask an HTTP API (pixiecore's protocol) or a directory of JSON files what each
+    /// machine boots (pixiecore's `api` mode).
+    #[command(
+        long_about = "Ask an API what each machine boots: GET <URL>/v1/boot/<mac> returns JSON \
+with kernel, initrd (list), cmdline (string, or the older object form), message, or \
+ipxe-script. Any non-200 answer, bad JSON or timeout means the machine is not answered.\n\n\
+URL may be file:///DIR: then DIR/v1/boot/<mac> is read directly (a static tree of JSON \
+files such as a Nix linkFarm; <mac> is lowercase aa:bb:cc:dd:ee:ff).\n\n\
+Answers are cached for 30 s, and the API is called off the DHCP path: a machine whose \
+answer is not cached yet is answered on its next DHCP retry."
+    )]
+    Api(ApiArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The TOML configuration file.
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub config: PathBuf,
+
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The TOML configuration file.
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub config: PathBuf,
+
+    /// Do not check that kernels, initrds and iPXE binaries exist (for a file written
+    /// for another machine, e.g. one whose paths live in that machine's /nix/store).
+    #[arg(long)]
+    pub no_file_checks: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    /// The API's base URL (http:// or https://), or file:///DIR for a tree of files.
+    #[arg(value_name = "URL")]
+    pub url: String,
+
+    /// How long one API request may take, e.g. 5s, 500ms, 1m.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub api_request_timeout: std::time::Duration,
+
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Parses a Go-style duration as pixiecore's flags take them: `5s`, `500ms`, `1m30s`,
+/// `2h`; a bare number means seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("invalid duration {s:?}: use e.g. 5s, 500ms or 1m30s");
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        return std::time::Duration::try_from_secs_f64(secs).map_err(|_| bad());
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let n: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += n * scale;
+        rest = &rest[unit_end..];
+    }
+    std::time::Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 #[derive(Args, Debug)]
@@ -81,6 +198,21 @@ pub struct ServerArgs {
     #[arg(short = 'p', long, default_value_t = 80)]
     pub port: u16,
 
+    /// HTTP port for the boot status page (/), its JSON API (/api/v1/machines,
+    /// /api/v1/events) and Prometheus metrics (/metrics) [default: the --port server].
+    #[arg(long, value_name = "PORT")]
+    pub status_port: Option<u16>,
+
+    /// Keep the boot status (every machine's timeline) in DIR/status.json, so a
+    /// restart keeps history.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// The status page marks a machine stuck after this long in one boot phase,
+    /// e.g. 120s or 5m.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
+    pub stuck_after: std::time::Duration,
+
     /// Answer DHCP only on this network interface (the data NIC).
     #[arg(long, value_name = "NAME")]
     pub interface: Option<String>,
@@ -102,10 +234,33 @@ pub struct ServerArgs {
     #[arg(long, value_name = "FILE")]
     pub ipxe_ipxe: Option<PathBuf>,
 
+    /// iPXE binary for ARM64 UEFI clients (option 93 = 11 over TFTP, 19 over UEFI
+    /// HTTP Boot), e.g. snp.efi of an arm64 iPXE build. Does not turn off the search
+    /// for the x86 binaries.
+    #[arg(long, value_name = "FILE")]
+    pub ipxe_arm64: Option<PathBuf>,
+
+    /// Chainload snponly.efi (found next to ipxe.efi) into EFI x64 PXE clients
+    /// instead of ipxe.efi: it drives the NIC through the firmware's own driver.
+    /// UEFI HTTP Boot clients get snponly.efi whenever it is found.
+    #[arg(long)]
+    pub ipxe_snponly: bool,
+
+    /// Receive DHCP without binding UDP 67 (through a packet socket), so ironpxe can
+    /// run on the same host as a DHCP server that holds the port. Needs CAP_NET_RAW.
+    #[arg(long)]
+    pub dhcp_no_bind: bool,
+
     /// Chainload our iPXE binary even into clients that already run iPXE (for
     /// example to replace an old NIC ROM). Each MAC is chainloaded once per boot.
     #[arg(long)]
     pub force_chainload: bool,
+
+    /// Also serve the files under DIR over TFTP (GRUB, shim, pxelinux trees), next to
+    /// the iPXE binaries, which keep their names. Read-only; paths cannot leave DIR,
+    /// not even through symlinks. Files are cached in memory and re-read when changed.
+    #[arg(long, value_name = "DIR")]
+    pub tftp_root: Option<PathBuf>,
 
     /// UDP port for ProxyDHCP offers (change only for testing).
     #[arg(long, default_value_t = 67, hide = true)]
@@ -153,7 +308,9 @@ mod tests {
         ])
         .unwrap();
         assert!(cli.log.debug && cli.log.log_timestamps);
-        let Command::Boot(b) = cli.command;
+        let Command::Boot(b) = cli.command else {
+            panic!("not the boot command")
+        };
         assert_eq!(b.kernel, "/k");
         assert_eq!(b.initrds, ["/i1", "/i2"]);
         assert_eq!(b.cmdline, "a=b c");
@@ -161,5 +318,48 @@ mod tests {
         assert_eq!(b.server.listen_addr, Ipv4Addr::new(10, 0, 0, 2));
         assert_eq!(b.server.port, 8080);
         assert_eq!(b.server.ipxe_bios, Some(PathBuf::from("/u.kpxe")));
+    }
+
+    #[test]
+    fn serve_check_and_api_parse() {
+        let cli = Cli::try_parse_from(["ironpxe", "serve", "--config", "/etc/i.toml", "-p", "8080"])
+            .unwrap();
+        let Command::Serve(a) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(a.config, PathBuf::from("/etc/i.toml"));
+        assert_eq!(a.server.port, 8080);
+        let cli =
+            Cli::try_parse_from(["ironpxe", "check", "-f", "x.toml", "--no-file-checks"]).unwrap();
+        let Command::Check(c) = cli.command else {
+            panic!("not check")
+        };
+        assert!(c.no_file_checks);
+        let cli = Cli::try_parse_from([
+            "ironpxe",
+            "api",
+            "http://boot.cluster/api",
+            "--api-request-timeout",
+            "1m30s",
+        ])
+        .unwrap();
+        let Command::Api(a) = cli.command else {
+            panic!("not api")
+        };
+        assert_eq!(a.url, "http://boot.cluster/api");
+        assert_eq!(a.api_request_timeout, std::time::Duration::from_secs(90));
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1h1m1s"), Ok(Duration::from_secs(3661)));
+        for bad in ["", "5x", "s", "-1s", "5 s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -21,11 +21,15 @@ const ROLES: &[(Role, &str, &[&str])] = &[
         &["ipxe.efi", "ipxe-x86_64.efi"],
     ),
     (Role::Ipxe, "--ipxe-ipxe", &["ipxe.pxe"]),
+    // Distributions ship no arm64 iPXE next to the x86 ones; only --ipxe-arm64.
+    (Role::Arm64, "--ipxe-arm64", &[]),
 ];
 
-/// Files served over TFTP by name when present next to the binaries above, so that
-/// `tftp://server/snponly.efi` works without configuration.
-const EXTRA_NAMES: &[&str] = &["snponly.efi", "ipxe-snponly-x86_64.efi"];
+/// The x64 iPXE that drives the NIC through the firmware's own driver (SNP). Served
+/// by name when found next to the binaries above (so `tftp://server/snponly.efi`
+/// works), given to UEFI HTTP Boot x64 clients, and with `--ipxe-snponly` also to
+/// EFI x64 PXE clients.
+const SNPONLY_NAMES: &[&str] = &["snponly.efi", "ipxe-snponly-x86_64.efi"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Role {
@@ -33,6 +37,7 @@ enum Role {
     Efi32,
     Efi64,
     Ipxe,
+    Arm64,
 }
 
 /// Paths given on the command line, one per role.
@@ -42,6 +47,10 @@ pub struct Overrides {
     pub efi32: Option<PathBuf>,
     pub efi64: Option<PathBuf>,
     pub ipxe: Option<PathBuf>,
+    /// `--ipxe-arm64`; does not turn off the search for the x86 binaries.
+    pub arm64: Option<PathBuf>,
+    /// `--ipxe-snponly`: EFI x64 PXE clients get snponly.efi instead of ipxe.efi.
+    pub snponly: bool,
 }
 
 /// The iPXE binaries in use: which file plays which role, and every file's bytes
@@ -68,6 +77,7 @@ impl IpxeSet {
                 Role::Efi32 => &over.efi32,
                 Role::Efi64 => &over.efi64,
                 Role::Ipxe => &over.ipxe,
+                Role::Arm64 => &over.arm64,
             };
             if let Some(p) = given {
                 chosen.push((role, flag, p.clone()));
@@ -103,6 +113,7 @@ impl IpxeSet {
                 Role::Efi32 => &mut set.binaries.efi32,
                 Role::Efi64 => &mut set.binaries.efi64,
                 Role::Ipxe => &mut set.binaries.ipxe,
+                Role::Arm64 => &mut set.binaries.arm64,
             };
             *slot = Some(name.clone());
             set.report.push(format!(
@@ -113,16 +124,39 @@ impl IpxeSet {
                 set.files[&name].len()
             ));
         }
-        if !explicit {
-            if let Some(p) = find(search_dirs, EXTRA_NAMES) {
-                let name = set.add(&p)?;
-                set.report.push(format!(
-                    "extra  {} ({}, {} bytes)",
-                    name,
-                    p.display(),
-                    set.files[&name].len()
-                ));
+        let snponly = if explicit && !over.snponly {
+            None
+        } else {
+            find(search_dirs, SNPONLY_NAMES)
+        };
+        if over.snponly {
+            if over.efi64.is_some() {
+                bail!("--ipxe-snponly and --ipxe-efi64 both choose the EFI x64 binary; use one");
             }
+            if snponly.is_none() {
+                let dirs: Vec<String> = search_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect();
+                bail!(
+                    "--ipxe-snponly: no snponly.efi found in {} (or pass --ipxe-efi64 FILE)",
+                    dirs.join(" or ")
+                );
+            }
+        }
+        if let Some(p) = snponly {
+            let name = set.add(&p)?;
+            set.binaries.http_efi64 = Some(name.clone());
+            if over.snponly {
+                set.binaries.efi64 = Some(name.clone());
+            }
+            set.report.push(format!(
+                "{:<6} {} ({}, {} bytes)",
+                if over.snponly { "efi64" } else { "snp" },
+                name,
+                p.display(),
+                set.files[&name].len()
+            ));
         }
         Ok(set)
     }
@@ -180,6 +214,53 @@ mod tests {
             ["ipxe.efi", "ipxe.pxe", "snponly.efi", "undionly.kpxe"]
         );
         assert_eq!(&set.files["ipxe.efi"][..], b"contents of ipxe.efi");
+        // snponly.efi goes to UEFI HTTP Boot, ipxe.efi stays the PXE binary.
+        assert_eq!(set.binaries.http_efi64.as_deref(), Some("snponly.efi"));
+        assert_eq!(set.binaries.arm64, None);
+    }
+
+    #[test]
+    fn snponly_flag_makes_it_the_efi64_binary() {
+        let d = dir_with(&["undionly.kpxe", "ipxe.efi", "snponly.efi"]);
+        let over = Overrides {
+            snponly: true,
+            ..Overrides::default()
+        };
+        let set = IpxeSet::resolve(&over, &[d.path()]).unwrap();
+        assert_eq!(set.binaries.efi64.as_deref(), Some("snponly.efi"));
+        assert_eq!(set.binaries.http_efi64.as_deref(), Some("snponly.efi"));
+        assert_eq!(set.binaries.bios.as_deref(), Some("undionly.kpxe"));
+
+        let bare = dir_with(&["undionly.kpxe", "ipxe.efi"]);
+        let err = IpxeSet::resolve(&over, &[bare.path()]).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("--ipxe-snponly: no snponly.efi found in"),
+            "{err:#}"
+        );
+        let both = Overrides {
+            snponly: true,
+            efi64: Some(d.path().join("ipxe.efi")),
+            ..Overrides::default()
+        };
+        let err = IpxeSet::resolve(&both, &[d.path()]).unwrap_err();
+        assert!(format!("{err:#}").contains("use one"), "{err:#}");
+    }
+
+    #[test]
+    fn arm64_is_added_without_turning_off_the_search() {
+        let d = dir_with(&["undionly.kpxe", "ipxe.efi"]);
+        let arm = dir_with(&["ipxe-arm64.efi"]);
+        let over = Overrides {
+            arm64: Some(arm.path().join("ipxe-arm64.efi")),
+            ..Overrides::default()
+        };
+        let set = IpxeSet::resolve(&over, &[d.path()]).unwrap();
+        assert_eq!(set.binaries.arm64.as_deref(), Some("ipxe-arm64.efi"));
+        assert_eq!(set.binaries.bios.as_deref(), Some("undionly.kpxe"));
+        assert_eq!(
+            &set.files["ipxe-arm64.efi"][..],
+            b"contents of ipxe-arm64.efi"
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Installed (or symlinked) as `pixiecore`, it presents itself as pixiecore, so
 //! existing scripts, units and `services.pixiecore` keep working unchanged.
 
+mod api;
 mod cli;
+mod config_mode;
 mod ipxe_files;
 mod run;
 

@@ -11,38 +11,63 @@ use ironpxe_dhcp::{DhcpSocket, ProxyConfig, ServerPort};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{BootArgs, Cli, Command, LogArgs, ServerArgs};
+use crate::cli::{BootArgs, Cli, Command, LogArgs, LogFormat, ServerArgs};
 use crate::ipxe_files::{IpxeSet, Overrides, SEARCH_DIRS};
 
+/// The boot status store, fed by the log subscriber's status layer.
+static STATUS: std::sync::OnceLock<ironpxe_status::Status> = std::sync::OnceLock::new();
+
+/// The boot status store (created by [`init_logging`], or here if logging was not set up).
+fn status() -> &'static ironpxe_status::Status {
+    STATUS.get_or_init(|| ironpxe_status::Status::new(ironpxe_status::StoreConfig::default()))
+}
+
 /// Installs the log subscriber. `RUST_LOG` overrides the level chosen by `--debug`.
+///
+/// Boot events (target `ironpxe::event`) also go to the status store, whatever the
+/// log level.
 pub fn init_logging(args: &LogArgs) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+
     let default = if args.debug {
         "debug,hyper=info,hyper_util=info,reqwest=info,h2=info,rustls=info"
     } else {
         "info"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    if args.log_timestamps {
-        builder.init();
-    } else {
-        builder.without_time().init();
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match (args.log_format, args.log_timestamps) {
+        // Log shippers want a time on every record.
+        (LogFormat::Json, _) => fmt.json().boxed(),
+        (LogFormat::Text, true) => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        (LogFormat::Text, false) => fmt
+            .with_ansi(std::io::stderr().is_terminal())
+            .without_time()
+            .boxed(),
+    };
+    let events = Targets::new().with_target(ironpxe_status::EVENT_TARGET, LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(status().layer().with_filter(events))
+        .init();
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Boot(args) => {
-            let spec = boot_spec(&args)?;
-            for f in spec.files() {
+            let mut spec = boot_spec(&args)?;
+            // `{{ ID "x" }}` / `{{ URL "x" }}` in --cmdline, as in pixiecore's boot mode.
+            let extra = crate::config_mode::resolve_boot_cmdline(&mut spec)?;
+            for f in spec.files().chain(extra.iter()) {
                 info!(file = %f, "serving");
             }
-            let booter: Arc<dyn Booter> = Arc::new(StaticBooter::new(spec));
+            let booter: Arc<dyn Booter> = Arc::new(StaticBooter::with_files(spec, extra));
             serve(&args.server, booter)
         }
+        Command::Serve(args) => crate::config_mode::serve(args),
+        Command::Check(args) => crate::config_mode::check(&args),
+        Command::Api(args) => crate::api::run(args),
     }
 }
 
@@ -85,12 +110,16 @@ fn check_readable(p: &Path) -> Result<()> {
     Ok(())
 }
 
-fn serve(args: &ServerArgs, booter: Arc<dyn Booter>) -> Result<()> {
+pub(crate) fn serve(args: &ServerArgs, booter: Arc<dyn Booter>) -> Result<()> {
+    // The status store learns each machine's kernel and initrds from the booter.
+    let booter = status().observe_booter(booter);
     let over = Overrides {
         bios: args.ipxe_bios.clone(),
         efi32: args.ipxe_efi32.clone(),
         efi64: args.ipxe_efi64.clone(),
         ipxe: args.ipxe_ipxe.clone(),
+        arm64: args.ipxe_arm64.clone(),
+        snponly: args.ipxe_snponly,
     };
     // IRONPXE_IPXE_DIR (set by packagers, e.g. the Nix package to pkgs.ipxe) is
     // searched before the distribution directories.
@@ -119,12 +148,40 @@ fn serve(args: &ServerArgs, booter: Arc<dyn Booter>) -> Result<()> {
 }
 
 async fn serve_async(args: &ServerArgs, booter: Arc<dyn Booter>, ipxe: IpxeSet) -> Result<()> {
-    let device = args.interface.as_deref();
     let listen = args.listen_addr;
+    // `-l IP` without --interface: answer DHCP only on the interface holding IP.
+    let listen_if = match (&args.interface, listen.is_unspecified()) {
+        (None, false) => ironpxe_dhcp::nobind::interface_with_addr(listen),
+        _ => None,
+    };
+    let device = args.interface.as_deref().or(listen_if.as_deref());
+    let tftp_root = match &args.tftp_root {
+        Some(dir) => Some(
+            ironpxe_tftp::TftpRoot::open(dir, ironpxe_tftp::DEFAULT_CACHE_BYTES)
+                .with_context(|| format!("--tftp-root {}", dir.display()))?,
+        ),
+        None => None,
+    };
 
     // Bind everything first, so a port in use is reported before anything runs.
     let dhcp_sockets = vec![
-        bind_dhcp(ServerPort::Dhcp, args.dhcp_port, device, listen)?,
+        if args.dhcp_no_bind {
+            DhcpSocket::no_bind(ServerPort::Dhcp, args.dhcp_port, device, listen).with_context(
+                || {
+                    format!(
+                        "--dhcp-no-bind: cannot open a packet socket for udp {}{}",
+                        args.dhcp_port,
+                        if nix::unistd::geteuid().is_root() {
+                            ""
+                        } else {
+                            " (needs root or CAP_NET_RAW)"
+                        }
+                    )
+                },
+            )?
+        } else {
+            bind_dhcp(ServerPort::Dhcp, args.dhcp_port, device, listen)?
+        },
         bind_dhcp(ServerPort::Pxe, args.pxe_port, device, listen)?,
     ];
     let tftp_addr = SocketAddrV4::new(listen, args.tftp_port);
@@ -145,6 +202,25 @@ async fn serve_async(args: &ServerArgs, booter: Arc<dyn Booter>, ipxe: IpxeSet) 
                 port_hint(args.port)
             )
         })?;
+    let status_listener = match args.status_port.filter(|p| *p != args.port) {
+        Some(port) => {
+            let addr = SocketAddr::V4(SocketAddrV4::new(listen, port));
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("--status-port: cannot bind tcp {addr}{}", port_hint(port))
+            })?;
+            Some(l)
+        }
+        None => None,
+    };
+    status().set_stuck_after(args.stuck_after);
+    let state_dir = match &args.state_dir {
+        Some(dir) => Some(
+            status()
+                .open_state_dir(dir)
+                .with_context(|| format!("--state-dir {}", dir.display()))?,
+        ),
+        None => None,
+    };
 
     let proxy = ProxyConfig {
         http_port: args.port,
@@ -160,16 +236,28 @@ async fn serve_async(args: &ServerArgs, booter: Arc<dyn Booter>, ipxe: IpxeSet) 
         dhcp = args.dhcp_port,
         pxe = args.pxe_port,
         force_chainload = args.force_chainload,
+        dhcp_no_bind = args.dhcp_no_bind,
         "ironpxe ready"
     );
 
+    // The same binaries over HTTP, for UEFI HTTP Boot clients.
+    let http_binaries = ipxe.files.clone();
     let mut files = ironpxe_tftp::MemoryFiles::new();
     for (name, bytes) in ipxe.files {
         files
             .insert(&name, bytes)
             .with_context(|| format!("iPXE binary name {name:?} cannot be served over TFTP"))?;
     }
-    let files = Arc::new(files);
+    let files: Arc<dyn ironpxe_tftp::FileSource> = match tftp_root {
+        None => Arc::new(files),
+        Some(root) => {
+            info!(dir = %root.path().display(), "serving the TFTP root next to the iPXE binaries");
+            let mut overlay = ironpxe_tftp::Overlay::new();
+            overlay.push(Arc::new(files));
+            overlay.push(Arc::new(root));
+            Arc::new(overlay)
+        }
+    };
     let tftp = ironpxe_tftp::serve(
         tftp_socket,
         files,
@@ -177,8 +265,24 @@ async fn serve_async(args: &ServerArgs, booter: Arc<dyn Booter>, ipxe: IpxeSet) 
         std::future::pending(),
     );
     let state = ironpxe_http::HttpState::new(booter.clone())
-        .context("cannot set up the HTTP client for remote files")?;
-    let router = ironpxe_http::router(state);
+        .context("cannot set up the HTTP client for remote files")?
+        .with_ipxe_binaries(http_binaries);
+    let mut router = ironpxe_http::router(state);
+    // The status page, API and metrics: on their own port, or next to the boot files.
+    let status_server = match status_listener {
+        Some(l) => {
+            info!(status = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "boot status on its own port");
+            futures_or_pending(ironpxe_http::serve(l, status().router(), std::future::pending()))
+        }
+        None => {
+            router = router.merge(status().router());
+            futures_or_pending(std::future::pending())
+        }
+    };
+    if let Some(dir) = &state_dir {
+        info!(file = %dir.file().display(), "boot status kept in the state directory");
+        tokio::spawn(dir.clone().run(std::time::Duration::from_secs(2)));
+    }
     let http = ironpxe_http::serve(http_listener, router, std::future::pending());
     let dhcp = ironpxe_dhcp::serve(dhcp_sockets, proxy, booter, std::future::pending());
 
@@ -186,11 +290,24 @@ async fn serve_async(args: &ServerArgs, booter: Arc<dyn Booter>, ipxe: IpxeSet) 
         r = dhcp => r.context("ProxyDHCP server stopped"),
         r = tftp => r.context("TFTP server stopped"),
         r = http => r.context("HTTP server stopped"),
+        r = status_server => r.context("status server stopped"),
         () = shutdown_signal() => {
             info!("shutting down");
+            if let Some(dir) = &state_dir {
+                if let Err(e) = dir.save() {
+                    tracing::warn!(error = %e, "cannot save the boot status");
+                }
+            }
             Ok(())
         }
     }
+}
+
+/// Boxes the status server's future, so both arms of its `match` have one type.
+fn futures_or_pending(
+    f: impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>> {
+    Box::pin(f)
 }
 
 fn bind_dhcp(

@@ -1,0 +1,802 @@
+//! The configuration file of `ironpxe serve`: machines described by MAC.
+//!
+//! Two layers. The TOML text is read into serde structs that refuse unknown keys and
+//! keep the position of every value ([`toml::Spanned`]). Those are then validated
+//! into a [`Config`], whose [`ConfigBooter`] cannot hold an invalid state: every MAC
+//! is parsed and unique, every profile is resolved, every netbooting machine has a
+//! kernel. Validation does not stop at the first problem: [`ConfigError`] lists every
+//! one as `FILE:LINE: key: message`, which is what `ironpxe check` prints.
+//!
+//! ```toml
+//! [server]
+//! interface = "eth1"            # the data NIC
+//! http_port = 8080
+//! default_profile = "installer" # unset: machines not listed are not answered
+//!
+//! [profiles.installer]
+//! kernel = "/srv/netboot/bzImage"        # path (relative to this file), file:// or http(s)://
+//! initrd = ["/srv/netboot/initrd"]
+//! cmdline = "console=ttyS0 loglevel=4"
+//! message = "NixOS installer"
+//!
+//! [[machines]]
+//! mac = "52:54:00:00:00:01"
+//! name = "node-01"
+//! profile = "installer"
+//! cmdline_append = "nixos.install=/nix/store/...-install-node-01"
+//!
+//! [[machines]]
+//! mac = "52:54:00:00:00:02"
+//! boot = "local"                # answer, then leave iPXE to the local disk
+//! ```
+//!
+//! The library does no I/O: the caller passes the text, the file's path (for
+//! messages and relative paths) and [`Checks`], which is how the binary verifies that
+//! files exist and that each boot script can be rendered.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::template::resolve_cmdline;
+use crate::{BootDecision, BootSpec, Booter, ClientArch, FileId, FileRef, MacAddr};
+
+/// Verifications that need the outside world, supplied by the caller.
+pub trait Checks {
+    /// A local file the configuration references (kernel, initrd, a file named in a
+    /// cmdline template, an iPXE binary): is it there and readable?
+    fn file(&self, _path: &Path) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Can this spec be served? (The binary renders its iPXE script.)
+    fn spec(&self, _spec: &BootSpec) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Checks nothing: for parsing a configuration whose files live elsewhere.
+pub struct NoChecks;
+
+impl Checks for NoChecks {}
+
+/// One problem in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line.
+    pub line: usize,
+    /// The key, as a path: `machines[2].mac`, `profiles.compute.kernel`.
+    pub key: String,
+    /// What is wrong, and what to do.
+    pub message: String,
+}
+
+/// Every problem found in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file, as given.
+    pub file: PathBuf,
+    /// In file order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    /// One line per problem: `FILE:LINE: key: message`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file.display(),
+                p.line,
+                p.key,
+                p.message
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What a machine listed in the file gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MachineBoot {
+    /// Netboot this spec.
+    Netboot(Arc<BootSpec>),
+    /// Answer DHCP, then leave iPXE to the next boot device.
+    Local,
+    /// Do not answer at all.
+    Ignore,
+}
+
+/// A machine of the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Machine {
+    /// Its `name`, for logs.
+    pub name: Option<String>,
+    /// What it boots.
+    pub boot: MachineBoot,
+    /// The line of its `[[machines]]` entry.
+    pub line: usize,
+}
+
+/// `[server]`: settings the binary applies (command-line flags take precedence).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// The data NIC.
+    pub interface: Option<String>,
+    /// Address to listen on and announce.
+    pub listen_addr: Option<Ipv4Addr>,
+    /// HTTP port.
+    pub http_port: Option<u16>,
+    /// Status page port.
+    pub status_port: Option<u16>,
+}
+
+/// `[ipxe]`: iPXE binaries by role, relative paths resolved against the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpxePaths {
+    /// x86 BIOS (undionly.kpxe).
+    pub bios: Option<PathBuf>,
+    /// 32-bit EFI.
+    pub efi32: Option<PathBuf>,
+    /// 64-bit EFI.
+    pub efi64: Option<PathBuf>,
+    /// arm64 EFI.
+    pub arm64: Option<PathBuf>,
+    /// For BIOS clients already running an iPXE without HTTP (ipxe.pxe).
+    pub ipxe: Option<PathBuf>,
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerSettings,
+    /// `[ipxe]`.
+    pub ipxe: IpxePaths,
+    /// Per-machine answers.
+    pub booter: ConfigBooter,
+}
+
+/// Answers per MAC from a validated configuration.
+#[derive(Debug)]
+pub struct ConfigBooter {
+    machines: HashMap<MacAddr, Machine>,
+    default: Option<(String, Arc<BootSpec>)>,
+    files: HashMap<FileId, FileRef>,
+}
+
+impl ConfigBooter {
+    /// The machines listed in the file.
+    pub fn machines(&self) -> impl Iterator<Item = (&MacAddr, &Machine)> {
+        self.machines.iter()
+    }
+
+    /// The default profile's name and spec, for machines not listed.
+    pub fn default_spec(&self) -> Option<(&str, &Arc<BootSpec>)> {
+        self.default.as_ref().map(|(n, s)| (n.as_str(), s))
+    }
+
+    /// How many distinct files are served.
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+}
+
+impl Booter for ConfigBooter {
+    fn decide(&self, mac: MacAddr, _arch: ClientArch) -> BootDecision {
+        match self.machines.get(&mac) {
+            Some(m) => match &m.boot {
+                MachineBoot::Netboot(spec) => BootDecision::Netboot(spec.clone()),
+                MachineBoot::Local => BootDecision::Local,
+                MachineBoot::Ignore => BootDecision::Ignore(format!(
+                    "{} has boot = \"ignore\" in the config",
+                    m.name.as_deref().unwrap_or("the machine")
+                )),
+            },
+            None => match &self.default {
+                Some((_, spec)) => BootDecision::Netboot(spec.clone()),
+                None => BootDecision::Ignore(
+                    "not in the config, and no server.default_profile is set".into(),
+                ),
+            },
+        }
+    }
+
+    fn file(&self, id: &FileId) -> Option<FileRef> {
+        self.files.get(id).cloned()
+    }
+}
+
+// ---- the serde layer ----
+
+type S = Spanned<String>;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    ipxe: RawIpxe,
+    #[serde(default)]
+    profiles: BTreeMap<S, RawProfile>,
+    #[serde(default)]
+    machines: Vec<Spanned<RawMachine>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    interface: Option<S>,
+    listen_addr: Option<S>,
+    http_port: Option<u16>,
+    status_port: Option<u16>,
+    default_profile: Option<S>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIpxe {
+    bios: Option<S>,
+    efi32: Option<S>,
+    efi64: Option<S>,
+    arm64: Option<S>,
+    ipxe: Option<S>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    kernel: Option<S>,
+    initrd: Option<Vec<S>>,
+    cmdline: Option<S>,
+    message: Option<S>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMachine {
+    mac: S,
+    name: Option<S>,
+    profile: Option<S>,
+    kernel: Option<S>,
+    initrd: Option<Vec<S>>,
+    cmdline: Option<S>,
+    cmdline_append: Option<S>,
+    message: Option<S>,
+    boot: Option<S>,
+}
+
+// ---- validation ----
+
+/// A profile with its files resolved and its cmdline in canonical template form.
+#[derive(Default, Clone)]
+struct Resolved {
+    kernel: Option<FileRef>,
+    /// A kernel was written, even if it had a problem (reported already).
+    kernel_given: bool,
+    initrds: Option<Vec<FileRef>>,
+    cmdline: Option<String>,
+    message: Option<String>,
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    dir: PathBuf,
+    checks: &'a dyn Checks,
+    problems: Vec<Problem>,
+    files: HashMap<FileId, FileRef>,
+}
+
+impl Validator<'_> {
+    fn line(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn problem(&mut self, offset: usize, key: impl Into<String>, message: impl Into<String>) {
+        let line = self.line(offset);
+        self.problems.push(Problem {
+            line,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// A kernel, initrd or template reference: parsed, made absolute, checked.
+    fn file_ref(&self, input: &str) -> Result<FileRef, String> {
+        let r = FileRef::parse(input).map_err(|e| e.to_string())?;
+        match r {
+            FileRef::Local(p) => {
+                let p = if p.is_relative() { self.dir.join(p) } else { p };
+                self.checks
+                    .file(&p)
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                Ok(FileRef::Local(p))
+            }
+            remote => Ok(remote),
+        }
+    }
+
+    fn file_at(&mut self, v: &S, key: &str) -> Option<FileRef> {
+        match self.file_ref(v.get_ref()) {
+            Ok(f) => {
+                self.files.insert(f.id(), f.clone());
+                Some(f)
+            }
+            Err(e) => {
+                self.problem(v.span().start, key, e);
+                None
+            }
+        }
+    }
+
+    fn path_at(&mut self, v: &Option<S>, key: &str) -> Option<PathBuf> {
+        let v = v.as_ref()?;
+        let p = PathBuf::from(v.get_ref());
+        if v.get_ref().is_empty() {
+            self.problem(v.span().start, key, "empty path");
+            return None;
+        }
+        let p = if p.is_relative() { self.dir.join(p) } else { p };
+        if let Err(e) = self.checks.file(&p) {
+            self.problem(
+                v.span().start,
+                key,
+                format!("iPXE binary {}: {e}", p.display()),
+            );
+        }
+        Some(p)
+    }
+
+    /// A cmdline: one line, templates resolved into canonical form.
+    fn cmdline_at(&mut self, v: &S, key: &str) -> Option<String> {
+        let text = v.get_ref();
+        if let Some(i) = text.find(['\n', '\r']) {
+            self.problem(
+                v.span().start,
+                key,
+                format!(
+                    "contains a line break at byte {i}; a kernel command line is one line \
+                     (use spaces; in a TOML \"\"\" string end lines with \\)"
+                ),
+            );
+            return None;
+        }
+        let mut found = Vec::new();
+        let resolved = {
+            let this = &*self;
+            resolve_cmdline(text, &mut |x: &str| this.file_ref(x))
+        };
+        match resolved {
+            Ok((canon, files)) => {
+                found.extend(files);
+                for f in found {
+                    self.files.insert(f.id(), f);
+                }
+                Some(canon)
+            }
+            Err(e) => {
+                self.problem(v.span().start, key, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn text_at(&mut self, v: &S, key: &str) -> Option<String> {
+        if let Some(i) = v.get_ref().find('\0') {
+            self.problem(v.span().start, key, format!("contains NUL at byte {i}"));
+            return None;
+        }
+        Some(v.get_ref().clone())
+    }
+
+    fn initrds_at(&mut self, list: &[S], key: &str) -> Vec<FileRef> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, v)| self.file_at(v, &format!("{key}[{i}]")))
+            .collect()
+    }
+
+    fn spec_check(&mut self, spec: &BootSpec, offset: usize, key: &str) {
+        if let Err(e) = self.checks.spec(spec) {
+            self.problem(offset, key, e);
+        }
+    }
+}
+
+impl Config {
+    /// Validates `text`, the contents of `file`. Relative paths are relative to the
+    /// file's directory. Returns every problem found, not just the first.
+    pub fn parse(text: &str, file: &Path, checks: &dyn Checks) -> Result<Config, ConfigError> {
+        let err = |problems| ConfigError {
+            file: file.to_path_buf(),
+            problems,
+        };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(r) => r,
+            Err(e) => {
+                let offset = e.span().map(|s| s.start).unwrap_or(0);
+                let key = e
+                    .span()
+                    .and_then(|s| text.get(s))
+                    .map(|k| k.trim_matches('"'))
+                    .filter(|k| {
+                        !k.is_empty()
+                            && k.len() < 64
+                            && k.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                    })
+                    .unwrap_or("toml")
+                    .to_string();
+                let v = Validator {
+                    text,
+                    dir: PathBuf::new(),
+                    checks,
+                    problems: Vec::new(),
+                    files: HashMap::new(),
+                };
+                let line = v.line(offset);
+                return Err(err(vec![Problem {
+                    line,
+                    key,
+                    message: e.message().trim().to_string(),
+                }]));
+            }
+        };
+        let dir = file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut v = Validator {
+            text,
+            dir,
+            checks,
+            problems: Vec::new(),
+            files: HashMap::new(),
+        };
+
+        // [server]
+        let s = &raw.server;
+        let listen_addr =
+            s.listen_addr
+                .as_ref()
+                .and_then(|a| match a.get_ref().parse::<Ipv4Addr>() {
+                    Ok(ip) => Some(ip),
+                    Err(_) => {
+                        v.problem(
+                            a.span().start,
+                            "server.listen_addr",
+                            format!("{:?} is not an IPv4 address", a.get_ref()),
+                        );
+                        None
+                    }
+                });
+        if s.http_port == Some(0) {
+            v.problem(0, "server.http_port", "port 0 is not a port");
+        }
+        let server = ServerSettings {
+            interface: s.interface.as_ref().map(|i| i.get_ref().clone()),
+            listen_addr,
+            http_port: s.http_port,
+            status_port: s.status_port,
+        };
+
+        // [ipxe]
+        let i = &raw.ipxe;
+        let ipxe = IpxePaths {
+            bios: v.path_at(&i.bios, "ipxe.bios"),
+            efi32: v.path_at(&i.efi32, "ipxe.efi32"),
+            efi64: v.path_at(&i.efi64, "ipxe.efi64"),
+            arm64: v.path_at(&i.arm64, "ipxe.arm64"),
+            ipxe: v.path_at(&i.ipxe, "ipxe.ipxe"),
+        };
+
+        // [profiles.NAME]
+        let mut profiles: HashMap<String, (Resolved, usize)> = HashMap::new();
+        for (name, p) in &raw.profiles {
+            let key = format!("profiles.{}", name.get_ref());
+            let r = Resolved {
+                kernel_given: p.kernel.is_some(),
+                kernel: p
+                    .kernel
+                    .as_ref()
+                    .and_then(|k| v.file_at(k, &format!("{key}.kernel"))),
+                initrds: p
+                    .initrd
+                    .as_ref()
+                    .map(|l| v.initrds_at(l, &format!("{key}.initrd"))),
+                cmdline: p
+                    .cmdline
+                    .as_ref()
+                    .and_then(|c| v.cmdline_at(c, &format!("{key}.cmdline"))),
+                message: p
+                    .message
+                    .as_ref()
+                    .and_then(|m| v.text_at(m, &format!("{key}.message"))),
+            };
+            // Text problems of a profile are reported once, here, not per machine.
+            let text_at = p
+                .cmdline
+                .as_ref()
+                .or(p.message.as_ref())
+                .map(|c| c.span().start)
+                .unwrap_or(name.span().start);
+            if let Some(spec) = text_spec(&r) {
+                v.spec_check(&spec, text_at, &key);
+            }
+            profiles.insert(name.get_ref().clone(), (r, name.span().start));
+        }
+
+        let default = match &s.default_profile {
+            None => None,
+            Some(d) => match profiles.get(d.get_ref()) {
+                None => {
+                    let known = known_profiles(&profiles);
+                    v.problem(
+                        d.span().start,
+                        "server.default_profile",
+                        format!("unknown profile {:?}{known}", d.get_ref()),
+                    );
+                    None
+                }
+                Some((r, _)) => match build_spec(r, &Resolved::default()) {
+                    Ok(spec) => Some((d.get_ref().clone(), Arc::new(spec))),
+                    Err(()) => {
+                        v.problem(
+                            d.span().start,
+                            "server.default_profile",
+                            format!("profile {:?} has no kernel", d.get_ref()),
+                        );
+                        None
+                    }
+                },
+            },
+        };
+
+        // [[machines]]
+        let mut machines: HashMap<MacAddr, Machine> = HashMap::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (n, m) in raw.machines.iter().enumerate() {
+            let key = format!("machines[{n}]");
+            let m = m.get_ref();
+            // Where a problem with the machine's own text is reported.
+            let at = [&m.cmdline, &m.cmdline_append, &m.message]
+                .into_iter()
+                .flatten()
+                .map(|t| t.span().start)
+                .min()
+                .unwrap_or(m.mac.span().start);
+            let line = v.line(m.mac.span().start);
+            let mac = match m.mac.get_ref().parse::<MacAddr>() {
+                Ok(mac) => Some(mac),
+                Err(e) => {
+                    v.problem(m.mac.span().start, format!("{key}.mac"), e.to_string());
+                    None
+                }
+            };
+            if let Some(name) = &m.name {
+                if let Some(first) = names.insert(name.get_ref().clone(), line) {
+                    v.problem(
+                        name.span().start,
+                        format!("{key}.name"),
+                        format!("duplicate name {:?}: also at line {first}", name.get_ref()),
+                    );
+                }
+            }
+            let boot = match m.boot.as_ref().map(|b| (b, b.get_ref().as_str())) {
+                None | Some((_, "netboot")) => Some("netboot"),
+                Some((_, "local")) => Some("local"),
+                Some((_, "ignore")) => Some("ignore"),
+                Some((b, other)) => {
+                    v.problem(
+                        b.span().start,
+                        format!("{key}.boot"),
+                        format!("{other:?} is not one of \"netboot\", \"local\", \"ignore\""),
+                    );
+                    None
+                }
+            };
+            let profile = match &m.profile {
+                None => None,
+                Some(p) => match profiles.get(p.get_ref()) {
+                    Some((r, _)) => Some(r.clone()),
+                    None => {
+                        let known = known_profiles(&profiles);
+                        v.problem(
+                            p.span().start,
+                            format!("{key}.profile"),
+                            format!("unknown profile {:?}{known}", p.get_ref()),
+                        );
+                        None
+                    }
+                },
+            };
+            let mut own = Resolved {
+                kernel_given: m.kernel.is_some(),
+                kernel: m
+                    .kernel
+                    .as_ref()
+                    .and_then(|k| v.file_at(k, &format!("{key}.kernel"))),
+                initrds: m
+                    .initrd
+                    .as_ref()
+                    .map(|l| v.initrds_at(l, &format!("{key}.initrd"))),
+                cmdline: m
+                    .cmdline
+                    .as_ref()
+                    .and_then(|c| v.cmdline_at(c, &format!("{key}.cmdline"))),
+                message: m
+                    .message
+                    .as_ref()
+                    .and_then(|t| v.text_at(t, &format!("{key}.message"))),
+            };
+            let append = m
+                .cmdline_append
+                .as_ref()
+                .and_then(|c| v.cmdline_at(c, &format!("{key}.cmdline_append")));
+            if let Some(extra) = append {
+                let base = own
+                    .cmdline
+                    .clone()
+                    .or_else(|| profile.as_ref().and_then(|p| p.cmdline.clone()))
+                    .unwrap_or_default();
+                own.cmdline = Some(if base.is_empty() {
+                    extra
+                } else {
+                    format!("{base} {extra}")
+                });
+            }
+            let machine_boot = match boot {
+                Some("local") => Some(MachineBoot::Local),
+                Some("ignore") => Some(MachineBoot::Ignore),
+                Some(_) => {
+                    let base = profile.clone().unwrap_or_default();
+                    match build_spec(&base, &own) {
+                        Ok(spec) => {
+                            let own_text = m.cmdline.is_some()
+                                || m.cmdline_append.is_some()
+                                || m.message.is_some();
+                            if own_text {
+                                v.spec_check(&spec, at, &key);
+                            }
+                            Some(MachineBoot::Netboot(Arc::new(spec)))
+                        }
+                        Err(()) => {
+                            // Not worth saying if a kernel or the profile has its own problem.
+                            let reported = own.kernel_given
+                                || base.kernel_given
+                                || (m.profile.is_some() && profile.is_none());
+                            if !reported {
+                                let hint = match &m.profile {
+                                    Some(p) => {
+                                        format!("set kernel here or in profile {:?}", p.get_ref())
+                                    }
+                                    None => "set kernel or profile".to_string(),
+                                };
+                                v.problem(
+                                    m.mac.span().start,
+                                    key.clone(),
+                                    format!("netboot machine without a kernel: {hint}"),
+                                );
+                            }
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            if let Some(mac) = mac {
+                if let Some(first) = machines.get(&mac) {
+                    let first = first.line;
+                    v.problem(
+                        m.mac.span().start,
+                        format!("{key}.mac"),
+                        format!("duplicate MAC {mac}: also at line {first}"),
+                    );
+                    continue;
+                }
+                if let Some(boot) = machine_boot {
+                    machines.insert(
+                        mac,
+                        Machine {
+                            name: m.name.as_ref().map(|n| n.get_ref().clone()),
+                            boot,
+                            line,
+                        },
+                    );
+                } else {
+                    // Keep the line so a later duplicate is still reported.
+                    machines.insert(
+                        mac,
+                        Machine {
+                            name: None,
+                            boot: MachineBoot::Ignore,
+                            line,
+                        },
+                    );
+                }
+            }
+        }
+
+        if !v.problems.is_empty() {
+            let mut problems = std::mem::take(&mut v.problems);
+            problems.sort_by_key(|p| p.line);
+            return Err(err(problems));
+        }
+        Ok(Config {
+            server,
+            ipxe,
+            booter: ConfigBooter {
+                machines,
+                default,
+                files: v.files,
+            },
+        })
+    }
+}
+
+fn known_profiles(profiles: &HashMap<String, (Resolved, usize)>) -> String {
+    let mut names: Vec<&str> = profiles.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    if names.is_empty() {
+        " (no [profiles.NAME] is defined)".to_string()
+    } else {
+        format!(" (defined: {})", names.join(", "))
+    }
+}
+
+/// The machine's own fields over its profile's.
+fn build_spec(profile: &Resolved, own: &Resolved) -> Result<BootSpec, ()> {
+    let kernel = own
+        .kernel
+        .clone()
+        .or_else(|| profile.kernel.clone())
+        .ok_or(())?;
+    Ok(BootSpec {
+        kernel,
+        initrds: own
+            .initrds
+            .clone()
+            .or_else(|| profile.initrds.clone())
+            .unwrap_or_default(),
+        cmdline: own
+            .cmdline
+            .clone()
+            .or_else(|| profile.cmdline.clone())
+            .unwrap_or_default(),
+        message: own.message.clone().or_else(|| profile.message.clone()),
+    })
+}
+
+/// A spec carrying a profile's text, to check that it can be rendered.
+fn text_spec(r: &Resolved) -> Option<BootSpec> {
+    if r.cmdline.is_none() && r.message.is_none() {
+        return None;
+    }
+    Some(BootSpec {
+        kernel: r
+            .kernel
+            .clone()
+            .unwrap_or_else(|| FileRef::Local(PathBuf::from("/kernel"))),
+        initrds: r.initrds.clone().unwrap_or_default(),
+        cmdline: r.cmdline.clone().unwrap_or_default(),
+        message: r.message.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

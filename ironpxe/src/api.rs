@@ -1,0 +1,595 @@
+//! `ironpxe api URL`: pixiecore's API mode, and the file-tree API.
+//!
+//! For each machine, ironpxe asks `GET <URL>/v1/boot/<mac>` (MAC in lowercase
+//! `aa:bb:cc:dd:ee:ff` form) and gets JSON: `kernel`, `initrd` (list), `cmdline` (a
+//! string, or pixiecore's older object form), `message`, or `ipxe-script` (served
+//! verbatim). Any non-200 answer, bad JSON or timeout means "do not boot this
+//! machine", with one log line saying why. Relative URLs resolve against `<URL>/v1/`,
+//! so `x` is `<URL>/v1/x` and `/x` is the server's root. (pixiecore's code resolves
+//! against `<URL>/v1` without the slash, so there `x` is `<URL>/x`; absolute paths and
+//! full URLs mean the same in both.)
+//!
+//! # Off the DHCP path
+//!
+//! A slow API must not stall other machines (a PXE client gives up on an offer in
+//! seconds). The DHCP path therefore only reads a cache ([`CACHE_TTL`]). On a miss it
+//! queues a lookup, which a separate thread performs, and does not answer this
+//! request: the client retries within seconds and is answered from the cache then.
+//! Answers older than half the TTL are refreshed in the background while still being
+//! used. The HTTP script request ([`Booter::decide_wait`]) instead waits for the
+//! lookup, up to the request timeout.
+//!
+//! # Files, and restarts
+//!
+//! File ids are derived from the file references, so they are the same after a
+//! restart. Only files that some answer referenced are served: the booter remembers
+//! them (at most [`MAX_FILES`], least recently used forgotten first). After a restart
+//! that memory is empty; a client in the middle of a download then fails, and its
+//! script, before retrying, fetches its own script URL again. That request makes
+//! ironpxe ask the API about the machine, which registers the same ids, and the retry
+//! succeeds.
+//!
+//! # `file:///DIR`
+//!
+//! `DIR/v1/boot/<mac>` is read directly, with no web server (the layout of a Nix
+//! `linkFarm`). Reading a local file is fast, so this needs no cache: every request
+//! sees the tree as it is now.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ironpxe_core::template::resolve_cmdline;
+use ironpxe_core::{BootDecision, BootSpec, Booter, ClientArch, FileId, FileRef, MacAddr};
+use serde::Deserialize;
+use tracing::{debug, info, warn};
+use url::Url;
+
+use crate::cli::ApiArgs;
+use crate::config_mode::FsChecks;
+
+/// Target of ironpxe's structured events.
+const EVENT: &str = "ironpxe::event";
+
+/// How long an API answer is used.
+pub const CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// How many cached answers are kept at most.
+const MAX_ENTRIES: usize = 4096;
+
+/// How many served files are remembered at most.
+pub const MAX_FILES: usize = 4096;
+
+/// How many API requests run at once.
+const MAX_CONCURRENT: usize = 16;
+
+/// `ironpxe api URL`.
+pub fn run(args: ApiArgs) -> Result<()> {
+    let source = Source::parse(&args.url)?;
+    info!(api = %args.url, timeout = ?args.api_request_timeout, "asking the API what each machine boots");
+    let booter = Arc::new(ApiBooter::start(source, args.api_request_timeout)?);
+    crate::run::serve(&args.server, booter)
+}
+
+/// Where answers come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// An HTTP(S) API; `base` is `<URL>/v1/`.
+    Http { base: Url },
+    /// A directory holding `v1/boot/<mac>`; `base` is `file:///DIR/v1/`.
+    Dir { root: PathBuf, base: Url },
+}
+
+impl Source {
+    /// Parses the `api` argument.
+    pub fn parse(input: &str) -> Result<Source> {
+        let mut s = input.to_string();
+        if !s.ends_with('/') {
+            s.push('/');
+        }
+        let url =
+            Url::parse(&s).with_context(|| format!("API URL {input:?} is not a valid URL"))?;
+        let base = url.join("v1/").context("API URL")?;
+        match url.scheme() {
+            "http" | "https" => Ok(Source::Http { base }),
+            "file" => {
+                let root = url
+                    .to_file_path()
+                    .map_err(|()| anyhow::anyhow!("API URL {input:?}: not a local path"))?;
+                if !root.join("v1").join("boot").is_dir() {
+                    bail!(
+                        "API directory {}: no v1/boot directory in it (expected {}/v1/boot/<mac> files)",
+                        root.display(),
+                        root.display()
+                    );
+                }
+                Ok(Source::Dir { root, base })
+            }
+            other => bail!("API URL {input:?}: unsupported scheme {other:?} (use http://, https:// or file://)"),
+        }
+    }
+
+    fn base(&self) -> &Url {
+        match self {
+            Source::Http { base } | Source::Dir { base, .. } => base,
+        }
+    }
+}
+
+/// One machine's answer, as pixiecore reads it. Unknown keys are ignored.
+#[derive(Deserialize, Default, Debug)]
+struct ApiAnswer {
+    #[serde(default)]
+    kernel: Option<String>,
+    #[serde(default)]
+    initrd: Option<Vec<String>>,
+    #[serde(default)]
+    cmdline: Option<serde_json::Value>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default, rename = "ipxe-script")]
+    ipxe_script: Option<String>,
+}
+
+/// What a lookup produced.
+#[derive(Debug)]
+enum Outcome {
+    /// Boot this, and serve these files.
+    Boot(BootDecision, Vec<FileRef>),
+    /// The source said no (non-200, no file): routine.
+    Declined(String),
+    /// Something is wrong (bad JSON, timeout, unreachable).
+    Failed(String),
+}
+
+/// Turns a JSON answer into a decision. `base` resolves relative URLs.
+fn interpret(body: &[u8], base: &Url) -> Result<(BootDecision, Vec<FileRef>), String> {
+    let a: ApiAnswer =
+        serde_json::from_slice(body).map_err(|e| format!("invalid JSON answer: {e}"))?;
+    if let Some(script) = a.ipxe_script.filter(|s| !s.is_empty()) {
+        return Ok((BootDecision::Script(script.into()), Vec::new()));
+    }
+    let resolve = |u: &str| -> Result<FileRef, String> {
+        let abs = base
+            .join(u)
+            .map_err(|e| format!("{u:?} is not a URL: {e}"))?;
+        FileRef::parse(abs.as_str()).map_err(|e| e.to_string())
+    };
+    let kernel = match a.kernel.as_deref() {
+        Some(k) if !k.is_empty() => resolve(k).map_err(|e| format!("kernel: {e}"))?,
+        _ => return Err("the answer has no kernel".into()),
+    };
+    let initrds = a
+        .initrd
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, u)| resolve(u).map_err(|e| format!("initrd[{i}]: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cmdline = match a.cmdline {
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(serde_json::Value::String(s)) => s,
+        Some(serde_json::Value::Object(m)) => object_cmdline(&m)?,
+        Some(other) => {
+            return Err(format!(
+                "cmdline must be a string or an object, not {}",
+                json_kind(&other)
+            ))
+        }
+    };
+    if let Some(i) = cmdline.find(['\n', '\r']) {
+        return Err(format!(
+            "cmdline contains a line break at byte {i}; a kernel command line is one line"
+        ));
+    }
+    let (cmdline, extra) = resolve_cmdline(&cmdline, &mut |x: &str| resolve(x))
+        .map_err(|e| format!("cmdline: {e}"))?;
+    let spec = BootSpec {
+        kernel,
+        initrds,
+        cmdline,
+        message: a.message.filter(|m| !m.is_empty()),
+    };
+    // Refuse here, with the reason, what the script could not carry.
+    ironpxe_core::config::Checks::spec(&FsChecks { files: false }, &spec)?;
+    let mut files: Vec<FileRef> = spec.files().cloned().collect();
+    files.extend(extra);
+    Ok((BootDecision::Netboot(Arc::new(spec)), files))
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// pixiecore's deprecated object form of `cmdline`, rendered its way: keys sorted;
+/// a boolean value (either one) gives the bare key; a string gives `key="value"`
+/// (Go-quoted); `{"url": "..."}` gives `key={{ URL "..." }}`, a served file.
+fn object_cmdline(m: &serde_json::Map<String, serde_json::Value>) -> Result<String, String> {
+    let mut keys: Vec<&String> = m.keys().collect();
+    keys.sort();
+    let mut words = Vec::with_capacity(keys.len());
+    for k in keys {
+        match &m[k] {
+            serde_json::Value::Bool(_) => words.push(k.clone()),
+            serde_json::Value::String(v) => words.push(format!("{k}={}", go_quote(v))),
+            serde_json::Value::Object(o) => match o.get("url") {
+                Some(serde_json::Value::String(u)) => {
+                    words.push(format!("{k}={{{{ URL {} }}}}", go_quote(u)))
+                }
+                _ => {
+                    return Err(format!(
+                        "cmdline key {k:?} has object value with no 'url' attribute"
+                    ))
+                }
+            },
+            other => {
+                return Err(format!(
+                    "unsupported value kind ({}) for cmdline key {k:?}",
+                    json_kind(other)
+                ))
+            }
+        }
+    }
+    Ok(words.join(" "))
+}
+
+/// Go's `%q` for a string: double quotes, backslash escapes for `"`, `\` and
+/// control characters.
+fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\x07' => out.push_str("\\a"),
+            '\x08' => out.push_str("\\b"),
+            '\x0c' => out.push_str("\\f"),
+            '\x0b' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c == '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A cached answer.
+struct Entry {
+    decision: BootDecision,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<MacAddr, Entry>,
+    inflight: HashSet<MacAddr>,
+}
+
+/// Files handed out, least recently used forgotten first.
+#[derive(Default)]
+struct FileMemory {
+    files: HashMap<FileId, (FileRef, u64)>,
+    clock: u64,
+}
+
+impl FileMemory {
+    fn remember(&mut self, f: FileRef) {
+        self.clock += 1;
+        let now = self.clock;
+        self.files.insert(f.id(), (f, now));
+        if self.files.len() > MAX_FILES {
+            // Forget the oldest tenth at once, so this scan is rare.
+            let mut stamps: Vec<u64> = self.files.values().map(|(_, t)| *t).collect();
+            stamps.sort_unstable();
+            let cut = stamps[MAX_FILES / 10];
+            self.files.retain(|_, (_, t)| *t > cut);
+        }
+    }
+
+    fn get(&mut self, id: &FileId) -> Option<FileRef> {
+        self.clock += 1;
+        let now = self.clock;
+        self.files.get_mut(id).map(|(f, t)| {
+            *t = now;
+            f.clone()
+        })
+    }
+}
+
+struct Shared {
+    source: Source,
+    cache: Mutex<Cache>,
+    answered: Condvar,
+    files: Mutex<FileMemory>,
+}
+
+impl Shared {
+    fn remember(&self, files: Vec<FileRef>) {
+        let mut m = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        for f in files {
+            m.remember(f);
+        }
+    }
+
+    /// Logs a lookup's outcome once and turns it into a decision.
+    fn settle(&self, mac: MacAddr, outcome: Outcome) -> BootDecision {
+        match outcome {
+            Outcome::Boot(decision, files) => {
+                let kind = match &decision {
+                    BootDecision::Script(_) => "ipxe-script",
+                    _ => "netboot",
+                };
+                info!(target: EVENT, event = "api.answer", %mac, answer = kind, files = files.len());
+                self.remember(files);
+                decision
+            }
+            Outcome::Declined(reason) => {
+                info!(target: EVENT, event = "api.declined", %mac, %reason);
+                BootDecision::Ignore(format!("the API declined: {reason}"))
+            }
+            Outcome::Failed(reason) => {
+                warn!(target: EVENT, event = "api.error", %mac, %reason);
+                BootDecision::Ignore(format!("no usable API answer: {reason}"))
+            }
+        }
+    }
+}
+
+/// The booter of `ironpxe api`.
+pub struct ApiBooter {
+    shared: Arc<Shared>,
+    queue: Option<tokio::sync::mpsc::UnboundedSender<MacAddr>>,
+    timeout: Duration,
+}
+
+impl ApiBooter {
+    /// Starts the lookup thread (for an HTTP source).
+    pub fn start(source: Source, timeout: Duration) -> Result<ApiBooter> {
+        let shared = Arc::new(Shared {
+            source: source.clone(),
+            cache: Mutex::new(Cache::default()),
+            answered: Condvar::new(),
+            files: Mutex::new(FileMemory::default()),
+        });
+        let queue = match &source {
+            Source::Dir { .. } => None,
+            Source::Http { .. } => {
+                let client = reqwest::Client::builder()
+                    .timeout(timeout)
+                    .user_agent(concat!("ironpxe/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .context("cannot set up the HTTP client for the API")?;
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let sh = shared.clone();
+                std::thread::Builder::new()
+                    .name("ironpxe-api".into())
+                    .spawn(move || lookup_thread(sh, client, rx))
+                    .context("cannot start the API lookup thread")?;
+                Some(tx)
+            }
+        };
+        Ok(ApiBooter {
+            shared,
+            queue,
+            timeout,
+        })
+    }
+
+    /// Reads `DIR/v1/boot/<mac>`.
+    fn read_dir_answer(&self, root: &std::path::Path, mac: MacAddr) -> Outcome {
+        let dir = root.join("v1").join("boot");
+        let lower = mac.to_string();
+        // The canonical name first; also the spellings people write by hand.
+        let names = [
+            lower.clone(),
+            lower.to_uppercase(),
+            lower.replace(':', "-"),
+            lower.to_uppercase().replace(':', "-"),
+        ];
+        for name in &names {
+            let path = dir.join(name);
+            match std::fs::read(&path) {
+                Ok(body) => {
+                    return match interpret(&body, self.shared.source.base()) {
+                        Ok((d, files)) => Outcome::Boot(d, files),
+                        Err(e) => Outcome::Failed(format!("{}: {e}", path.display())),
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Outcome::Failed(format!("{}: {e}", path.display())),
+            }
+        }
+        Outcome::Declined(format!("no file {}", dir.join(&lower).display()))
+    }
+
+    /// A cached answer for `mac`, or `None` after queueing a lookup.
+    fn cached(&self, mac: MacAddr) -> Option<BootDecision> {
+        let mut c = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let (fresh, refresh) = match c.entries.get(&mac) {
+            Some(e) if e.at.elapsed() < CACHE_TTL => {
+                (Some(e.decision.clone()), e.at.elapsed() > CACHE_TTL / 2)
+            }
+            _ => (None, true),
+        };
+        if refresh && !c.inflight.contains(&mac) {
+            if let Some(q) = &self.queue {
+                if q.send(mac).is_ok() {
+                    c.inflight.insert(mac);
+                    if fresh.is_none() {
+                        info!(
+                            target: EVENT,
+                            event = "api.pending",
+                            %mac,
+                            "asking the API; this request is answered on the client's retry"
+                        );
+                    }
+                }
+            }
+        }
+        fresh
+    }
+}
+
+impl Booter for ApiBooter {
+    fn decide(&self, mac: MacAddr, _arch: ClientArch) -> BootDecision {
+        if let Source::Dir { root, .. } = &self.shared.source {
+            let outcome = self.read_dir_answer(root, mac);
+            if let Outcome::Declined(reason) = &outcome {
+                // Every DHCP packet of an unlisted machine gets here: keep it quiet.
+                debug!(%mac, %reason, "not in the API directory");
+                return BootDecision::Ignore(reason.clone());
+            }
+            return self.shared.settle(mac, outcome);
+        }
+        self.cached(mac).unwrap_or_else(|| {
+            BootDecision::Ignore("waiting for the API's answer (asked in the background)".into())
+        })
+    }
+
+    fn decide_wait(&self, mac: MacAddr, arch: ClientArch) -> BootDecision {
+        if matches!(self.shared.source, Source::Dir { .. }) {
+            return self.decide(mac, arch);
+        }
+        let asked = Instant::now();
+        if let Some(d) = self.cached(mac) {
+            return d;
+        }
+        let deadline = asked + self.timeout + Duration::from_secs(1);
+        let mut c = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(e) = c.entries.get(&mac) {
+                if e.at >= asked {
+                    return e.decision.clone();
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return BootDecision::Ignore(format!(
+                    "the API did not answer within {:?}",
+                    self.timeout
+                ));
+            }
+            c = self
+                .shared
+                .answered
+                .wait_timeout(c, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn file(&self, id: &FileId) -> Option<FileRef> {
+        self.shared
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+    }
+}
+
+/// Performs queued lookups, [`MAX_CONCURRENT`] at a time, on its own runtime.
+fn lookup_thread(
+    shared: Arc<Shared>,
+    client: reqwest::Client,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<MacAddr>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the API lookup runtime; no machine will be answered");
+            return;
+        }
+    };
+    let Source::Http { base } = shared.source.clone() else {
+        return;
+    };
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
+    rt.block_on(async move {
+        while let Some(mac) = rx.recv().await {
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return;
+            };
+            let (shared, client, base) = (shared.clone(), client.clone(), base.clone());
+            tokio::spawn(async move {
+                let outcome = fetch(&client, &base, mac).await;
+                drop(permit);
+                let decision = shared.settle(mac, outcome);
+                let mut c = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+                c.inflight.remove(&mac);
+                if c.entries.len() >= MAX_ENTRIES {
+                    c.entries.retain(|_, e| e.at.elapsed() < CACHE_TTL);
+                }
+                c.entries.insert(
+                    mac,
+                    Entry {
+                        decision,
+                        at: Instant::now(),
+                    },
+                );
+                drop(c);
+                shared.answered.notify_all();
+            });
+        }
+    });
+}
+
+async fn fetch(client: &reqwest::Client, base: &Url, mac: MacAddr) -> Outcome {
+    let url = format!("{base}boot/{mac}");
+    let started = Instant::now();
+    let resp = match client.get(&url).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            return Outcome::Failed(format!("GET {url}: no answer within the timeout"))
+        }
+        Err(e) => return Outcome::Failed(format!("GET {url}: {}", error_chain(&e))),
+    };
+    let status = resp.status();
+    if status != reqwest::StatusCode::OK {
+        return Outcome::Declined(format!("GET {url}: {status}"));
+    }
+    let body = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) if e.is_timeout() => {
+            return Outcome::Failed(format!(
+                "GET {url}: the answer did not arrive within the timeout"
+            ))
+        }
+        Err(e) => return Outcome::Failed(format!("GET {url}: {}", error_chain(&e))),
+    };
+    debug!(%mac, %url, ms = started.elapsed().as_millis() as u64, "API answered");
+    match interpret(&body, base) {
+        Ok((d, files)) => Outcome::Boot(d, files),
+        Err(e) => Outcome::Failed(format!("GET {url}: {e}")),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,223 @@
+//! Root + QEMU: `ironpxe api URL`, pixiecore's API mode.
+//!
+//! - against a real HTTP API server process (python3's http.server serving a
+//!   directory of `v1/boot/<mac>` JSON files, inside the lab's ironpxe namespace),
+//!   with a relative initrd URL streamed through ironpxe and a templated
+//!   `{{ URL "..." }}` in the command line;
+//! - against a file tree (`file:///DIR`, the layout of a Nix linkFarm), with no web
+//!   server at all.
+//!
+//! Needs the `ironpxe` binary built (`cargo build -p ironpxe`, or scripts/test), and
+//! python3. Run one test at a time on small machines: `-- --test-threads=1`.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ironpxe_core::{FileRef, MacAddr};
+use ironpxe_lab::{boot_once, GuestConfig, Lab, DEFAULT_HTTP_PORT, DEFAULT_MARKER_TIMEOUT};
+
+const API_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0xa9, 0x00, 0x01]);
+const TREE_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0xa9, 0x00, 0x02]);
+const API_PORT: u16 = 8099;
+
+/// A process started by this test, killed by PID when dropped.
+struct Owned(Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn api_args(lab: &Lab, url: &str) -> Vec<String> {
+    vec![
+        "api".into(),
+        url.into(),
+        "--api-request-timeout".into(),
+        "2s".into(),
+        "-p".into(),
+        DEFAULT_HTTP_PORT.to_string(),
+        "--interface".into(),
+        lab.pxe_ifname(),
+    ]
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn qemu_api_http_server_boot_with_templated_url() {
+    let lab = Lab::new("qemu_api_http").expect("build lab");
+    let kernel = ironpxe_lab::kernel().expect("test kernel");
+    let initrd = lab.initrd().expect("initrd");
+
+    // The API's tree: the answer, the initrd (fetched over HTTP through ironpxe), and
+    // a file the cmdline references by template.
+    let root = lab.tmp_dir().join("api");
+    std::fs::create_dir_all(root.join("v1/files")).unwrap();
+    std::fs::copy(&initrd, root.join("v1/files/initrd.img")).unwrap();
+    write(
+        &root.join("v1/files/cloud-config"),
+        "#cloud-config\nhostname: node-07\n",
+    );
+    let answer = format!(
+        r#"{{"kernel": "file://{}", "initrd": ["files/initrd.img"],
+            "cmdline": "console=ttyS0 cfg={{{{ URL \"files/cloud-config\" }}}} role=api",
+            "message": "NixOS Automatic Installer for node-07"}}"#,
+        kernel.display()
+    );
+    write(&root.join(format!("v1/boot/{API_MAC}")), &answer);
+    let _ = std::fs::write(lab.out_dir().join("api-answer.json"), &answer);
+
+    let log = std::fs::File::create(lab.out_dir().join("api-http-server.log")).unwrap();
+    let server = Owned(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.pxe_ns(),
+                "python3",
+                "-m",
+                "http.server",
+            ])
+            .arg(API_PORT.to_string())
+            .args(["--bind", "127.0.0.1", "--directory"])
+            .arg(&root)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("python3 -m http.server (apt-get install python3)"),
+    );
+    let api = format!("http://127.0.0.1:{API_PORT}");
+    let probe = format!("{api}/v1/boot/{API_MAC}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = lab
+            .run_in(&lab.pxe_ns(), "curl", &["-sf", "-o", "/dev/null", &probe])
+            .expect("curl");
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the API server did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let ironpxe = lab
+        .start_ironpxe(&api_args(&lab, &api))
+        .expect("start ironpxe");
+    let outcome = boot_once(
+        &lab,
+        GuestConfig {
+            mac: Some(API_MAC),
+            ..GuestConfig::bios()
+        },
+        DEFAULT_MARKER_TIMEOUT,
+    )
+    .expect("guest");
+    let marker = outcome.marker.unwrap_or_else(|e| {
+        panic!(
+            "the guest did not boot: {e:#} (logs in {})",
+            lab.out_dir().display()
+        )
+    });
+
+    // The template became a URL of ironpxe itself, as the guest reached it.
+    let cfg = FileRef::parse(&format!("{api}/v1/files/cloud-config")).unwrap();
+    let served = format!(
+        "http://{}:{DEFAULT_HTTP_PORT}/_/file?name={}",
+        lab.pxe_addr(),
+        cfg.id()
+    );
+    assert_eq!(
+        marker.cmdline,
+        format!("console=ttyS0 cfg={served} role=api")
+    );
+    // And ironpxe serves it: the API's file, streamed through.
+    let out = lab
+        .run_in(&lab.pxe_ns(), "curl", &["-sf", &served])
+        .expect("curl");
+    assert!(out.status.success(), "GET {served} failed");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "#cloud-config\nhostname: node-07\n"
+    );
+    outcome
+        .guest
+        .wait_for_serial(
+            "NixOS Automatic Installer for node-07",
+            Duration::from_secs(1),
+        )
+        .expect("the API's message on the console");
+
+    let events = ironpxe.events();
+    let mac = API_MAC.to_string();
+    let has = |name: &str| {
+        events
+            .iter()
+            .any(|e| e.name == name && e.field("mac") == Some(mac.as_str()))
+    };
+    // The first DHCP request is not answered while the API is asked in the background.
+    assert!(has("api.pending"), "no api.pending event");
+    assert!(has("api.answer"), "no api.answer event");
+    assert!(has("http.script"), "no http.script event");
+    // The relative initrd URL was fetched from the API server through ironpxe.
+    let initrd_size = std::fs::metadata(&initrd).unwrap().len().to_string();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.name == "http.file.done" && e.field("bytes") == Some(initrd_size.as_str())),
+        "no complete initrd download of {initrd_size} bytes"
+    );
+    drop(server);
+}
+
+#[test]
+fn qemu_api_file_tree_boot() {
+    let lab = Lab::new("qemu_api_tree").expect("build lab");
+    let kernel = ironpxe_lab::kernel().expect("test kernel");
+    let initrd = lab.initrd().expect("initrd");
+    let tree = lab.tmp_dir().join("pixiecore-api");
+    const CMDLINE: &str = "console=ttyS0 init=/nix/store/eee-nixos-system-node-02/init loglevel=4 nixos.install=/nix/store/fff-install-node-02";
+    let answer = format!(
+        r#"{{"kernel": "file://{}", "initrd": ["file://{}"], "cmdline": "{CMDLINE}", "message": "NixOS Automatic Installer for node-02"}}"#,
+        kernel.display(),
+        initrd.display()
+    );
+    write(&tree.join(format!("v1/boot/{TREE_MAC}")), &answer);
+
+    let ironpxe = lab
+        .start_ironpxe(&api_args(&lab, &format!("file://{}", tree.display())))
+        .expect("start ironpxe");
+    let outcome = boot_once(
+        &lab,
+        GuestConfig {
+            mac: Some(TREE_MAC),
+            ..GuestConfig::bios()
+        },
+        DEFAULT_MARKER_TIMEOUT,
+    )
+    .expect("guest");
+    let marker = outcome.marker.unwrap_or_else(|e| {
+        panic!(
+            "the guest did not boot: {e:#} (logs in {})",
+            lab.out_dir().display()
+        )
+    });
+    assert_eq!(marker.cmdline, CMDLINE);
+    outcome
+        .guest
+        .wait_for_serial(
+            "NixOS Automatic Installer for node-02",
+            Duration::from_secs(1),
+        )
+        .expect("the message on the console");
+    // Read directly: no lookup is pending, the first DHCP request is answered.
+    let events = ironpxe.events();
+    assert!(!events.iter().any(|e| e.name == "api.pending"));
+    let first_offer = events.iter().find(|e| e.name == "dhcp.offer");
+    assert!(first_offer.is_some(), "no dhcp.offer");
+}
