@@ -286,6 +286,39 @@ mod tests {
     }
 
     #[test]
+    fn status_and_log_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "ironpxe",
+            "boot",
+            "/k",
+            "--status-port",
+            "9090",
+            "--state-dir",
+            "/var/lib/ironpxe",
+            "--stuck-after",
+            "5m",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.log.log_format, LogFormat::Json);
+        let Command::Boot(b) = cli.command else {
+            panic!("not boot")
+        };
+        assert_eq!(b.server.status_port, Some(9090));
+        assert_eq!(b.server.state_dir, Some(PathBuf::from("/var/lib/ironpxe")));
+        assert_eq!(b.server.stuck_after, std::time::Duration::from_secs(300));
+        let d = Cli::try_parse_from(["ironpxe", "boot", "/k"]).unwrap();
+        assert_eq!(d.log.log_format, LogFormat::Text);
+        let Command::Boot(b) = d.command else {
+            panic!("not boot")
+        };
+        assert_eq!(b.server.status_port, None);
+        assert_eq!(b.server.stuck_after, std::time::Duration::from_secs(120));
+        assert!(Cli::try_parse_from(["ironpxe", "--log-format", "xml", "boot", "/k"]).is_err());
+    }
+
+    #[test]
     fn pixiecore_command_line_parses() {
         let cli = Cli::try_parse_from([
             "ironpxe",

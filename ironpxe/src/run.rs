@@ -271,12 +271,17 @@ async fn serve_async(args: &ServerArgs, booter: Arc<dyn Booter>, ipxe: IpxeSet) 
     // The status page, API and metrics: on their own port, or next to the boot files.
     let status_server = match status_listener {
         Some(l) => {
-            info!(status = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "boot status on its own port");
-            futures_or_pending(ironpxe_http::serve(l, status().router(), std::future::pending()))
+            let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            info!(status = %addr, "boot status on its own port");
+            boxed_server(ironpxe_http::serve(
+                l,
+                status().router(),
+                std::future::pending(),
+            ))
         }
         None => {
             router = router.merge(status().router());
-            futures_or_pending(std::future::pending())
+            boxed_server(std::future::pending())
         }
     };
     if let Some(dir) = &state_dir {
@@ -304,7 +309,7 @@ async fn serve_async(args: &ServerArgs, booter: Arc<dyn Booter>, ipxe: IpxeSet) 
 }
 
 /// Boxes the status server's future, so both arms of its `match` have one type.
-fn futures_or_pending(
+fn boxed_server(
     f: impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>> {
     Box::pin(f)

@@ -1,0 +1,375 @@
+//! ironpxe's boot status: what every machine is doing, for people and for Prometheus.
+//!
+//! The protocol crates already describe each step of a boot as a `tracing` event with
+//! target `ironpxe::event` and a field `event` (`dhcp.offer`, `tftp.done`,
+//! `http.file.start`, `http.booting`, ...). This crate listens to them:
+//!
+//! - [`Status::layer`] is a `tracing_subscriber` layer that turns each such event
+//!   into a [`Record`] and hands it to [`Status::record`].
+//! - The [`Store`] attributes records to machines by MAC (TFTP and HTTP file events
+//!   carry only an address; see [`store`] for how they are matched), keeps a bounded
+//!   timeline per machine (a ring of events, at most [`StoreConfig::max_machines`]
+//!   machines, least recently seen dropped first), and derives each machine's
+//!   [`Phase`], progress, time in phase and whether it is stuck ([`Machine`]).
+//! - [`Status::observe_booter`] wraps the [`Booter`] so the store learns which file
+//!   id is a machine's kernel and which are its initrds.
+//! - [`Status::router`] serves `GET /` (a live HTML page), `GET /api/v1/machines`
+//!   (JSON), `GET /api/v1/events` (server-sent events) and `GET /metrics`
+//!   (Prometheus text, [`prometheus_client`]).
+//! - [`Status::open_state_dir`] restores a saved store and [`StateDir::run`] saves it
+//!   every few seconds when it changed, so a restart keeps history.
+
+pub mod machine;
+mod metrics;
+pub mod record;
+pub mod store;
+mod web;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ironpxe_core::{BootDecision, Booter, ClientArch, FileId, FileRef, MacAddr};
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::Layer;
+
+pub use machine::{Machine, Phase, PhaseSpan};
+pub use record::{Record, EVENT_TARGET};
+pub use store::{Neighbors, NoNeighbors, ProcNetArp, Store, StoreConfig};
+
+use metrics::Metrics;
+use record::FieldCollector;
+
+/// Errors of the status crate.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The state directory cannot be created or written.
+    #[error("state directory {path}: {source}")]
+    Dir {
+        /// The directory or file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The saved state is not what this version writes.
+    #[error("{path} is not a valid ironpxe state file ({reason}); move it away to start afresh")]
+    BadState {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Now, as Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The shared status: store, metrics and live subscribers. Cheap to clone.
+#[derive(Clone)]
+pub struct Status {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Mutex<Store>,
+    metrics: Metrics,
+    live: broadcast::Sender<Arc<str>>,
+    neighbors: Box<dyn Neighbors>,
+    /// Bumped on every change; the saver compares it with what it last wrote.
+    generation: AtomicU64,
+}
+
+impl Status {
+    /// A status store that reads the host's ARP table to attribute TFTP transfers.
+    pub fn new(cfg: StoreConfig) -> Self {
+        Self::with_neighbors(cfg, Box::new(ProcNetArp))
+    }
+
+    /// A status store with a given neighbour table (tests use [`NoNeighbors`]).
+    pub fn with_neighbors(cfg: StoreConfig, neighbors: Box<dyn Neighbors>) -> Self {
+        let (live, _) = broadcast::channel(1024);
+        Status {
+            inner: Arc::new(Inner {
+                store: Mutex::new(Store::new(cfg)),
+                metrics: Metrics::new(),
+                live,
+                neighbors,
+                generation: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.inner.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the stuck threshold ([`StoreConfig::stuck_after_ms`]).
+    pub fn set_stuck_after(&self, after: Duration) {
+        self.store().set_stuck_after_ms(after.as_millis() as u64);
+    }
+
+    /// A `tracing` layer that records every `ironpxe::event` event. Install it with
+    /// a filter that lets target `ironpxe::event` through at INFO, whatever the log
+    /// level, so the status does not depend on `--debug` or `RUST_LOG`.
+    pub fn layer(&self) -> StatusLayer {
+        StatusLayer {
+            status: self.clone(),
+        }
+    }
+
+    /// Records one event: attributes it, updates the machine, counts it, and sends
+    /// it to live subscribers.
+    pub fn record(&self, rec: Record) {
+        let (ingested, payloads) = {
+            let mut store = self.store();
+            let ingested = store.ingest(rec, self.inner.neighbors.as_ref());
+            let now = now_ms();
+            let stuck_after = store.config().stuck_after_ms;
+            let payloads: Vec<String> = ingested
+                .iter()
+                .map(|i| {
+                    let machine = i
+                        .mac
+                        .and_then(|m| store.machine(&m))
+                        .map(|m| web::machine_json(m, now, stuck_after, false));
+                    json!({
+                        "mac": i.mac,
+                        "event": web::event_json(&i.record),
+                        "machine": machine,
+                    })
+                    .to_string()
+                })
+                .collect();
+            (ingested, payloads)
+        };
+        self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        for i in &ingested {
+            self.inner.metrics.observe(i);
+        }
+        for p in payloads {
+            // No subscribers is fine.
+            let _ = self.inner.live.send(p.into());
+        }
+    }
+
+    /// Wraps `booter` so the store learns each machine's kernel and initrd file ids.
+    pub fn observe_booter(&self, booter: Arc<dyn Booter>) -> Arc<dyn Booter> {
+        Arc::new(ObservedBooter {
+            inner: booter,
+            status: self.clone(),
+        })
+    }
+
+    /// `GET /api/v1/machines` as JSON at `now_ms`.
+    pub fn machines_json(&self, now_ms: u64) -> Value {
+        let store = self.store();
+        let stuck_after = store.config().stuck_after_ms;
+        let machines: Vec<Value> = store
+            .machines()
+            .into_iter()
+            .map(|m| web::machine_json(m, now_ms, stuck_after, true))
+            .collect();
+        let unattributed: Vec<Value> = store
+            .unattributed()
+            .map(|u| web::event_json(&u.record))
+            .collect();
+        json!({
+            "now_ms": now_ms,
+            "stuck_after_ms": stuck_after,
+            "machines": machines,
+            "unattributed": unattributed,
+        })
+    }
+
+    /// One machine as JSON, if known.
+    pub fn machine_json(&self, mac: &MacAddr, now_ms: u64) -> Option<Value> {
+        let store = self.store();
+        let stuck_after = store.config().stuck_after_ms;
+        store
+            .machine(mac)
+            .map(|m| web::machine_json(m, now_ms, stuck_after, true))
+    }
+
+    /// The Prometheus text exposition at `now_ms`.
+    pub fn metrics_text(&self, now_ms: u64) -> String {
+        let store = self.store();
+        let stuck_after = store.config().stuck_after_ms;
+        self.inner
+            .metrics
+            .encode(&store.machines(), now_ms, stuck_after)
+    }
+
+    /// A receiver of live updates (JSON text, one per applied event).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.inner.live.subscribe()
+    }
+
+    /// The HTTP routes: `/`, `/api/v1/machines`, `/api/v1/machines/{mac}`,
+    /// `/api/v1/events` and `/metrics`.
+    pub fn router(&self) -> axum::Router {
+        web::router(self.clone())
+    }
+
+    /// Opens (creating it if needed) a state directory and restores the store from
+    /// its `status.json`, if there is one. Run the returned [`StateDir`] to keep
+    /// saving.
+    pub fn open_state_dir(&self, dir: &Path) -> Result<StateDir, StatusError> {
+        std::fs::create_dir_all(dir).map_err(|source| StatusError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let file = dir.join(STATE_FILE);
+        match std::fs::read(&file) {
+            Ok(bytes) => {
+                let saved: Saved =
+                    serde_json::from_slice(&bytes).map_err(|e| StatusError::BadState {
+                        path: file.clone(),
+                        reason: e.to_string(),
+                    })?;
+                if saved.version != STATE_VERSION {
+                    return Err(StatusError::BadState {
+                        path: file,
+                        reason: format!("version {}, expected {STATE_VERSION}", saved.version),
+                    });
+                }
+                self.store().restore(saved.data);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StatusError::Dir { path: file, source }),
+        }
+        let st = StateDir {
+            status: self.clone(),
+            file,
+            saved: Arc::new(AtomicU64::new(u64::MAX)),
+        };
+        // Prove now that the directory is writable, not at the first change.
+        st.save()?;
+        Ok(st)
+    }
+}
+
+/// The file in the state directory.
+const STATE_FILE: &str = "status.json";
+const STATE_VERSION: u32 = 1;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    version: u32,
+    saved_ms: u64,
+    data: store::Data,
+}
+
+/// A state directory the store is saved to.
+#[derive(Clone)]
+pub struct StateDir {
+    status: Status,
+    file: PathBuf,
+    saved: Arc<AtomicU64>,
+}
+
+impl StateDir {
+    /// The state file.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Writes the store now (to a temporary file, then renamed over the old one, so
+    /// a crash never leaves half a file), unless nothing changed since the last save.
+    pub fn save(&self) -> Result<(), StatusError> {
+        let generation = self.status.inner.generation.load(Ordering::Relaxed);
+        if self.saved.load(Ordering::Relaxed) == generation {
+            return Ok(());
+        }
+        let bytes = {
+            let store = self.status.store();
+            serde_json::to_vec(&Saved {
+                version: STATE_VERSION,
+                saved_ms: now_ms(),
+                data: store.data().clone(),
+            })
+        }
+        .map_err(|e| StatusError::BadState {
+            path: self.file.clone(),
+            reason: e.to_string(),
+        })?;
+        let tmp = self.file.with_extension("json.tmp");
+        let io = |source| StatusError::Dir {
+            path: tmp.clone(),
+            source,
+        };
+        std::fs::write(&tmp, &bytes).map_err(io)?;
+        std::fs::rename(&tmp, &self.file).map_err(io)?;
+        self.saved.store(generation, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Saves every `interval` while changed, forever.
+    pub async fn run(self, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let me = self.clone();
+            match tokio::task::spawn_blocking(move || me.save()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the boot status"),
+                Err(e) => tracing::warn!(error = %e, "status saver failed"),
+            }
+        }
+    }
+}
+
+/// The `tracing` layer returned by [`Status::layer`].
+pub struct StatusLayer {
+    status: Status,
+}
+
+impl<S: Subscriber> Layer<S> for StatusLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        if event.metadata().target() != EVENT_TARGET {
+            return;
+        }
+        let mut fields = FieldCollector::default();
+        event.record(&mut fields);
+        let Some(name) = fields.event else {
+            return;
+        };
+        self.status.record(Record {
+            t_ms: now_ms(),
+            event: name,
+            details: fields.details,
+        });
+    }
+}
+
+/// A booter that tells the status store what it decided.
+struct ObservedBooter {
+    inner: Arc<dyn Booter>,
+    status: Status,
+}
+
+impl Booter for ObservedBooter {
+    fn decide(&self, mac: MacAddr, arch: ClientArch) -> BootDecision {
+        let d = self.inner.decide(mac, arch);
+        if let BootDecision::Netboot(spec) = &d {
+            self.status.store().expect(mac, spec, now_ms());
+        }
+        d
+    }
+
+    fn file(&self, id: &FileId) -> Option<FileRef> {
+        self.inner.file(id)
+    }
+}
+
+#[cfg(test)]
+mod tests;

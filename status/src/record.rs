@@ -1,0 +1,107 @@
+//! One boot event as the status store keeps it, and how it is read off a `tracing`
+//! event.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+
+/// The `tracing` target of ironpxe's boot events.
+pub const EVENT_TARGET: &str = "ironpxe::event";
+
+/// One boot event: when, which, and its other fields.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Wall-clock time, Unix milliseconds.
+    pub t_ms: u64,
+    /// The event name, e.g. `dhcp.offer`.
+    pub event: String,
+    /// The other fields (`mac`, `arch`, `peer`, `bytes`, ...). Numbers and booleans
+    /// stay JSON numbers and booleans; everything else is text. The store adds `kind`
+    /// (`kernel`, `initrd`) to HTTP file events.
+    pub details: Map<String, Value>,
+}
+
+impl Record {
+    /// A record with no details.
+    pub fn new(t_ms: u64, event: &str) -> Self {
+        Record {
+            t_ms,
+            event: event.to_string(),
+            details: Map::new(),
+        }
+    }
+
+    /// Adds a detail (builder style, for tests and callers that make records).
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// A detail as text (numbers are formatted).
+    pub fn text(&self, key: &str) -> Option<String> {
+        match self.details.get(key)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    }
+
+    /// A detail as a number, if it is one.
+    pub fn number(&self, key: &str) -> Option<u64> {
+        self.details.get(key)?.as_u64()
+    }
+
+    /// The time as RFC 3339 UTC with milliseconds.
+    pub fn rfc3339(&self) -> String {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.t_ms);
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+}
+
+/// Collects a `tracing` event's fields into an `event` name and details.
+#[derive(Default)]
+pub(crate) struct FieldCollector {
+    pub event: Option<String>,
+    pub details: Map<String, Value>,
+}
+
+impl FieldCollector {
+    fn put(&mut self, field: &Field, value: Value) {
+        if field.name() == "event" {
+            self.event = Some(match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            });
+        } else {
+            self.details.insert(field.name().to_string(), value);
+        }
+    }
+}
+
+impl Visit for FieldCollector {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, Value::String(format!("{value:?}")));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::String(value.to_string()));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, Value::from(value));
+    }
+}
