@@ -14,6 +14,9 @@ pub enum OpenError {
     /// The name is refused (TFTP error 2).
     #[error("access violation: {0}")]
     AccessViolation(String),
+    /// The file exists but could not be read (TFTP error 0).
+    #[error("cannot read file: {0}")]
+    Io(String),
 }
 
 impl OpenError {
@@ -22,6 +25,7 @@ impl OpenError {
         match self {
             OpenError::NotFound => ErrorCode::FileNotFound,
             OpenError::AccessViolation(_) => ErrorCode::AccessViolation,
+            OpenError::Io(_) => ErrorCode::NotDefined,
         }
     }
 }
@@ -78,12 +82,65 @@ pub fn normalize_path(raw: &str) -> Result<&str, PathError> {
 
 /// Supplies file contents by name.
 ///
-/// `open` is called on the async runtime for every read request, so it must be fast:
-/// implementations keep files in memory (see [`MemoryFiles`]) rather than read disk.
+/// [`crate::serve`] first asks [`FileSource::open_nonblocking`] on the async runtime;
+/// only if that has no answer does it call [`FileSource::open`], which may block on
+/// disk, on tokio's blocking thread pool.
 pub trait FileSource: Send + Sync + 'static {
     /// Returns the whole file named `path`, as the client sent it (implementations
-    /// should pass it through [`normalize_path`]).
+    /// should pass it through [`normalize_path`]). May block.
     fn open(&self, path: &str) -> Result<Bytes, OpenError>;
+
+    /// Answers without blocking when the source can (files already in memory), or
+    /// returns `None` to have [`FileSource::open`] called off the runtime.
+    fn open_nonblocking(&self, path: &str) -> Option<Result<Bytes, OpenError>> {
+        let _ = path;
+        None
+    }
+}
+
+/// Several sources tried in order: the first that has the file serves it.
+///
+/// A source's "not found" passes the request on to the next; any other refusal
+/// (a bad path, a symlink out of a root) is final. The binary puts the built-in iPXE
+/// binaries ([`MemoryFiles`]) before the `--tftp-root` directory, so a file in the
+/// root never shadows them.
+#[derive(Default)]
+pub struct Overlay {
+    sources: Vec<std::sync::Arc<dyn FileSource>>,
+}
+
+impl Overlay {
+    /// An overlay with no sources (every request gets "file not found").
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `source` after those already added.
+    pub fn push(&mut self, source: std::sync::Arc<dyn FileSource>) {
+        self.sources.push(source);
+    }
+}
+
+impl FileSource for Overlay {
+    fn open(&self, path: &str) -> Result<Bytes, OpenError> {
+        for s in &self.sources {
+            match s.open(path) {
+                Err(OpenError::NotFound) => continue,
+                other => return other,
+            }
+        }
+        Err(OpenError::NotFound)
+    }
+
+    fn open_nonblocking(&self, path: &str) -> Option<Result<Bytes, OpenError>> {
+        for s in &self.sources {
+            match s.open_nonblocking(path)? {
+                Err(OpenError::NotFound) => continue,
+                other => return Some(other),
+            }
+        }
+        Some(Err(OpenError::NotFound))
+    }
 }
 
 /// An in-memory set of files, keyed by normalised name. The caller fills it once at
@@ -143,6 +200,10 @@ impl FileSource for MemoryFiles {
         let name = normalize_path(path)?;
         self.files.get(name).cloned().ok_or(OpenError::NotFound)
     }
+
+    fn open_nonblocking(&self, path: &str) -> Option<Result<Bytes, OpenError>> {
+        Some(self.open(path))
+    }
 }
 
 #[cfg(test)]
@@ -184,6 +245,54 @@ mod tests {
         let e = m.open("/../ipxe.efi").unwrap_err();
         assert_eq!(e.error_code(), ErrorCode::AccessViolation);
         assert_eq!(m.names().collect::<Vec<_>>(), ["ipxe.efi", "undionly.kpxe"]);
+    }
+
+    /// A source that must be opened off the runtime.
+    struct Slow(MemoryFiles);
+
+    impl FileSource for Slow {
+        fn open(&self, path: &str) -> Result<Bytes, OpenError> {
+            self.0.open(path)
+        }
+    }
+
+    #[test]
+    fn overlay_tries_sources_in_order() {
+        let mut first = MemoryFiles::new();
+        first
+            .insert("ipxe.efi", Bytes::from_static(b"builtin"))
+            .unwrap();
+        let mut second = MemoryFiles::new();
+        second
+            .insert("ipxe.efi", Bytes::from_static(b"shadowed"))
+            .unwrap();
+        second
+            .insert("grubx64.efi", Bytes::from_static(b"grub"))
+            .unwrap();
+        let mut o = Overlay::new();
+        o.push(std::sync::Arc::new(first));
+        o.push(std::sync::Arc::new(Slow(second)));
+        assert_eq!(o.open("ipxe.efi").unwrap(), &b"builtin"[..]);
+        assert_eq!(
+            o.open_nonblocking("ipxe.efi"),
+            Some(Ok(Bytes::from_static(b"builtin")))
+        );
+        // Not in memory: the blocking source must be asked off the runtime.
+        assert_eq!(o.open_nonblocking("grubx64.efi"), None);
+        assert_eq!(o.open("grubx64.efi").unwrap(), &b"grub"[..]);
+        assert_eq!(o.open("nope"), Err(OpenError::NotFound));
+        // A refusal is final.
+        assert_eq!(
+            o.open_nonblocking("../ipxe.efi")
+                .unwrap()
+                .unwrap_err()
+                .error_code(),
+            ErrorCode::AccessViolation
+        );
+        assert_eq!(
+            Overlay::new().open_nonblocking("x"),
+            Some(Err(OpenError::NotFound))
+        );
     }
 
     #[test]

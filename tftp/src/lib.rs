@@ -15,14 +15,17 @@
 //!   reads no clock, so its tests run on virtual time.
 //! - [`FileSource`] supplies file contents; [`MemoryFiles`] is the in-memory
 //!   implementation the binary fills with the iPXE binaries at start-up.
-//!   [`normalize_path`] is the path policy.
+//!   [`normalize_path`] is the path policy. [`TftpRoot`] serves a directory
+//!   (`--tftp-root`), confined with `openat2(RESOLVE_BENEATH)` and cached in memory
+//!   by path; [`Overlay`] stacks sources (built-in iPXE names first).
 //! - [`serve`]: the thin tokio driver.
 //!
 //! # Data flow
 //!
 //! A read request arrives on the listening socket → [`serve`] checks it and takes a
 //! concurrency slot → a task opens a new socket, asks the [`FileSource`] for the file
-//! and builds a [`Transfer`] → the task loops: send what the transfer emits, wait for
+//! (on the blocking pool if it has to touch the disk), caps the block size at what the
+//! path MTU to the client carries, and builds a [`Transfer`] → the task loops: send what the transfer emits, wait for
 //! a datagram or the transfer's deadline, pass it in → the outcome is logged.
 //!
 //! Events go to `tracing` with target `ironpxe::event` and an `event` field:
@@ -31,10 +34,12 @@
 
 mod files;
 pub mod packet;
+mod root;
 mod server;
 mod transfer;
 
-pub use files::{normalize_path, FileSource, MemoryFiles, OpenError, PathError};
+pub use files::{normalize_path, FileSource, MemoryFiles, OpenError, Overlay, PathError};
 pub use packet::{ErrorCode, Mode, Options, Packet, ParseError, Request};
+pub use root::{RootError, TftpRoot, DEFAULT_CACHE_BYTES};
 pub use server::serve;
 pub use transfer::{FailReason, Outcome, TftpConfig, Transfer};

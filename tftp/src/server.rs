@@ -1,8 +1,8 @@
 //! The tokio driver: receives requests on the well-known socket and runs each read
 //! transfer on its own socket (a new TID, RFC 1350) around a [`Transfer`].
 
-use crate::files::FileSource;
-use crate::packet::{encode_error, ErrorCode, Mode, Packet, Request};
+use crate::files::{FileSource, OpenError};
+use crate::packet::{encode_error, ErrorCode, Mode, Packet, Request, MAX_BLKSIZE, MIN_BLKSIZE};
 use crate::transfer::{Outcome, TftpConfig, Transfer};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -152,7 +152,16 @@ async fn run_transfer(
             return;
         }
     };
-    let data = match files.open(file) {
+    let opened = match files.open_nonblocking(file) {
+        Some(r) => r,
+        None => {
+            let (files, name) = (files.clone(), req.filename.clone());
+            tokio::task::spawn_blocking(move || files.open(&name))
+                .await
+                .unwrap_or_else(|e| Err(OpenError::Io(format!("file reader failed: {e}"))))
+        }
+    };
+    let data = match opened {
         Ok(d) => d,
         Err(e) => {
             failed(&e.to_string());
@@ -162,8 +171,17 @@ async fn run_transfer(
             return;
         }
     };
+    let max_blksize = max_blksize_for(local_ip, peer);
     let started = Instant::now();
-    let mut t = Transfer::new(started, &req, data, &cfg);
+    let mut t = if max_blksize < cfg.max_blksize {
+        let cfg = TftpConfig {
+            max_blksize,
+            ..TftpConfig::clone(&cfg)
+        };
+        Transfer::new(started, &req, data, &cfg)
+    } else {
+        Transfer::new(started, &req, data, &cfg)
+    };
     tracing::info!(
         target: EVENT,
         event = "tftp.start",
@@ -175,6 +193,13 @@ async fn run_transfer(
         size = t.size(),
     );
     let mut buf = vec![0u8; 2048];
+    // One timer for the whole transfer, moved only when the deadline comes earlier
+    // or after it fired. In lockstep the deadline moves forward on every ACK; letting
+    // the timer lag and fire early (a no-op in `handle_timeout`) costs one wake-up
+    // per retransmission timeout instead of a timer update per block.
+    let mut armed = t.poll_timeout().unwrap_or(started);
+    let timer = tokio::time::sleep_until(armed.into());
+    tokio::pin!(timer);
     loop {
         while let Some(pkt) = t.poll_transmit() {
             // A failed send is a lost packet; the retransmission timer recovers.
@@ -188,6 +213,10 @@ async fn run_transfer(
         let Some(deadline) = t.poll_timeout() else {
             break;
         };
+        if deadline < armed || timer.is_elapsed() {
+            armed = deadline;
+            timer.as_mut().reset(deadline.into());
+        }
         tokio::select! {
             r = sock.recv_from(&mut buf) => match r {
                 Ok((n, src)) if src == peer => t.handle(Instant::now(), &buf[..n]),
@@ -198,7 +227,7 @@ async fn run_transfer(
                 }
                 Err(e) => tracing::debug!(error = %e, "tftp transfer receive error"),
             },
-            _ = tokio::time::sleep_until(deadline.into()) => t.handle_timeout(Instant::now()),
+            _ = &mut timer => t.handle_timeout(Instant::now()),
         }
     }
     let duration_ms = started.elapsed().as_millis() as u64;
@@ -228,4 +257,36 @@ async fn run_transfer(
         Some(Outcome::Failed { reason }) => failed(&reason.to_string()),
         None => failed("transfer stopped without an outcome"),
     }
+}
+
+/// Block size used when the path MTU cannot be read: a 1500-byte Ethernet MTU minus
+/// the IPv4, UDP and TFTP headers.
+const FALLBACK_MAX_BLKSIZE: u16 = 1468;
+
+/// The largest block that reaches `peer` without IP fragmentation: the path MTU the
+/// kernel knows for the route (the interface MTU, or less if ICMP said so) minus the
+/// IP, UDP and TFTP headers.
+fn max_blksize_for(local_ip: IpAddr, peer: SocketAddr) -> u16 {
+    let mtu = path_mtu(local_ip, peer);
+    let overhead = if peer.is_ipv4() {
+        20 + 8 + 4
+    } else {
+        40 + 8 + 4
+    };
+    match mtu {
+        Some(m) if m > overhead + usize::from(MIN_BLKSIZE) => {
+            (m - overhead).min(usize::from(MAX_BLKSIZE)) as u16
+        }
+        _ => FALLBACK_MAX_BLKSIZE,
+    }
+}
+
+fn path_mtu(local_ip: IpAddr, peer: SocketAddr) -> Option<usize> {
+    if !peer.is_ipv4() {
+        return None;
+    }
+    let probe = std::net::UdpSocket::bind(SocketAddr::new(local_ip, 0)).ok()?;
+    probe.connect(peer).ok()?;
+    let mtu = nix::sys::socket::getsockopt(&probe, nix::sys::socket::sockopt::IpMtu).ok()?;
+    usize::try_from(mtu).ok()
 }

@@ -20,11 +20,14 @@ use std::time::{Duration, Instant};
 /// clamped when a transfer starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TftpConfig {
-    /// Largest block size granted to a client that asks for more (default 1468).
+    /// Largest block size granted to a client that asks for more (default 65464, the
+    /// RFC 2348 maximum).
     ///
-    /// 1468 = 1500-byte Ethernet MTU - 20 (IPv4) - 8 (UDP) - 4 (TFTP header), so a
-    /// block never needs IP fragmentation on a standard LAN. Clients that ask for less
-    /// get what they ask for; clients that ask for nothing get 512 (RFC 1350).
+    /// [`crate::serve`] lowers it per transfer to what the path MTU to the client
+    /// carries, so a block never needs IP fragmentation: 1468 on 1500-byte Ethernet
+    /// (1500 - 20 IPv4 - 8 UDP - 4 TFTP), and 1468 as well when the MTU cannot be
+    /// read. Clients that ask for less get what they ask for; clients that ask for
+    /// nothing get 512 (RFC 1350).
     pub max_blksize: u16,
     /// Largest window granted (RFC 7440), default 64.
     pub max_windowsize: u16,
@@ -40,22 +43,23 @@ pub struct TftpConfig {
     pub max_retries: u32,
     /// Hard limit on the duration of one transfer (default 10 min).
     pub max_lifetime: Duration,
-    /// Concurrent transfers the server runs; past this, requests get "server busy"
-    /// (default 256). Used by [`crate::serve`].
+    /// Concurrent transfers the server runs; past this, requests get ERROR 0 "server
+    /// busy" (default 1024; a transfer costs a socket and a few kilobytes, the file
+    /// bytes are shared). Used by [`crate::serve`].
     pub max_transfers: usize,
 }
 
 impl Default for TftpConfig {
     fn default() -> Self {
         TftpConfig {
-            max_blksize: 1468,
+            max_blksize: MAX_BLKSIZE,
             max_windowsize: 64,
             initial_rto: Duration::from_secs(1),
             min_rto: Duration::from_millis(10),
             max_rto: Duration::from_secs(4),
             max_retries: 10,
             max_lifetime: Duration::from_secs(600),
-            max_transfers: 256,
+            max_transfers: 1024,
         }
     }
 }
@@ -113,11 +117,17 @@ enum State {
     Done,
 }
 
-/// Retransmission timeout: RFC 6298-style smoothing of measured round trips, or the
-/// fixed value the client asked for with the `timeout` option, doubled per retry.
+/// Retransmission timeout: RFC 6298-style smoothing of measured round trips, doubled
+/// per retry, never above the `timeout` the client negotiated.
+///
+/// The client's `timeout` (RFC 2349) is a ceiling, not a fixed value: clients such as
+/// curl always ask for several seconds, and waiting that long for every lost block on
+/// a LAN whose round trip is well under a millisecond turns 10% loss into a transfer
+/// of many minutes. Retransmitting sooner is harmless: a client that already had the
+/// block ignores the copy or repeats its ACK, and repeated ACKs are ignored here.
 #[derive(Clone, Debug)]
 struct Rto {
-    fixed: Option<Duration>,
+    ceiling: Option<Duration>,
     srtt: Option<Duration>,
     rttvar: Duration,
     backoff: u32,
@@ -127,20 +137,25 @@ struct Rto {
 }
 
 impl Rto {
-    fn base(&self) -> Duration {
-        if let Some(f) = self.fixed {
-            return f;
-        }
-        match self.srtt {
-            Some(srtt) => (srtt + 4 * self.rttvar).clamp(self.min, self.max),
-            None => self.initial,
+    fn cap(&self) -> Duration {
+        let hard = self.max.max(self.initial);
+        match self.ceiling {
+            Some(c) => c.min(hard),
+            None => hard,
         }
     }
 
+    fn base(&self) -> Duration {
+        let base = match self.srtt {
+            Some(srtt) => (srtt + 4 * self.rttvar).clamp(self.min, self.max),
+            None => self.initial,
+        };
+        base.min(self.cap())
+    }
+
     fn current(&self) -> Duration {
-        let cap = self.max.max(self.base());
         let factor = 1u32 << self.backoff.min(16);
-        self.base().saturating_mul(factor).min(cap)
+        self.base().saturating_mul(factor).min(self.cap())
     }
 
     fn sample(&mut self, rtt: Duration) {
@@ -208,7 +223,7 @@ impl Transfer {
     ///
     /// Options are negotiated here: `blksize` is capped at `cfg.max_blksize`,
     /// `windowsize` at `cfg.max_windowsize`, `tsize` is answered with the real size and
-    /// `timeout` is accepted and then used as the retransmission timeout. If any option
+    /// `timeout` is accepted and then caps the adaptive retransmission timeout. If any option
     /// was accepted the transfer opens with an OACK and waits for ACK 0; otherwise it
     /// sends block 1 straight away.
     ///
@@ -237,10 +252,10 @@ impl Transfer {
         if req.options.tsize.is_some() {
             negotiated.tsize = Some(file.len() as u64);
         }
-        let mut fixed_rto = None;
+        let mut rto_ceiling = None;
         if let Some(t) = req.options.timeout.filter(|&t| t >= 1) {
             negotiated.timeout = Some(t);
-            fixed_rto = Some(Duration::from_secs(t.into()));
+            rto_ceiling = Some(Duration::from_secs(t.into()));
         }
         let total_blocks = file.len() as u64 / u64::from(blksize) + 1;
         let oack = (!negotiated.is_empty()).then(|| encode_oack(&negotiated));
@@ -265,7 +280,7 @@ impl Transfer {
             max_retries: cfg.max_retries,
             retransmits: 0,
             rto: Rto {
-                fixed: fixed_rto,
+                ceiling: rto_ceiling,
                 srtt: None,
                 rttvar: Duration::ZERO,
                 backoff: 0,
@@ -611,8 +626,9 @@ mod tests {
         // Until ACK 0 nothing else goes out; a wrong ACK does not start the data.
         t.handle(t0, &ack(1));
         assert!(drain(&mut t).is_empty());
-        // The client's timeout option is the retransmission timeout.
-        assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(3)));
+        // The client's timeout (3 s) only caps the retransmission timeout: before any
+        // round trip is measured the initial 1 s applies.
+        assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(1)));
         t.handle(t0, &ack(0));
         let ps = drain(&mut t);
         assert_eq!(blocks(&ps), [1, 2]);
@@ -832,6 +848,46 @@ mod tests {
             t.poll_timeout(),
             Some(t0 + Duration::from_millis(100 + 300))
         );
+    }
+
+    #[test]
+    fn client_timeout_caps_the_backoff_but_does_not_slow_recovery() {
+        // curl asks for timeout 6; on a LAN a lost block must still be resent in
+        // milliseconds, and backoff must stop at 2 s when the client asks for 2.
+        let t0 = Instant::now();
+        let opts = Options {
+            timeout: Some(6),
+            ..Options::default()
+        };
+        let mut t = Transfer::new(t0, &req(opts), file(5000), &TftpConfig::default());
+        assert_eq!(t.negotiated().timeout, Some(6), "acknowledged in the OACK");
+        drain(&mut t);
+        let mut now = t0 + Duration::from_micros(200);
+        t.handle(now, &ack(0));
+        for b in 1..=3u16 {
+            drain(&mut t);
+            now += Duration::from_micros(200);
+            t.handle(now, &ack(b));
+        }
+        drain(&mut t);
+        assert_eq!(t.poll_timeout(), Some(now + Duration::from_millis(10)));
+
+        let opts = Options {
+            timeout: Some(2),
+            ..Options::default()
+        };
+        let mut t = Transfer::new(t0, &req(opts), file(5000), &TftpConfig::default());
+        drain(&mut t);
+        let mut waits = Vec::new();
+        let mut now = t0;
+        for _ in 0..4 {
+            let d = t.poll_timeout().unwrap();
+            waits.push((d - now).as_millis());
+            now = d;
+            t.handle_timeout(now);
+            drain(&mut t);
+        }
+        assert_eq!(waits, [1000, 2000, 2000, 2000]);
     }
 
     #[test]

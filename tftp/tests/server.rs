@@ -37,8 +37,9 @@ async fn windowed_fetch_with_options_returns_the_exact_bytes() {
         got,
         Fetched::File {
             data: pattern(300_001).to_vec(),
+            // Loopback's 65536-byte MTU carries the largest block RFC 2348 allows.
             oack: Some(Options {
-                blksize: Some(1468),
+                blksize: Some(65464),
                 tsize: Some(300_001),
                 windowsize: Some(8),
                 timeout: None,
@@ -242,4 +243,70 @@ async fn past_max_transfers_the_client_hears_server_busy() {
     })
     .await;
     srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tftp_root_serves_next_to_builtins_and_stays_confined() {
+    use ironpxe_tftp::{serve, FileSource, MemoryFiles, Overlay, TftpRoot};
+    use std::sync::Arc;
+    let top = std::env::temp_dir().join(format!("ironpxe-tftp-root-srv-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&top);
+    let root = top.join("root");
+    std::fs::create_dir_all(root.join("grub")).unwrap();
+    std::fs::write(top.join("secret"), b"outside the root").unwrap();
+    std::fs::write(root.join("grub/grubx64.efi"), pattern(70_000)).unwrap();
+    std::fs::write(root.join("undionly.kpxe"), b"shadowed by the built-in").unwrap();
+    std::os::unix::fs::symlink("../../secret", root.join("grub/escape")).unwrap();
+
+    let mut builtin = MemoryFiles::new();
+    builtin.insert("undionly.kpxe", pattern(1000)).unwrap();
+    let mut files = Overlay::new();
+    files.push(Arc::new(builtin));
+    files.push(Arc::new(TftpRoot::open(&root, 1 << 20).unwrap()) as Arc<dyn FileSource>);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(sock, Arc::new(files), TftpConfig::default(), async {
+        let _ = rx.await;
+    }));
+
+    let got = blocking(move || {
+        let windowed = Options {
+            blksize: Some(1468),
+            windowsize: Some(16),
+            ..Options::default()
+        };
+        [
+            fetch(addr, "/grub/grubx64.efi", windowed),
+            fetch(addr, "undionly.kpxe", Options::default()),
+            fetch(addr, "grub/escape", Options::default()),
+            fetch(addr, "grub/../../secret", Options::default()),
+            fetch(addr, "grub/missing", Options::default()),
+        ]
+    })
+    .await;
+    let [grub, builtin, escape, dotdot, missing] = got;
+    assert!(matches!(&grub, Fetched::File { data, .. } if data[..] == pattern(70_000)[..]));
+    assert_eq!(
+        builtin,
+        Fetched::File {
+            data: pattern(1000).to_vec(),
+            oack: None
+        }
+    );
+    assert_eq!(
+        escape,
+        Fetched::Error(
+            ErrorCode::AccessViolation,
+            "access violation: path leaves the TFTP root".into()
+        )
+    );
+    assert!(matches!(&dotdot, Fetched::Error(ErrorCode::AccessViolation, m) if m.contains("..")));
+    assert_eq!(
+        missing,
+        Fetched::Error(ErrorCode::FileNotFound, "file not found".into())
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    std::fs::remove_dir_all(&top).unwrap();
 }

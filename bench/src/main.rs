@@ -1,0 +1,57 @@
+//! ironpxe benchmark programs. They build a lab (private network namespaces, see
+//! `ironpxe-lab`), start the servers under test inside it and drive them with real
+//! clients. Run as root, after `cargo build --release -p ironpxe`:
+//!
+//! - `ironpxe-bench tftp`: the same 16 MiB file fetched with atftp (blksize 1468) from
+//!   ironpxe, dnsmasq and tftp-hpa's in.tftpd, lockstep, and from ironpxe with
+//!   windowsize 16, over a client link shaped to 1 Gbit/s; rounds side by side, median
+//!   ratios.
+//! - `ironpxe-bench tftp-loss`: 3 MiB to curl with 10% of the packets arriving at the
+//!   client dropped, ironpxe against dnsmasq and in.tftpd.
+//! - `ironpxe-bench concurrent`: N simultaneous transfers of ipxe.efi from ironpxe (a
+//!   tokio client in a client namespace); failures, timings, peak RSS and CPU.
+//!
+//! Results are printed as Markdown; BENCHMARKS.md records them. Benchmarks are never
+//! run by CI and assert nothing about timing.
+
+mod client;
+mod concurrent;
+mod env;
+mod loss;
+mod servers;
+mod speed;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ironpxe-bench",
+    about = "ironpxe benchmarks (root; builds a private lab)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// TFTP throughput: ironpxe against dnsmasq and tftp-hpa, and windowsize 16 against lockstep.
+    Tftp(speed::Args),
+    /// TFTP under 10% random loss at the client: ironpxe against dnsmasq and tftp-hpa.
+    TftpLoss(loss::Args),
+    /// Many simultaneous transfers of one iPXE binary from ironpxe.
+    Concurrent(concurrent::Args),
+    /// (internal) The many-transfer client, run inside the lab's client namespace.
+    #[command(hide = true)]
+    ManyClients(client::Args),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Tftp(a) => speed::run(a),
+        Cmd::TftpLoss(a) => loss::run(a),
+        Cmd::Concurrent(a) => concurrent::run(a),
+        Cmd::ManyClients(a) => client::run(a),
+    }
+}
