@@ -119,7 +119,30 @@ pub fn router(state: HttpState) -> Router {
         .route("/_/file", get(file))
         .route("/_/booting", get(booting))
         .route("/_/bin/{name}", get(ipxe_binary))
+        .layer(axum::middleware::from_fn(client_span))
         .with_state(Arc::new(state))
+}
+
+/// Runs each request in a span naming the client (its MAC when the request carries
+/// one, and its address), so one machine's requests read together in the log.
+async fn client_span(
+    conn: Conn,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mac = params(req.uri().query().map(str::to_string))
+        .get("mac")
+        .and_then(|m| m.parse::<MacAddr>().ok());
+    let span = tracing::info_span!(
+        "http",
+        mac = tracing::field::Empty,
+        peer = %Peer(conn.peer),
+        path = req.uri().path(),
+    );
+    if let Some(mac) = mac {
+        span.record("mac", tracing::field::display(mac));
+    }
+    tracing::Instrument::instrument(next.run(req), span).await
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.
@@ -308,6 +331,7 @@ async fn script(
                 %mac,
                 %arch,
                 custom = true,
+                bytes = text.len(),
                 peer = %Peer(conn.peer)
             );
             return (
@@ -336,6 +360,7 @@ async fn script(
                 event = "http.script",
                 %mac,
                 %arch,
+                bytes = text.len(),
                 peer = %Peer(conn.peer)
             );
             ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
