@@ -355,8 +355,9 @@ mod tests {
 
     #[test]
     fn serve_check_and_api_parse() {
-        let cli = Cli::try_parse_from(["ironpxe", "serve", "--config", "/etc/i.toml", "-p", "8080"])
-            .unwrap();
+        let cli =
+            Cli::try_parse_from(["ironpxe", "serve", "--config", "/etc/i.toml", "-p", "8080"])
+                .unwrap();
         let Command::Serve(a) = cli.command else {
             panic!("not serve")
         };

@@ -32,7 +32,10 @@ fn main() -> ExitCode {
         cmd = cmd
             .name(PIXIECORE)
             .bin_name(PIXIECORE)
-            .version(concat!(env!("CARGO_PKG_VERSION"), " (ironpxe, pixiecore-compatible)"))
+            .version(concat!(
+                env!("CARGO_PKG_VERSION"),
+                " (ironpxe, pixiecore-compatible)"
+            ))
             .about("pixiecore-compatible network boot server (provided by ironpxe)");
     }
     let args = match cli::Cli::from_arg_matches(&cmd.get_matches()) {

@@ -229,7 +229,8 @@ fn runs_as_pixiecore_under_that_name() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("Usage: pixiecore boot"), "{text}");
     // A pixiecore command line with a missing kernel fails the same clear way.
-    let (code, text) = output(Command::new(&link).args(["boot", "/nonexistent/k", "--cmdline", "x"]));
+    let (code, text) =
+        output(Command::new(&link).args(["boot", "/nonexistent/k", "--cmdline", "x"]));
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("KERNEL /nonexistent/k"), "{text}");
 }
