@@ -42,6 +42,11 @@ let
         default = null;
         description = "Kernel command line for this machine, overriding its profile's.";
       };
+      cmdline_append = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "Appended (after one space) to the profile's or the machine's command line, e.g. the node's own init= and nixos.install=.";
+      };
       message = mkOption {
         type = types.nullOr types.str;
         default = null;

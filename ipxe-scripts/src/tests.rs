@@ -479,13 +479,6 @@ fn rendering_is_deterministic_and_well_formed() {
 }
 
 #[test]
-#[ignore = "prints an example script"]
-fn print_example() {
-    let s = spec("console=ttyS0 x=${ y} \"q\"", Some("Installing ${node}"));
-    println!("{}", render(&s, ClientArch::EfiX64).unwrap());
-}
-
-#[test]
 fn template_file_urls_expand_to_served_urls() {
     let cfg = FileRef::parse("/srv/cloud-config").unwrap();
     let id = cfg.id();
