@@ -314,7 +314,7 @@ impl Guest {
             .wait_for(Instant::now() + timeout, |lines| {
                 lines.iter().find(|l| l.text.contains(needle)).cloned()
             })
-            .map_err(|end| self.wait_error(end, &format!("serial line with {needle:?}"), timeout))
+            .map_err(|end| self.wait_error(end, &format!("a serial line with {needle:?}"), timeout))
     }
 
     /// Waits for the initrd's marker and returns the command line it reported.
@@ -335,7 +335,7 @@ impl Guest {
 
     fn wait_error(&self, end: WaitEnd, what: &str, timeout: Duration) -> anyhow::Error {
         let why = match end {
-            WaitEnd::Timeout => format!("no {what} within {timeout:?}"),
+            WaitEnd::Timeout => format!("{what} did not appear within {timeout:?}"),
             WaitEnd::Closed => format!("QEMU exited before {what}"),
         };
         anyhow!(
