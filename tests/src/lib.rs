@@ -79,6 +79,20 @@ pub struct BootOutcome {
     pub timeline: Timeline,
 }
 
+impl BootOutcome {
+    /// The marker, or a panic saying that `what` did not boot, why, and where the
+    /// lab's logs are.
+    pub fn expect_marker(&self, lab: &Lab, what: &str) -> &Marker {
+        match &self.marker {
+            Ok(m) => m,
+            Err(e) => panic!(
+                "{what} did not boot: {e:#}\n(logs in {})",
+                lab.out_dir().display()
+            ),
+        }
+    }
+}
+
 /// Starts one guest, waits for its marker and prints and saves the timeline. The
 /// caller starts ironpxe (or deliberately does not).
 pub fn boot_once(lab: &Lab, config: GuestConfig, timeout: Duration) -> anyhow::Result<BootOutcome> {

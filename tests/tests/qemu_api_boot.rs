@@ -118,12 +118,7 @@ fn qemu_api_http_server_boot_with_templated_url() {
         DEFAULT_MARKER_TIMEOUT,
     )
     .expect("guest");
-    let marker = outcome.marker.unwrap_or_else(|e| {
-        panic!(
-            "the guest did not boot: {e:#} (logs in {})",
-            lab.out_dir().display()
-        )
-    });
+    let marker = outcome.expect_marker(&lab, "the guest");
 
     // The template became a URL of ironpxe itself, as the guest reached it.
     let cfg = FileRef::parse(&format!("{api}/v1/files/cloud-config")).unwrap();
@@ -201,12 +196,7 @@ fn qemu_api_file_tree_boot() {
         DEFAULT_MARKER_TIMEOUT,
     )
     .expect("guest");
-    let marker = outcome.marker.unwrap_or_else(|e| {
-        panic!(
-            "the guest did not boot: {e:#} (logs in {})",
-            lab.out_dir().display()
-        )
-    });
+    let marker = outcome.expect_marker(&lab, "the guest");
     assert_eq!(marker.cmdline, CMDLINE);
     outcome
         .guest

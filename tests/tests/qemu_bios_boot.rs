@@ -19,12 +19,7 @@ fn qemu_bios_guest_boots_through_ironpxe_with_exact_cmdline() {
     let _ironpxe = lab.start_ironpxe(&args).expect("start ironpxe");
 
     let outcome = boot_once(&lab, GuestConfig::bios(), DEFAULT_MARKER_TIMEOUT).expect("guest");
-    let marker = outcome.marker.unwrap_or_else(|e| {
-        panic!(
-            "the guest did not boot through ironpxe: {e:#}\n(logs in {})",
-            lab.out_dir().display()
-        )
-    });
+    let marker = outcome.expect_marker(&lab, "the guest");
     // Exactly, byte for byte: BIOS iPXE passes the command line as ironpxe wrote it.
     assert_eq!(
         marker.cmdline, CMDLINE,
@@ -70,12 +65,7 @@ fn qemu_bios_guest_gets_special_characters_and_the_boot_message_verbatim() {
     let _ironpxe = lab.start_ironpxe(&args).expect("start ironpxe");
 
     let outcome = boot_once(&lab, GuestConfig::bios(), DEFAULT_MARKER_TIMEOUT).expect("guest");
-    let marker = outcome.marker.unwrap_or_else(|e| {
-        panic!(
-            "the guest did not boot through ironpxe: {e:#}\n(logs in {})",
-            lab.out_dir().display()
-        )
-    });
+    let marker = outcome.expect_marker(&lab, "the guest");
     assert_eq!(
         marker.cmdline, TRICKY,
         "the kernel's /proc/cmdline differs from --cmdline"

@@ -122,12 +122,7 @@ fn qemu_guest_boots_through_ironpxe_with_only_cap_net_bind_service() {
     );
 
     let outcome = boot_once(&lab, GuestConfig::bios(), DEFAULT_MARKER_TIMEOUT).expect("guest");
-    let marker = outcome.marker.unwrap_or_else(|e| {
-        panic!(
-            "the guest did not boot through unprivileged ironpxe: {e:#}\n(logs in {})",
-            lab.out_dir().display()
-        )
-    });
+    let marker = outcome.expect_marker(&lab, "the guest of unprivileged ironpxe");
     assert_eq!(marker.cmdline, CMDLINE);
     println!(
         "unprivileged boot: marker {:.1} s after power-on",

@@ -43,12 +43,7 @@ fn qemu_ironpxe_next_to_dnsmasq_on_one_host_boots_a_guest() {
     let ss = String::from_utf8_lossy(&ss.stdout).into_owned();
     assert!(ss.contains("dnsmasq") && !ss.contains("ironpxe"), "{ss}");
     let outcome = boot_once(&lab, GuestConfig::bios(), DEFAULT_MARKER_TIMEOUT).expect("guest");
-    let marker = outcome.marker.unwrap_or_else(|e| {
-        panic!(
-            "the guest did not boot: {e:#}\n(logs in {})",
-            lab.out_dir().display()
-        )
-    });
+    let marker = outcome.expect_marker(&lab, "the guest");
     assert_eq!(marker.cmdline, CMDLINE);
     let mac = outcome.guest.mac().to_string();
     let events = lab.ironpxe_events();

@@ -33,12 +33,7 @@ fn qemu_only_the_chosen_interface_is_answered() {
         .start_guest_on(&seg.bridge, GuestConfig::bios())
         .expect("guest on the other bridge");
     let near = boot_once(&lab, GuestConfig::bios(), DEFAULT_MARKER_TIMEOUT).expect("guest");
-    let marker = near.marker.unwrap_or_else(|e| {
-        panic!(
-            "the guest on --interface did not boot: {e:#}\n(logs in {})",
-            lab.out_dir().display()
-        )
-    });
+    let marker = near.expect_marker(&lab, "the guest on --interface");
     assert_eq!(marker.cmdline, CMDLINE);
     let packets = capture.finish().expect("capture");
     save_dhcp_requests(&packets, lab.out_dir(), "bios-rom").expect("save requests");

@@ -43,12 +43,7 @@ fn qemu_bios_guest_chainloads_undionly_over_tftp() {
         done.summary()
     );
 
-    let marker = outcome.marker.unwrap_or_else(|e| {
-        panic!(
-            "the chainloaded guest did not boot: {e:#}\n(logs in {})",
-            lab.out_dir().display()
-        )
-    });
+    let marker = outcome.expect_marker(&lab, "the chainloaded guest");
     // Exactly, byte for byte: BIOS iPXE passes the command line as ironpxe wrote it.
     assert_eq!(
         marker.cmdline, CMDLINE,

@@ -38,12 +38,7 @@ fn qemu_ovmf_http_boot_gets_snponly_over_http_and_boots() {
     let saved = save_dhcp_requests(&packets, lab.out_dir(), "ovmf-http").expect("save");
     println!("saved {} DHCP requests: {saved:?}", saved.len());
 
-    let marker = outcome.marker.unwrap_or_else(|e| {
-        panic!(
-            "the OVMF HTTP Boot guest did not boot: {e:#}\n(logs in {})",
-            lab.out_dir().display()
-        )
-    });
+    let marker = outcome.expect_marker(&lab, "the OVMF HTTP Boot guest");
     let image = kernel.file_name().unwrap().to_string_lossy().into_owned();
     assert_eq!(marker.user_cmdline_for_image(&image), CMDLINE);
 

@@ -37,12 +37,7 @@ fn qemu_ovmf_native_pxe_chainloads_ipxe_efi_and_boots() {
     let saved = save_dhcp_requests(&packets, lab.out_dir(), "ovmf-pxe").expect("save");
     println!("saved {} DHCP requests: {saved:?}", saved.len());
 
-    let marker = outcome.marker.unwrap_or_else(|e| {
-        panic!(
-            "the OVMF native-PXE guest did not boot: {e:#}\n(logs in {})",
-            lab.out_dir().display()
-        )
-    });
+    let marker = outcome.expect_marker(&lab, "the OVMF native-PXE guest");
     let image = kernel.file_name().unwrap().to_string_lossy().into_owned();
     assert_eq!(marker.user_cmdline_for_image(&image), CMDLINE);
 
