@@ -235,9 +235,18 @@ impl ChainloadMemory {
     }
 
     fn record(&mut self, mac: MacAddr, xid: u32, now: Instant, window: Duration) {
-        if self.entries.len() >= Self::PRUNE_AT {
+        if self.entries.len() >= Self::PRUNE_AT && !self.entries.contains_key(&mac) {
             self.entries
                 .retain(|_, (_, t)| now.saturating_duration_since(*t) <= window);
+            if self.entries.len() >= Self::PRUNE_AT {
+                // A flood of fresh MACs: keep the newest half. Pruning then happens
+                // at most once per PRUNE_AT / 2 inserts, so a flood costs O(log n)
+                // per packet and memory stays bounded.
+                let mut times: Vec<Instant> = self.entries.values().map(|(_, t)| *t).collect();
+                times.sort_unstable();
+                let cut = times[times.len() / 2];
+                self.entries.retain(|_, (_, t)| *t > cut);
+            }
         }
         self.entries.insert(mac, (xid, now));
     }
@@ -419,4 +428,30 @@ fn build_reply(
         opts.insert(DhcpOption::VendorExtensions(PXE_VENDOR_OPTIONS.to_vec()));
     }
     m
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_fresh_macs_stays_bounded() {
+        let mut m = ChainloadMemory::default();
+        let t0 = Instant::now();
+        let window = Duration::from_secs(120);
+        for i in 0..50_000u32 {
+            let b = i.to_be_bytes();
+            let mac = MacAddr([2, 0, b[0], b[1], b[2], b[3]]);
+            // All inside the window: expiry alone would keep every one.
+            m.record(mac, i, t0 + Duration::from_millis(u64::from(i)), window);
+            assert!(
+                m.len() <= ChainloadMemory::PRUNE_AT,
+                "{} entries after {i}",
+                m.len()
+            );
+        }
+        // The newest entries survive.
+        let last = MacAddr([2, 0, 0, 0, 0xc3, 0x4f]);
+        assert!(m.came_back(last, 1, t0 + Duration::from_secs(60), window));
+    }
 }

@@ -59,6 +59,14 @@ pub const CACHE_TTL: Duration = Duration::from_secs(30);
 /// How many cached answers are kept at most.
 const MAX_ENTRIES: usize = 4096;
 
+/// Lookups waiting for the API. Past this, new MACs are not queued (they are asked
+/// about again on their next DHCP retry), so a flood of invented MACs cannot grow the
+/// queue or push real machines far back in it.
+const MAX_PENDING: usize = 256;
+
+/// The largest API answer read; a boot answer is a few hundred bytes.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+
 /// How many served files are remembered at most.
 pub const MAX_FILES: usize = 4096;
 
@@ -352,7 +360,7 @@ impl Shared {
 /// The booter of `ironpxe api`.
 pub struct ApiBooter {
     shared: Arc<Shared>,
-    queue: Option<tokio::sync::mpsc::UnboundedSender<MacAddr>>,
+    queue: Option<tokio::sync::mpsc::Sender<MacAddr>>,
     timeout: Duration,
 }
 
@@ -373,7 +381,7 @@ impl ApiBooter {
                     .user_agent(concat!("ironpxe/", env!("CARGO_PKG_VERSION")))
                     .build()
                     .context("cannot set up the HTTP client for the API")?;
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let (tx, rx) = tokio::sync::mpsc::channel(MAX_PENDING);
                 let sh = shared.clone();
                 std::thread::Builder::new()
                     .name("ironpxe-api".into())
@@ -402,7 +410,7 @@ impl ApiBooter {
         ];
         for name in &names {
             let path = dir.join(name);
-            match std::fs::read(&path) {
+            match read_answer_file(&path) {
                 Ok(body) => {
                     return match interpret(&body, self.shared.source.base()) {
                         Ok((d, files)) => Outcome::Boot(d, files),
@@ -427,7 +435,7 @@ impl ApiBooter {
         };
         if refresh && !c.inflight.contains(&mac) {
             if let Some(q) = &self.queue {
-                if q.send(mac).is_ok() {
+                if q.try_send(mac).is_ok() {
                     c.inflight.insert(mac);
                     if fresh.is_none() {
                         info!(
@@ -505,7 +513,7 @@ impl Booter for ApiBooter {
 fn lookup_thread(
     shared: Arc<Shared>,
     client: reqwest::Client,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<MacAddr>,
+    mut rx: tokio::sync::mpsc::Receiver<MacAddr>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -535,6 +543,13 @@ fn lookup_thread(
                 c.inflight.remove(&mac);
                 if c.entries.len() >= MAX_ENTRIES {
                     c.entries.retain(|_, e| e.at.elapsed() < CACHE_TTL);
+                    if c.entries.len() >= MAX_ENTRIES {
+                        // Still full of fresh answers: keep the newest half.
+                        let mut ats: Vec<Instant> = c.entries.values().map(|e| e.at).collect();
+                        ats.sort_unstable();
+                        let cut = ats[ats.len() / 2];
+                        c.entries.retain(|_, e| e.at > cut);
+                    }
                 }
                 c.entries.insert(
                     mac,
@@ -564,15 +579,27 @@ async fn fetch(client: &reqwest::Client, base: &Url, mac: MacAddr) -> Outcome {
     if status != reqwest::StatusCode::OK {
         return Outcome::Declined(format!("GET {url}: {status}"));
     }
-    let body = match resp.bytes().await {
-        Ok(b) => b,
-        Err(e) if e.is_timeout() => {
-            return Outcome::Failed(format!(
-                "GET {url}: the answer did not arrive within the timeout"
-            ))
+    let mut resp = resp;
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                    return Outcome::Failed(format!(
+                        "GET {url}: answer larger than {MAX_ANSWER_BYTES} bytes"
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) if e.is_timeout() => {
+                return Outcome::Failed(format!(
+                    "GET {url}: the answer did not arrive within the timeout"
+                ))
+            }
+            Err(e) => return Outcome::Failed(format!("GET {url}: {}", error_chain(&e))),
         }
-        Err(e) => return Outcome::Failed(format!("GET {url}: {}", error_chain(&e))),
-    };
+    }
     debug!(%mac, %url, ms = started.elapsed().as_millis() as u64, "API answered");
     match interpret(&body, base) {
         Ok((d, files)) => Outcome::Boot(d, files),
@@ -593,3 +620,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Reads one answer file of a file-tree API: a regular file of at most
+/// [`MAX_ANSWER_BYTES`] (a FIFO or a link to a device must not hang the DHCP path).
+fn read_answer_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    // Checked before opening: opening a FIFO for reading blocks until a writer comes.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let file = std::fs::File::open(path)?;
+    let mut body = Vec::new();
+    file.take(MAX_ANSWER_BYTES as u64 + 1)
+        .read_to_end(&mut body)?;
+    if body.len() > MAX_ANSWER_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_ANSWER_BYTES} bytes"
+        )));
+    }
+    Ok(body)
+}

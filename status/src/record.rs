@@ -67,8 +67,25 @@ pub(crate) struct FieldCollector {
     pub details: Map<String, Value>,
 }
 
+/// The longest text kept from one event field: the store is bounded in events per
+/// machine, and this bounds each event.
+const MAX_FIELD_CHARS: usize = 512;
+
+/// `s`, cut to [`MAX_FIELD_CHARS`] characters with a marker when longer.
+fn bounded(mut s: String) -> String {
+    if let Some((cut, _)) = s.char_indices().nth(MAX_FIELD_CHARS) {
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
 impl FieldCollector {
     fn put(&mut self, field: &Field, value: Value) {
+        let value = match value {
+            Value::String(s) => Value::String(bounded(s)),
+            other => other,
+        };
         if field.name() == "event" {
             self.event = Some(match value {
                 Value::String(s) => s,
@@ -103,5 +120,18 @@ impl Visit for FieldCollector {
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.put(field, Value::from(value));
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::bounded;
+
+    #[test]
+    fn long_field_values_are_cut() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = bounded("é".repeat(2000));
+        assert_eq!(long.chars().count(), super::MAX_FIELD_CHARS + 1);
+        assert!(long.ends_with('…'));
     }
 }

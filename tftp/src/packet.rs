@@ -256,6 +256,9 @@ pub enum ParseError {
     /// The request names an empty file.
     #[error("empty filename")]
     EmptyFilename,
+    /// The filename is longer than any boot file path ([`MAX_FILENAME`] bytes).
+    #[error("filename longer than {MAX_FILENAME} bytes")]
+    FilenameTooLong,
     /// The request names a mode other than netascii, octet or mail.
     #[error("unknown transfer mode {0:?}")]
     UnknownMode(String),
@@ -309,6 +312,10 @@ fn parse_options(mut rest: &[u8]) -> Result<Options, ParseError> {
     Ok(opts)
 }
 
+/// The longest filename a request may carry. Boot file paths are short; a bound
+/// keeps a hostile request from carrying kilobytes into logs and the status store.
+pub const MAX_FILENAME: usize = 512;
+
 fn parse_request(mut rest: &[u8]) -> Result<Request, ParseError> {
     let filename = take_cstr(&mut rest, "filename terminator")?;
     let mode = take_cstr(&mut rest, "mode")?;
@@ -316,6 +323,9 @@ fn parse_request(mut rest: &[u8]) -> Result<Request, ParseError> {
         std::str::from_utf8(filename).map_err(|_| ParseError::NotUtf8 { field: "filename" })?;
     if filename.is_empty() {
         return Err(ParseError::EmptyFilename);
+    }
+    if filename.len() > MAX_FILENAME {
+        return Err(ParseError::FilenameTooLong);
     }
     let mode_str = std::str::from_utf8(mode).map_err(|_| ParseError::NotUtf8 { field: "mode" })?;
     let mode = if mode_str.eq_ignore_ascii_case("octet") {
@@ -616,6 +626,21 @@ mod tests {
             let e = Packet::parse(c).unwrap_err();
             assert!(e.is_truncated(), "{c:?} -> {e:?}");
         }
+    }
+
+    #[test]
+    fn overlong_filenames_are_refused() {
+        let mut ok = b"\0\x01".to_vec();
+        ok.extend(std::iter::repeat(b'a').take(MAX_FILENAME));
+        ok.extend_from_slice(b"\0octet\0");
+        assert!(Packet::parse(&ok).is_ok());
+        let mut long = b"\0\x01".to_vec();
+        long.extend(std::iter::repeat(b'a').take(MAX_FILENAME + 1));
+        long.extend_from_slice(b"\0octet\0");
+        assert_eq!(
+            Packet::parse(&long).unwrap_err(),
+            ParseError::FilenameTooLong
+        );
     }
 
     #[test]

@@ -133,6 +133,9 @@ async fn accept(
     }
 }
 
+/// The largest file served in netascii mode.
+const NETASCII_MAX_BYTES: usize = 1 << 20;
+
 async fn run_transfer(
     local_ip: IpAddr,
     peer: SocketAddr,
@@ -171,6 +174,16 @@ async fn run_transfer(
             return;
         }
     };
+    // Netascii converts a private copy of the file per transfer; keep that copy small.
+    // Boot files are binary and always fetched in octet mode.
+    if req.mode == Mode::Netascii && data.len() > NETASCII_MAX_BYTES {
+        let msg = format!("netascii is limited to files of {NETASCII_MAX_BYTES} bytes; use octet");
+        failed(&msg);
+        let _ = sock
+            .send_to(&encode_error(ErrorCode::NotDefined, &msg), peer)
+            .await;
+        return;
+    }
     let max_blksize = max_blksize_for(local_ip, peer);
     let started = Instant::now();
     let mut t = if max_blksize < cfg.max_blksize {

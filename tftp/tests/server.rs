@@ -310,3 +310,22 @@ async fn tftp_root_serves_next_to_builtins_and_stays_confined() {
     task.await.unwrap().unwrap();
     std::fs::remove_dir_all(&top).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netascii_is_refused_for_large_files() {
+    let srv = Server::start(TftpConfig::default()).await;
+    let addr = srv.addr;
+    blocking(move || {
+        let s = client();
+        s.send_to(b"\0\x01big.img\0netascii\0", addr).unwrap();
+        assert!(matches!(
+            recv(&s).0,
+            Packet::Error { code: ErrorCode::NotDefined, message } if message.contains("use octet")
+        ));
+        // Octet still works for the same file.
+        s.send_to(b"\0\x01big.img\0octet\0", addr).unwrap();
+        assert!(matches!(recv(&s).0, Packet::Data { .. }));
+    })
+    .await;
+    srv.stop().await;
+}

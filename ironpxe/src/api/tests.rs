@@ -397,3 +397,29 @@ fn go_quoting() {
     assert_eq!(go_quote("a b"), "\"a b\"");
     assert_eq!(go_quote("q\"\\\n\t\u{1}é"), "\"q\\\"\\\\\\n\\t\\x01é\"");
 }
+
+#[test]
+fn file_tree_answers_must_be_small_regular_files() {
+    let d = tempfile::tempdir().unwrap();
+    write_answer(
+        d.path(),
+        "52:54:00:00:00:01",
+        &" ".repeat(MAX_ANSWER_BYTES + 1),
+    );
+    let fifo = d.path().join("v1/boot/52:54:00:00:00:02");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let src = Source::parse(&format!("file://{}", d.path().display())).unwrap();
+    let b = ApiBooter::start(src, Duration::from_secs(1)).unwrap();
+    let m = |n| MacAddr([0x52, 0x54, 0, 0, 0, n]);
+    // Neither hangs nor is booted.
+    for n in [1, 2] {
+        assert!(
+            matches!(b.decide(m(n), ClientArch::Bios), BootDecision::Ignore(_)),
+            "machine {n} was answered"
+        );
+    }
+}

@@ -22,6 +22,7 @@ impl Server {
         files.insert("undionly.kpxe", pattern(100_000)).unwrap();
         files.insert("efi/ipxe.efi", pattern(300_001)).unwrap();
         files.insert("empty", Bytes::new()).unwrap();
+        files.insert("big.img", pattern(2 << 20)).unwrap();
         let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = sock.local_addr().unwrap();
         let (stop, rx) = oneshot::channel();
