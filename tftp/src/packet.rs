@@ -631,11 +631,11 @@ mod tests {
     #[test]
     fn overlong_filenames_are_refused() {
         let mut ok = b"\0\x01".to_vec();
-        ok.extend(std::iter::repeat(b'a').take(MAX_FILENAME));
+        ok.extend(std::iter::repeat_n(b'a', MAX_FILENAME));
         ok.extend_from_slice(b"\0octet\0");
         assert!(Packet::parse(&ok).is_ok());
         let mut long = b"\0\x01".to_vec();
-        long.extend(std::iter::repeat(b'a').take(MAX_FILENAME + 1));
+        long.extend(std::iter::repeat_n(b'a', MAX_FILENAME + 1));
         long.extend_from_slice(b"\0octet\0");
         assert_eq!(
             Packet::parse(&long).unwrap_err(),
