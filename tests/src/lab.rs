@@ -423,24 +423,8 @@ impl Lab {
     fn start_site_dhcp(&self, ra: bool, relayed: bool) -> Result<()> {
         let (lo, hi) = self.dhcp_range();
         let leases = self.inner.tmp_dir.join("site-dnsmasq.leases");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.site_ns(), "dnsmasq"])
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--pid-file=",
-                "--port=0",
-                "--no-resolv",
-                "--no-hosts",
-                "--no-ping",
-                "--user=root",
-                "--bind-interfaces",
-                "--dhcp-authoritative",
-                "--log-dhcp",
-                "--log-facility=-",
-            ])
-            .arg(format!("--interface={}", self.site_ifname()))
-            .arg(format!("--dhcp-range={lo},{hi},255.255.255.0,1h"))
+        let mut cmd = crate::segments::dnsmasq_cmd(&self.site_ns(), &self.site_ifname());
+        cmd.arg(format!("--dhcp-range={lo},{hi},255.255.255.0,1h"))
             .arg(format!("--dhcp-leasefile={}", leases.display()));
         if relayed {
             let far = crate::segments::segment_prefix(1, self.inner.subnet);

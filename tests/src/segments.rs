@@ -424,7 +424,9 @@ impl Lab {
     }
 }
 
-fn dnsmasq_cmd(ns: &str, ifname: &str) -> Command {
+/// dnsmasq in `ns` on `ifname` as a lab DHCP server: foreground, no DNS, no
+/// config file, no ping delay, logging every DHCP exchange to stdout.
+pub(crate) fn dnsmasq_cmd(ns: &str, ifname: &str) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, "dnsmasq"])
         .args([
