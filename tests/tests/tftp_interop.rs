@@ -15,7 +15,10 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use ironpxe_lab::preflight::{in_path, IPXE_EFI, UNDIONLY_KPXE};
-use ironpxe_lab::{Client, Event, Ironpxe, Lab, DEFAULT_HTTP_PORT};
+use ironpxe_lab::{Client, Event, Ironpxe, Lab};
+
+mod common;
+use common::{leased_client, random_bytes, serve_tftp_root, sha256, text};
 
 /// A lab with ironpxe serving a generated TFTP root and a client namespace with an
 /// address from the site DHCP server.
@@ -63,39 +66,8 @@ fn setup(name: &str) -> Setup {
     std::fs::write(lab.tmp_dir().join("secret"), b"outside the root").unwrap();
     std::os::unix::fs::symlink("../../secret", root.join("grub/escape")).unwrap();
     std::os::unix::fs::symlink("x86_64-efi/normal.mod", root.join("grub/inside")).unwrap();
-    // ironpxe needs a kernel to start; TFTP does not care what it is.
-    let kernel = lab.tmp_dir().join("vmlinuz");
-    std::fs::write(&kernel, b"not a kernel").unwrap();
-
-    let args: Vec<String> = vec![
-        "boot".into(),
-        kernel.display().to_string(),
-        "-p".into(),
-        DEFAULT_HTTP_PORT.to_string(),
-        "--interface".into(),
-        lab.pxe_ifname(),
-        "--tftp-root".into(),
-        root.display().to_string(),
-    ];
-    let ironpxe = lab.start_ironpxe(&args).expect("start ironpxe");
-
-    let client = lab.add_client().expect("client namespace");
-    let addr = lab
-        .client_dhcp(&client, Duration::from_secs(20))
-        .expect("client lease");
-    // udhcpc only reports the lease; configure it.
-    let ip = lab
-        .run_in(
-            &client.ns,
-            "ip",
-            &["addr", "add", &format!("{addr}/24"), "dev", &client.ifname],
-        )
-        .unwrap();
-    assert!(
-        ip.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ip.stderr)
-    );
+    let ironpxe = serve_tftp_root(&lab, &root);
+    let (client, _) = leased_client(&lab);
     Setup {
         server: lab.pxe_addr(),
         lab,
@@ -104,41 +76,6 @@ fn setup(name: &str) -> Setup {
         out,
         ironpxe,
     }
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.
-fn random_bytes(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ len as u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-fn sha256(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("run sha256sum");
-    assert!(out.status.success(), "sha256sum {}", path.display());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout).trim(),
-        String::from_utf8_lossy(&o.stderr).trim()
-    )
 }
 
 /// A TFTP client invocation: fetches `remote` into `local`.

@@ -9,50 +9,18 @@
 //! Needs the `ironpxe` binary built (`cargo build -p ironpxe`, or scripts/test), nft
 //! (nftables), curl, atftp and tftp-hpa.
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ironpxe_lab::preflight::in_path;
-use ironpxe_lab::{Client, Ironpxe, Lab, DEFAULT_HTTP_PORT};
+use ironpxe_lab::{Client, Ironpxe, Lab};
+
+mod common;
+use common::{leased_client, random_bytes, serve_tftp_root, sha256, text};
 
 /// Every client must finish within this, under 10% loss.
 const BOUND: Duration = Duration::from_secs(60);
 const SIZE: usize = 3 << 20;
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout).trim(),
-        String::from_utf8_lossy(&o.stderr).trim()
-    )
-}
-
-fn sha256(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("run sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Deterministic pseudo-random bytes (xorshift).
-fn random_bytes(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d ^ len as u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn nft(lab: &Lab, client: &Client, args: &[&str]) -> String {
     let out = lab.run_in(&client.ns, "nft", args).expect("run nft");
@@ -106,31 +74,8 @@ fn root_3mb_survives_10_percent_loss() {
     let source = root.join("random-3m.bin");
     std::fs::write(&source, random_bytes(SIZE)).unwrap();
     let want = sha256(&source);
-    let kernel = lab.tmp_dir().join("vmlinuz");
-    std::fs::write(&kernel, b"not a kernel").unwrap();
-    let args: Vec<String> = vec![
-        "boot".into(),
-        kernel.display().to_string(),
-        "-p".into(),
-        DEFAULT_HTTP_PORT.to_string(),
-        "--interface".into(),
-        lab.pxe_ifname(),
-        "--tftp-root".into(),
-        root.display().to_string(),
-    ];
-    let ironpxe = lab.start_ironpxe(&args).expect("start ironpxe");
-    let client = lab.add_client().expect("client namespace");
-    let addr = lab
-        .client_dhcp(&client, Duration::from_secs(20))
-        .expect("client lease");
-    let ip = lab
-        .run_in(
-            &client.ns,
-            "ip",
-            &["addr", "add", &format!("{addr}/24"), "dev", &client.ifname],
-        )
-        .unwrap();
-    assert!(ip.status.success(), "{}", text(&ip));
+    let ironpxe = serve_tftp_root(&lab, &root);
+    let (client, _) = leased_client(&lab);
 
     // Drop 10% of what arrives at the client (DHCP replies excepted).
     nft(&lab, &client, &["add", "table", "inet", "loss"]);
