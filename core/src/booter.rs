@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use crate::{BootSpec, ClientArch, FileId, FileRef, MacAddr};
 
@@ -16,23 +17,24 @@ pub enum BootDecision {
     Script(Arc<str>),
     /// Do not answer this machine at all; the reason is logged.
     Ignore(String),
+    /// The booter's source has not answered within the wait it was given. It has been
+    /// asked, and its answer is kept: the client's retransmit gets it at once.
+    Pending,
 }
 
 /// Decides, per machine, what to boot, and resolves served file ids.
 ///
-/// Implementations must answer quickly: the DHCP path calls [`Booter::decide`] while a
-/// firmware client is waiting for an offer.
+/// Both methods are required: a wrapper (status, reload) forwards each one, so no
+/// layer can silently change how long a caller is prepared to wait.
 pub trait Booter: Send + Sync + 'static {
     /// What `mac` (with firmware `arch`) boots.
-    fn decide(&self, mac: MacAddr, arch: ClientArch) -> BootDecision;
-
-    /// Like [`Booter::decide`], for callers that may wait a bounded time for an
-    /// answer (the HTTP script handler, which runs it off the async workers). A
-    /// booter that consults a slow source answers DHCP from a cache and lets this
-    /// wait for the source. The default is [`Booter::decide`].
-    fn decide_wait(&self, mac: MacAddr, arch: ClientArch) -> BootDecision {
-        self.decide(mac, arch)
-    }
+    ///
+    /// `wait` bounds how long the caller lets a booter with a slow source (an API)
+    /// block for the answer. `Duration::ZERO` means "answer from what you know now":
+    /// such a booter then starts the lookup and returns [`BootDecision::Pending`].
+    /// Booters that know every answer locally ignore `wait`. Callers that pass a
+    /// non-zero wait run this off the async workers.
+    fn decide(&self, mac: MacAddr, arch: ClientArch, wait: Duration) -> BootDecision;
 
     /// The file behind a served id, if some boot spec references it. Ids that no spec
     /// produced resolve to nothing, so only referenced files are reachable.
@@ -110,12 +112,8 @@ impl SwapBooter {
 }
 
 impl Booter for SwapBooter {
-    fn decide(&self, mac: MacAddr, arch: ClientArch) -> BootDecision {
-        self.current().decide(mac, arch)
-    }
-
-    fn decide_wait(&self, mac: MacAddr, arch: ClientArch) -> BootDecision {
-        self.current().decide_wait(mac, arch)
+    fn decide(&self, mac: MacAddr, arch: ClientArch, wait: Duration) -> BootDecision {
+        self.current().decide(mac, arch, wait)
     }
 
     fn file(&self, id: &FileId) -> Option<FileRef> {
@@ -128,7 +126,7 @@ impl Booter for SwapBooter {
 }
 
 impl Booter for StaticBooter {
-    fn decide(&self, _mac: MacAddr, _arch: ClientArch) -> BootDecision {
+    fn decide(&self, _mac: MacAddr, _arch: ClientArch, _wait: Duration) -> BootDecision {
         BootDecision::Netboot(self.spec.clone())
     }
 
@@ -155,7 +153,9 @@ mod tests {
         assert_eq!(b.file(&FileRef::parse("/etc/shadow").unwrap().id()), None);
         assert_eq!(b.file(&FileId::from_wire("../../etc/passwd")), None);
         let mac = MacAddr([2, 0, 0, 0, 0, 1]);
-        assert!(matches!(b.decide(mac, ClientArch::Bios), BootDecision::Netboot(s) if *s == spec));
+        assert!(
+            matches!(b.decide(mac, ClientArch::Bios, Duration::ZERO), BootDecision::Netboot(s) if *s == spec)
+        );
     }
 
     #[test]
@@ -172,11 +172,11 @@ mod tests {
         let mac = MacAddr([2, 0, 0, 0, 0, 1]);
         let s = SwapBooter::new(Arc::new(StaticBooter::new(a.clone())));
         assert!(
-            matches!(s.decide(mac, ClientArch::Bios), BootDecision::Netboot(x) if x.cmdline == "/a")
+            matches!(s.decide(mac, ClientArch::Bios, Duration::ZERO), BootDecision::Netboot(x) if x.cmdline == "/a")
         );
         s.swap(Arc::new(StaticBooter::new(b.clone())));
         assert!(
-            matches!(s.decide_wait(mac, ClientArch::Bios), BootDecision::Netboot(x) if x.cmdline == "/b")
+            matches!(s.decide(mac, ClientArch::Bios, Duration::from_secs(1)), BootDecision::Netboot(x) if x.cmdline == "/b")
         );
         assert_eq!(s.file(&a.kernel.id()), Some(a.kernel.clone()));
         assert_eq!(s.file(&b.kernel.id()), Some(b.kernel.clone()));

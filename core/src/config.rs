@@ -192,7 +192,7 @@ impl ConfigBooter {
 }
 
 impl Booter for ConfigBooter {
-    fn decide(&self, mac: MacAddr, _arch: ClientArch) -> BootDecision {
+    fn decide(&self, mac: MacAddr, _arch: ClientArch, _wait: std::time::Duration) -> BootDecision {
         match self.machines.get(&mac) {
             Some(m) => match &m.boot {
                 MachineBoot::Netboot(spec) => BootDecision::Netboot(spec.clone()),

@@ -79,7 +79,22 @@ pub struct ProxyConfig {
     /// How long a chainload is remembered: an iPXE request from the same MAC, in a
     /// new exchange within this window, comes from the binary we sent.
     pub chainload_window: Duration,
+    /// How long the driver lets the booter wait for a slow source (the pixiecore API)
+    /// before it gives up on this packet. Within it, the first DISCOVER of a machine
+    /// the source answers quickly gets its offer; past it, the retransmit is answered
+    /// from the booter's cache, so a slow source never breaks PXE timing.
+    pub lookup_wait: Duration,
+    /// How many packets may wait for the booter at once. Past this, new packets
+    /// that need a lookup are dropped (and counted), so a flood of unknown MACs
+    /// cannot stall the receive loop or grow memory.
+    pub max_lookups: usize,
 }
+
+/// Default of [`ProxyConfig::lookup_wait`].
+pub const LOOKUP_WAIT: Duration = Duration::from_secs(1);
+
+/// Default of [`ProxyConfig::max_lookups`].
+pub const MAX_LOOKUPS: usize = 64;
 
 impl Default for ProxyConfig {
     fn default() -> Self {
@@ -88,6 +103,8 @@ impl Default for ProxyConfig {
             binaries: IpxeBinaries::default(),
             force_chainload: false,
             chainload_window: Duration::from_secs(120),
+            lookup_wait: LOOKUP_WAIT,
+            max_lookups: MAX_LOOKUPS,
         }
     }
 }
@@ -195,6 +212,10 @@ pub enum Ignored {
     /// The booter declined this machine.
     #[error("{0}")]
     Booter(String),
+    /// The booter's source has not answered yet; the client's retransmit is answered
+    /// from its cache.
+    #[error("the boot source has not answered yet; the client's retransmit gets the answer")]
+    Pending,
     /// No iPXE binary is configured for this firmware.
     #[error("no iPXE binary configured for firmware {0} (option 93 = {code})", code = .0.code())]
     NoBinary(ClientArch),
@@ -262,36 +283,66 @@ impl ChainloadMemory {
     }
 }
 
-/// Decides the answer to one received DHCP message.
-pub fn decide(
-    cfg: &ProxyConfig,
-    booter: &dyn Booter,
-    msg: &Message,
-    meta: &RecvMeta,
-    now: Instant,
-    memory: &mut ChainloadMemory,
-) -> Result<Reply, Ignored> {
-    let req = PxeRequest::parse(msg)?;
-    let reply_type = match (meta.port, req.msg_type) {
+/// A packet that is for ProxyDHCP: the parsed request and the reply it calls for.
+///
+/// [`classify`] produces it without consulting the booter, so traffic that is not
+/// ours never costs a lookup; [`answer`] turns it and the booter's decision into a
+/// reply.
+#[derive(Clone, Debug)]
+pub struct Classified {
+    /// The parsed request.
+    pub request: PxeRequest,
+    /// OFFER on port 67, ACK on 4011.
+    pub reply_type: MessageType,
+    /// A UEFI HTTP Boot client (it gets a binary URL, not a TFTP file).
+    pub http_boot: bool,
+}
+
+/// Says whether ProxyDHCP answers a parsed PXE request at all, and how.
+pub fn classify(request: PxeRequest, meta: &RecvMeta) -> Result<Classified, Ignored> {
+    let reply_type = match (meta.port, request.msg_type) {
         (ServerPort::Dhcp, MessageType::Discover) => MessageType::Offer,
         (ServerPort::Pxe, MessageType::Request | MessageType::Inform) => MessageType::Ack,
         (port, msg_type) => return Err(Ignored::WrongPort { msg_type, port }),
     };
     if matches!(
-        req.arch,
+        request.arch,
         ClientArch::Unknown(_) | ClientArch::EfiArm32 | ClientArch::HttpArm32
     ) {
-        return Err(Ignored::UnsupportedArch(req.arch));
+        return Err(Ignored::UnsupportedArch(request.arch));
     }
-    let http_boot = req.class == VendorClass::HttpClient || req.arch.is_http_boot();
-    if http_boot && req.arch == ClientArch::Bios {
+    let http_boot = request.class == VendorClass::HttpClient || request.arch.is_http_boot();
+    if http_boot && request.arch == ClientArch::Bios {
         // BIOS firmware has no HTTP Boot; a client claiming both is not one we know.
-        return Err(Ignored::UnsupportedArch(req.arch));
+        return Err(Ignored::UnsupportedArch(request.arch));
     }
-    if let BootDecision::Ignore(reason) = booter.decide(req.mac, req.arch) {
-        return Err(Ignored::Booter(reason));
-    }
+    Ok(Classified {
+        request,
+        reply_type,
+        http_boot,
+    })
+}
 
+/// Builds the reply to a classified packet, given what the booter decided for it.
+pub fn answer(
+    cfg: &ProxyConfig,
+    msg: &Message,
+    classified: Classified,
+    decision: &BootDecision,
+    meta: &RecvMeta,
+    now: Instant,
+    memory: &mut ChainloadMemory,
+) -> Result<Reply, Ignored> {
+    match decision {
+        BootDecision::Ignore(reason) => return Err(Ignored::Booter(reason.clone())),
+        BootDecision::Pending => return Err(Ignored::Pending),
+        BootDecision::Netboot(_) | BootDecision::Local | BootDecision::Script(_) => {}
+    }
+    let Classified {
+        request: req,
+        reply_type,
+        http_boot,
+    } = classified;
     let path = if http_boot {
         http_boot_path(cfg, &req, meta)?
     } else {
@@ -317,6 +368,21 @@ pub fn decide(
         path,
         request: req,
     })
+}
+
+/// [`classify`], then the booter without waiting, then [`answer`]: the whole decision
+/// for a booter that knows its answers locally (and for tests).
+pub fn decide(
+    cfg: &ProxyConfig,
+    booter: &dyn Booter,
+    msg: &Message,
+    meta: &RecvMeta,
+    now: Instant,
+    memory: &mut ChainloadMemory,
+) -> Result<Reply, Ignored> {
+    let c = classify(PxeRequest::parse(msg)?, meta)?;
+    let decision = booter.decide(c.request.mac, c.request.arch, Duration::ZERO);
+    answer(cfg, msg, c, &decision, meta, now, memory)
 }
 
 fn choose_path(

@@ -7,15 +7,18 @@
 //!
 //! - [`request`]: reads a decoded `dhcproto` message as a [`PxeRequest`] (MAC,
 //!   architecture, vendor class, iPXE features), or says why it is not one.
-//! - [`decide`](mod@decide): the pure core. [`decide()`] takes the config, the
-//!   [`Booter`](ironpxe_core::Booter), the message, its [`RecvMeta`], the time and the
-//!   [`ChainloadMemory`], and returns a [`Reply`] (message, destination, boot path) or
-//!   the reason it is [`Ignored`]. No sockets, no clock.
+//! - [`decide`](mod@decide): the pure core. [`classify()`] parses a message once and
+//!   says whether it is ours; [`answer()`] takes the config, that request, the
+//!   booter's [`BootDecision`](ironpxe_core::BootDecision) as data, the [`RecvMeta`],
+//!   the time and the [`ChainloadMemory`], and returns a [`Reply`] (message,
+//!   destination, boot path) or the reason it is [`Ignored`]. No sockets, no clock,
+//!   no booter calls. [`decide()`] chains the two for a booter that answers at once.
 //! - [`sock`]: the only place that knows socket options (`SO_BINDTODEVICE`,
 //!   `IP_PKTINFO`).
 //! - [`nobind`]: the non-binding receive path (`--dhcp-no-bind`): a packet socket
 //!   with a BPF filter, IPv4/UDP decoding, and raw sends from port 67.
-//! - [`server`]: the tokio driver: receive, decode, decide, send, log an event.
+//! - [`server`]: the tokio driver: receive, decode, ask the booter (off the receive
+//!   loop when it must wait), answer, send, log an event.
 //!
 //! Firmware PXE clients are chainloaded into iPXE over TFTP; iPXE clients with HTTP
 //! get the boot script URL directly, which also breaks the chainload loop that stock
@@ -28,8 +31,9 @@ pub mod server;
 pub mod sock;
 
 pub use decide::{
-    decide, BootPath, ChainloadMemory, Destination, Ignored, IpxeBinaries, ProxyConfig, RecvMeta,
-    Reply, ServerPort, BINARY_URL_PATH,
+    answer, classify, decide, BootPath, ChainloadMemory, Classified, Destination, Ignored,
+    IpxeBinaries, ProxyConfig, RecvMeta, Reply, ServerPort, BINARY_URL_PATH, LOOKUP_WAIT,
+    MAX_LOOKUPS,
 };
 pub use request::{IpxeInfo, NotPxe, PxeRequest, VendorClass};
 pub use server::serve;

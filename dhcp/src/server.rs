@@ -1,16 +1,29 @@
-//! The tokio driver: receive, decode, ask the core, send, log. Nothing else.
+//! The tokio driver: receive, decode, ask the booter, answer, send, log. Nothing else.
+//!
+//! Each packet is parsed once ([`classify`]). The booter is first asked without
+//! waiting, inline: a booter that knows its answers (config, `boot` mode, a warm API
+//! cache) costs no task and no thread. Only when it answers
+//! [`BootDecision::Pending`] does the packet move off the receive loop, to a blocking
+//! task that lets the booter wait up to [`ProxyConfig::lookup_wait`]; at most
+//! [`ProxyConfig::max_lookups`] such packets wait at once, and past that a packet is
+//! dropped and counted (its client's retransmit comes back later).
 
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dhcproto::v4::Message;
 use dhcproto::Encodable;
-use ironpxe_core::Booter;
+use ironpxe_core::{BootDecision, Booter, MacAddr};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::decide::{decide, ChainloadMemory, Destination, ProxyConfig, RecvMeta, ServerPort};
+use crate::decide::{
+    answer, classify, ChainloadMemory, Classified, Destination, Ignored, ProxyConfig, RecvMeta,
+    ServerPort,
+};
 use crate::request::PxeRequest;
 use crate::sock::DhcpSocket;
 
@@ -22,15 +35,18 @@ pub async fn serve(
     booter: Arc<dyn Booter>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let lookups = Arc::new(Semaphore::new(cfg.max_lookups.max(1)));
     let shared = Arc::new(Shared {
         cfg,
         booter,
         memory: Mutex::new(ChainloadMemory::default()),
+        lookups,
+        dropped: DropLog::default(),
     });
     let mut tasks = tokio::task::JoinSet::new();
     for sock in sockets {
         let shared = shared.clone();
-        tasks.spawn(async move { run_socket(sock, shared).await });
+        tasks.spawn(async move { run_socket(Arc::new(sock), shared).await });
     }
     tokio::select! {
         () = shutdown => Ok(()),
@@ -45,9 +61,47 @@ struct Shared {
     cfg: ProxyConfig,
     booter: Arc<dyn Booter>,
     memory: Mutex<ChainloadMemory>,
+    /// Permits for packets waiting on the booter.
+    lookups: Arc<Semaphore>,
+    dropped: DropLog,
 }
 
-async fn run_socket(sock: DhcpSocket, shared: Arc<Shared>) -> io::Result<()> {
+/// Counts packets dropped because every lookup slot was taken, and says so at most
+/// once per [`DropLog::EVERY`].
+#[derive(Default)]
+struct DropLog {
+    total: AtomicU64,
+    unreported: AtomicU64,
+    last: Mutex<Option<Instant>>,
+}
+
+impl DropLog {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn drop_one(&self, req: &PxeRequest, limit: usize) {
+        let total = self.total.fetch_add(1, Ordering::Relaxed) + 1;
+        self.unreported.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
+            return;
+        }
+        *last = Some(now);
+        drop(last);
+        let count = self.unreported.swap(0, Ordering::Relaxed);
+        warn!(
+            target: "ironpxe::event",
+            event = "dhcp.dropped",
+            mac = %req.mac,
+            count,
+            total,
+            limit,
+            reason = "every booter lookup slot is busy; the clients' retransmits are answered later",
+        );
+    }
+}
+
+async fn run_socket(sock: Arc<DhcpSocket>, shared: Arc<Shared>) -> io::Result<()> {
     let mut buf = vec![0u8; 2048];
     loop {
         let (n, meta) = match sock.recv(&mut buf).await {
@@ -64,25 +118,90 @@ async fn run_socket(sock: DhcpSocket, shared: Arc<Shared>) -> io::Result<()> {
                 continue;
             }
         };
+        let request = match PxeRequest::parse(&msg) {
+            Ok(r) => r,
+            Err(why) => {
+                debug!(reason = %why, "dhcp packet not for us");
+                continue;
+            }
+        };
+        let (mac, arch, xid) = (request.mac, request.arch, request.xid);
+        let classified = match classify(request, &meta) {
+            Ok(c) => c,
+            Err(why) => {
+                log_ignored(&why, mac, xid, &meta);
+                continue;
+            }
+        };
         // One span per client exchange, so a machine's boot reads straight from the log.
         let span = info_span!(
             "dhcp",
-            mac = %mac_of(&msg),
-            xid = format_args!("{:#010x}", msg.xid()),
+            mac = %mac,
+            xid = format_args!("{xid:#010x}"),
             peer = %meta.src,
         );
-        handle(&sock, &shared, &msg, &meta).instrument(span).await;
+        let decision = shared.booter.decide(mac, arch, Duration::ZERO);
+        if decision != BootDecision::Pending {
+            respond(&sock, &shared, &msg, classified, &decision, &meta)
+                .instrument(span)
+                .await;
+            continue;
+        }
+        // The booter has to ask its source: wait for it off the receive loop.
+        let Ok(permit) = shared.lookups.clone().try_acquire_owned() else {
+            shared
+                .dropped
+                .drop_one(&classified.request, shared.cfg.max_lookups);
+            continue;
+        };
+        let (sock, shared) = (sock.clone(), shared.clone());
+        tokio::spawn(
+            async move {
+                let booter = shared.booter.clone();
+                let wait = shared.cfg.lookup_wait;
+                let decision =
+                    match tokio::task::spawn_blocking(move || booter.decide(mac, arch, wait)).await
+                    {
+                        Ok(d) => d,
+                        Err(e) => {
+                            warn!(error = %e, "booter failed while deciding");
+                            return;
+                        }
+                    };
+                drop(permit);
+                respond(&sock, &shared, &msg, classified, &decision, &meta).await;
+            }
+            .instrument(span),
+        );
     }
 }
 
-/// Decides on one decoded packet, sends the reply and logs the event.
-async fn handle(sock: &DhcpSocket, shared: &Shared, msg: &Message, meta: &RecvMeta) {
+fn log_ignored(why: &Ignored, mac: MacAddr, xid: u32, meta: &RecvMeta) {
+    if why.is_routine() {
+        debug!(reason = %why, "dhcp packet not for us");
+        return;
+    }
+    info!(target: "ironpxe::event", event = "dhcp.ignore", mac = %mac, xid = format_args!("{xid:#010x}"), peer = %meta.src, reason = %why);
+}
+
+/// Answers one classified packet with the booter's decision, sends the reply and logs
+/// the event.
+async fn respond(
+    sock: &DhcpSocket,
+    shared: &Shared,
+    msg: &Message,
+    classified: Classified,
+    decision: &BootDecision,
+    meta: &RecvMeta,
+) {
+    let (mac, xid) = (classified.request.mac, classified.request.xid);
     let outcome = {
         let mut memory = shared.memory.lock().unwrap_or_else(|p| p.into_inner());
-        decide(
+        answer(
             &shared.cfg,
-            shared.booter.as_ref(),
             msg,
+            classified,
+            decision,
             meta,
             Instant::now(),
             &mut memory,
@@ -90,12 +209,8 @@ async fn handle(sock: &DhcpSocket, shared: &Shared, msg: &Message, meta: &RecvMe
     };
     let reply = match outcome {
         Ok(r) => r,
-        Err(why) if why.is_routine() => {
-            debug!(reason = %why, "dhcp packet not for us");
-            return;
-        }
         Err(why) => {
-            info!(target: "ironpxe::event", event = "dhcp.ignore", mac = %mac_of(msg), xid = format_args!("{:#010x}", msg.xid()), peer = %meta.src, reason = %why);
+            log_ignored(&why, mac, xid, meta);
             return;
         }
     };
@@ -131,11 +246,4 @@ async fn handle(sock: &DhcpSocket, shared: &Shared, msg: &Message, meta: &RecvMe
         peer = %meta.src,
         via = %via,
     );
-}
-
-fn mac_of(msg: &Message) -> String {
-    match PxeRequest::parse(msg) {
-        Ok(r) => r.mac.to_string(),
-        Err(_) => "-".into(),
-    }
 }

@@ -585,7 +585,7 @@ fn arch_falls_back_to_the_class_string() {
 
 struct Picky;
 impl Booter for Picky {
-    fn decide(&self, mac: MacAddr, _arch: ClientArch) -> BootDecision {
+    fn decide(&self, mac: MacAddr, _arch: ClientArch, _wait: std::time::Duration) -> BootDecision {
         BootDecision::Ignore(format!("{mac} is not in the config"))
     }
     fn file(&self, _id: &FileId) -> Option<FileRef> {

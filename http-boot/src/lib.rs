@@ -11,7 +11,7 @@
 //!    [`ironpxe_ipxe::boot_script`]. Its base URL is `http://<Host header>`, or the
 //!    connection's local address when the header is missing. `Local` answers
 //!    [`ironpxe_ipxe::local_boot_script`], `Script` its text verbatim, and `Ignore`
-//!    answers 404. The booter is asked with [`Booter::decide_wait`], off the async
+//!    answers 404. The booter is asked with [`Booter::decide`] with the script wait, off the async
 //!    workers, so an API booter may wait for its source here.
 //! 2. `GET|HEAD /_/file?name=ID`: the booter maps the [`FileId`] back to a [`FileRef`].
 //!    A local file is streamed from disk in 64 KiB chunks, never read whole. It
@@ -77,7 +77,13 @@ pub struct HttpState {
     booter: Arc<dyn Booter>,
     client: reqwest::Client,
     binaries: Arc<HashMap<String, Bytes>>,
+    script_wait: Duration,
 }
+
+/// How long the script handler lets the booter wait for a slow source by default.
+/// iPXE waits longer than this for an HTTP answer; a booter bounds it further by its
+/// own source timeout.
+pub const SCRIPT_WAIT: Duration = Duration::from_secs(10);
 
 impl HttpState {
     /// State that answers with `booter` and fetches remote files with a default
@@ -96,7 +102,15 @@ impl HttpState {
             booter,
             client,
             binaries: Arc::default(),
+            script_wait: SCRIPT_WAIT,
         }
+    }
+
+    /// How long the script handler waits for the booter's answer (default
+    /// [`SCRIPT_WAIT`]).
+    pub fn with_script_wait(mut self, wait: Duration) -> Self {
+        self.script_wait = wait;
+        self
     }
 
     /// Serves these iPXE binaries (file name, contents) at `/_/bin/<name>`, for UEFI
@@ -301,7 +315,8 @@ async fn script(
     };
     // Booters may consult an API; keep a slow one off the async workers.
     let booter = st.booter.clone();
-    let decision = match tokio::task::spawn_blocking(move || booter.decide_wait(mac, arch)).await {
+    let wait = st.script_wait;
+    let decision = match tokio::task::spawn_blocking(move || booter.decide(mac, arch, wait)).await {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(%mac, error = %e, "booter failed while deciding");
@@ -345,6 +360,14 @@ async fn script(
             return plain(
                 StatusCode::NOT_FOUND,
                 format!("not booting {mac}: {reason}"),
+            );
+        }
+        BootDecision::Pending => {
+            let reason = format!("the boot source did not answer within {wait:?}");
+            tracing::info!(target: EVENT, event = "http.ignored", %mac, %reason);
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not booting {mac} yet: {reason}"),
             );
         }
     };

@@ -123,7 +123,7 @@ fn static_booter(f: &Files, cmdline: &str) -> Arc<dyn Booter> {
 struct Ignoring;
 
 impl Booter for Ignoring {
-    fn decide(&self, _: MacAddr, _: ClientArch) -> BootDecision {
+    fn decide(&self, _: MacAddr, _: ClientArch, _: std::time::Duration) -> BootDecision {
         BootDecision::Ignore("not in the inventory".into())
     }
     fn file(&self, _: &FileId) -> Option<FileRef> {

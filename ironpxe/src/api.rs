@@ -12,12 +12,14 @@
 //! # Off the DHCP path
 //!
 //! A slow API must not stall other machines (a PXE client gives up on an offer in
-//! seconds). The DHCP path therefore only reads a cache ([`CACHE_TTL`]). On a miss it
-//! queues a lookup, which a separate thread performs, and does not answer this
-//! request: the client retries within seconds and is answered from the cache then.
-//! Answers older than half the TTL are refreshed in the background while still being
-//! used. The HTTP script request ([`Booter::decide_wait`]) instead waits for the
-//! lookup, up to the request timeout.
+//! seconds). Answers are cached ([`CACHE_TTL`]). On a miss the booter queues a
+//! lookup, which a separate thread performs, and waits for it only as long as its
+//! caller allows ([`Booter::decide`]'s `wait`): the DHCP driver waits up to its
+//! lookup wait (1 s by default) off its receive loop, so the first DISCOVER of a
+//! machine the API answers quickly gets its offer; when the API is slower, the
+//! answer is cached for the client's retransmit. Answers older than half the TTL are
+//! refreshed in the background while still being used. The HTTP script request
+//! waits longer, up to the request timeout.
 //!
 //! # Files, and restarts
 //!
@@ -424,8 +426,9 @@ impl ApiBooter {
         Outcome::Declined(format!("no file {}", dir.join(&lower).display()))
     }
 
-    /// A cached answer for `mac`, or `None` after queueing a lookup.
-    fn cached(&self, mac: MacAddr) -> Option<BootDecision> {
+    /// The cached answer for `mac`, or whether a lookup is now under way. Answers
+    /// older than half the TTL are refreshed in the background while still used.
+    fn cached(&self, mac: MacAddr) -> Cached {
         let mut c = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
         let (fresh, refresh) = match c.entries.get(&mac) {
             Some(e) if e.at.elapsed() < CACHE_TTL => {
@@ -433,27 +436,64 @@ impl ApiBooter {
             }
             _ => (None, true),
         };
-        if refresh && !c.inflight.contains(&mac) {
+        let mut asked = c.inflight.contains(&mac);
+        if refresh && !asked {
             if let Some(q) = &self.queue {
                 if q.try_send(mac).is_ok() {
                     c.inflight.insert(mac);
+                    asked = true;
                     if fresh.is_none() {
-                        info!(
-                            target: EVENT,
-                            event = "api.pending",
-                            %mac,
-                            "asking the API; this request is answered on the client's retry"
-                        );
+                        debug!(%mac, "asking the API");
                     }
                 }
             }
         }
-        fresh
+        match (fresh, asked) {
+            (Some(d), _) => Cached::Fresh(d),
+            (None, true) => Cached::Asked,
+            (None, false) => Cached::Full,
+        }
+    }
+
+    /// Waits until `deadline` for an answer about `mac` that arrived after `asked`.
+    fn wait_for(&self, mac: MacAddr, asked: Instant, deadline: Instant) -> Option<BootDecision> {
+        let mut c = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(e) = c.entries.get(&mac) {
+                if e.at >= asked {
+                    return Some(e.decision.clone());
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            c = self
+                .shared
+                .answered
+                .wait_timeout(c, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 }
 
+/// What the cache knows about a machine.
+enum Cached {
+    /// A usable answer.
+    Fresh(BootDecision),
+    /// No answer yet; a lookup is under way.
+    Asked,
+    /// No answer, and the lookup queue is full.
+    Full,
+}
+
 impl Booter for ApiBooter {
-    fn decide(&self, mac: MacAddr, _arch: ClientArch) -> BootDecision {
+    /// Answers from the cache. On a miss, asks the API and waits up to `wait` (and
+    /// never longer than the request timeout plus a second) for its answer; if it has
+    /// not come by then, [`BootDecision::Pending`]: the answer is cached when it
+    /// arrives, for the client's retransmit.
+    fn decide(&self, mac: MacAddr, _arch: ClientArch, wait: Duration) -> BootDecision {
         if let Source::Dir { root, .. } = &self.shared.source {
             let outcome = self.read_dir_answer(root, mac);
             if let Outcome::Declined(reason) = &outcome {
@@ -463,40 +503,18 @@ impl Booter for ApiBooter {
             }
             return self.shared.settle(mac, outcome);
         }
-        self.cached(mac).unwrap_or_else(|| {
-            BootDecision::Ignore("waiting for the API's answer (asked in the background)".into())
-        })
-    }
-
-    fn decide_wait(&self, mac: MacAddr, arch: ClientArch) -> BootDecision {
-        if matches!(self.shared.source, Source::Dir { .. }) {
-            return self.decide(mac, arch);
-        }
         let asked = Instant::now();
-        if let Some(d) = self.cached(mac) {
-            return d;
-        }
-        let deadline = asked + self.timeout + Duration::from_secs(1);
-        let mut c = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(e) = c.entries.get(&mac) {
-                if e.at >= asked {
-                    return e.decision.clone();
-                }
+        match self.cached(mac) {
+            Cached::Fresh(d) => d,
+            Cached::Full => BootDecision::Ignore(format!(
+                "{MAX_PENDING} API lookups are already waiting; asking again on the client's retry"
+            )),
+            Cached::Asked if wait.is_zero() => BootDecision::Pending,
+            Cached::Asked => {
+                let wait = wait.min(self.timeout + Duration::from_secs(1));
+                self.wait_for(mac, asked, asked + wait)
+                    .unwrap_or(BootDecision::Pending)
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return BootDecision::Ignore(format!(
-                    "the API did not answer within {:?}",
-                    self.timeout
-                ));
-            }
-            c = self
-                .shared
-                .answered
-                .wait_timeout(c, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
         }
     }
 

@@ -256,6 +256,14 @@ pub struct ServerArgs {
     #[arg(long)]
     pub force_chainload: bool,
 
+    /// How long a DHCP packet may wait for a slow boot source (the API in `api`
+    /// mode) before it goes unanswered, e.g. 1s or 500ms. Within it, a machine's
+    /// first DISCOVER gets its offer; past it, the answer is kept for the client's
+    /// retransmit, so a slow API never breaks PXE timing. Other machines are answered
+    /// meanwhile. 0s never waits.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub dhcp_lookup_wait: std::time::Duration,
+
     /// Also serve the files under DIR over TFTP (GRUB, shim, pxelinux trees), next to
     /// the iPXE binaries, which keep their names. Read-only; paths cannot leave DIR,
     /// not even through symlinks. Files are cached in memory and re-read when changed.

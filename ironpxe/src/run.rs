@@ -226,6 +226,7 @@ async fn serve_async(args: &ServerArgs, booter: Arc<dyn Booter>, ipxe: IpxeSet) 
         http_port: args.port,
         binaries: ipxe.binaries.clone(),
         force_chainload: args.force_chainload,
+        lookup_wait: args.dhcp_lookup_wait,
         ..ProxyConfig::default()
     };
     info!(

@@ -358,8 +358,8 @@ struct ObservedBooter {
 }
 
 impl Booter for ObservedBooter {
-    fn decide(&self, mac: MacAddr, arch: ClientArch) -> BootDecision {
-        let d = self.inner.decide(mac, arch);
+    fn decide(&self, mac: MacAddr, arch: ClientArch, wait: std::time::Duration) -> BootDecision {
+        let d = self.inner.decide(mac, arch, wait);
         if let BootDecision::Netboot(spec) = &d {
             self.status.store().expect(mac, spec, now_ms());
         }

@@ -540,7 +540,11 @@ fn the_tracing_layer_records_only_boot_events() {
 fn the_observed_booter_teaches_file_kinds() {
     let st = status();
     let b = st.observe_booter(Arc::new(StaticBooter::new(spec())));
-    let d = b.decide(mac(MAC), ironpxe_core::ClientArch::Bios);
+    let d = b.decide(
+        mac(MAC),
+        ironpxe_core::ClientArch::Bios,
+        std::time::Duration::ZERO,
+    );
     assert!(matches!(d, BootDecision::Netboot(_)));
     let m = st
         .store()

@@ -73,6 +73,9 @@ impl LabProc {
 /// One UDP datagram seen by a [`Capture`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapturedUdp {
+    /// When it was captured: the pcap record's time since the Unix epoch (microsecond
+    /// or nanosecond resolution, as tcpdump wrote it).
+    pub at: Duration,
     /// Source.
     pub src: SocketAddrV4,
     /// Destination.
@@ -131,9 +134,11 @@ pub fn udp_in_pcap(bytes: &[u8]) -> Result<Vec<CapturedUdp>> {
         bail!("pcap file too short ({} bytes)", bytes.len());
     }
     let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
-    let le = match magic {
-        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
-        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+    let (le, nanos) = match magic {
+        [0xd4, 0xc3, 0xb2, 0xa1] => (true, false),
+        [0x4d, 0x3c, 0xb2, 0xa1] => (true, true),
+        [0xa1, 0xb2, 0xc3, 0xd4] => (false, false),
+        [0xa1, 0xb2, 0x3c, 0x4d] => (false, true),
         _ => bail!("not a pcap file (magic {magic:02x?})"),
     };
     let u32_at = |b: &[u8], i: usize| {
@@ -151,6 +156,14 @@ pub fn udp_in_pcap(bytes: &[u8]) -> Result<Vec<CapturedUdp>> {
     let mut out = Vec::new();
     let mut i = 24;
     while i + 16 <= bytes.len() {
+        let secs = u64::from(u32_at(bytes, i));
+        let frac = u32_at(bytes, i + 4);
+        let at = Duration::from_secs(secs)
+            + if nanos {
+                Duration::from_nanos(u64::from(frac))
+            } else {
+                Duration::from_micros(u64::from(frac))
+            };
         let incl = u32_at(bytes, i + 8) as usize;
         let start = i + 16;
         let Some(frame) = bytes.get(start..start + incl) else {
@@ -162,6 +175,7 @@ pub fn udp_in_pcap(bytes: &[u8]) -> Result<Vec<CapturedUdp>> {
         }
         if let Ok(d) = ironpxe_dhcp::nobind::parse_ipv4_udp(&frame[14..]) {
             out.push(CapturedUdp {
+                at,
                 src: d.src,
                 dst: d.dst,
                 payload: d.payload.to_vec(),

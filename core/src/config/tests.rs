@@ -83,7 +83,7 @@ fn mac(last: u8) -> MacAddr {
 }
 
 fn spec_of(b: &ConfigBooter, m: MacAddr) -> Arc<BootSpec> {
-    match b.decide(m, ClientArch::Bios) {
+    match b.decide(m, ClientArch::Bios, std::time::Duration::ZERO) {
         BootDecision::Netboot(s) => s,
         other => panic!("{m}: {other:?}"),
     }
@@ -124,9 +124,12 @@ fn a_good_config_becomes_a_booter() {
     );
     assert_eq!(b.file(&FileRef::parse("/etc/shadow").unwrap().id()), None);
 
-    assert_eq!(b.decide(mac(3), ClientArch::EfiX64), BootDecision::Local);
+    assert_eq!(
+        b.decide(mac(3), ClientArch::EfiX64, std::time::Duration::ZERO),
+        BootDecision::Local
+    );
     assert!(matches!(
-        b.decide(mac(4), ClientArch::Bios),
+        b.decide(mac(4), ClientArch::Bios, std::time::Duration::ZERO),
         BootDecision::Ignore(_)
     ));
     let s5 = spec_of(b, mac(5));
@@ -140,7 +143,10 @@ fn a_good_config_becomes_a_booter() {
 #[test]
 fn unknown_macs_are_ignored_without_a_default_profile() {
     let c = parse(&GOOD.replace("default_profile = \"installer\"", "")).unwrap();
-    match c.booter.decide(mac(99), ClientArch::Bios) {
+    match c
+        .booter
+        .decide(mac(99), ClientArch::Bios, std::time::Duration::ZERO)
+    {
         BootDecision::Ignore(r) => assert!(r.contains("no server.default_profile"), "{r}"),
         other => panic!("{other:?}"),
     }
@@ -308,7 +314,11 @@ fn the_cluster_example_parses() {
         .all(|p| p.starts_with("/nix/store")));
     assert_eq!(b.default_spec(), None);
     assert!(matches!(
-        b.decide(MacAddr([2, 0, 0, 0, 0, 9]), ClientArch::Bios),
+        b.decide(
+            MacAddr([2, 0, 0, 0, 0, 9]),
+            ClientArch::Bios,
+            std::time::Duration::ZERO
+        ),
         BootDecision::Ignore(_)
     ));
 }

@@ -4,6 +4,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
 
+/// As long as the HTTP script handler lets a booter wait.
+const SCRIPT_WAIT: Duration = Duration::from_secs(10);
+
 fn base() -> Url {
     Url::parse("http://api.example/pixie/v1/").unwrap()
 }
@@ -184,7 +187,7 @@ fn the_file_tree_is_read_directly() {
     let src = Source::parse(&format!("file://{}", d.path().display())).unwrap();
     let b = ApiBooter::start(src, Duration::from_secs(1)).unwrap();
     let m = |n| MacAddr([0x52, 0x54, 0, 0, 0, n]);
-    let BootDecision::Netboot(s) = b.decide(m(1), ClientArch::Bios) else {
+    let BootDecision::Netboot(s) = b.decide(m(1), ClientArch::Bios, Duration::ZERO) else {
         panic!()
     };
     assert_eq!(s.cmdline, "a=b");
@@ -194,15 +197,15 @@ fn the_file_tree_is_read_directly() {
         FileRef::Local(d.path().join("v1/initrd").to_path_buf())
     );
     assert_eq!(b.file(&s.kernel.id()), Some(s.kernel.clone()));
-    let BootDecision::Netboot(s2) = b.decide(m(2), ClientArch::Bios) else {
+    let BootDecision::Netboot(s2) = b.decide(m(2), ClientArch::Bios, Duration::ZERO) else {
         panic!("dash spelling not found")
     };
     assert_eq!(s2.kernel.to_string(), format!("{}/k2", ""));
-    match b.decide(m(3), ClientArch::Bios) {
+    match b.decide(m(3), ClientArch::Bios, Duration::ZERO) {
         BootDecision::Ignore(r) => assert!(r.contains("invalid JSON answer"), "{r}"),
         other => panic!("{other:?}"),
     }
-    match b.decide(m(4), ClientArch::Bios) {
+    match b.decide(m(4), ClientArch::Bios, Duration::ZERO) {
         BootDecision::Ignore(r) => assert!(r.contains("no file"), "{r}"),
         other => panic!("{other:?}"),
     }
@@ -212,7 +215,7 @@ fn the_file_tree_is_read_directly() {
         "52:54:00:00:00:01",
         r#"{"kernel": "/k", "cmdline": "changed"}"#,
     );
-    let BootDecision::Netboot(s) = b.decide(m(1), ClientArch::Bios) else {
+    let BootDecision::Netboot(s) = b.decide(m(1), ClientArch::Bios, Duration::ZERO) else {
         panic!()
     };
     assert_eq!(s.cmdline, "changed");
@@ -259,7 +262,7 @@ fn fake_api(answers: Vec<(&'static str, u16, &'static str)>, delay: Duration) ->
 }
 
 #[test]
-fn dhcp_is_answered_from_the_cache_and_the_script_waits() {
+fn a_lookup_is_waited_for_only_as_long_as_the_caller_allows() {
     let api = fake_api(
         vec![(
             "/api/v1/boot/52:54:00:00:00:01",
@@ -270,67 +273,106 @@ fn dhcp_is_answered_from_the_cache_and_the_script_waits() {
     );
     let b = ApiBooter::start(Source::parse(&api.url).unwrap(), Duration::from_secs(2)).unwrap();
     let m1 = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
-    // The DHCP path never waits: the first request is not answered...
-    let t = Instant::now();
-    assert!(matches!(
-        b.decide(m1, ClientArch::Bios),
-        BootDecision::Ignore(_)
-    ));
-    assert!(matches!(
-        b.decide(m1, ClientArch::Bios),
-        BootDecision::Ignore(_)
-    ));
-    assert!(
-        t.elapsed() < Duration::from_millis(100),
-        "{:?}",
-        t.elapsed()
+    // Without a wait, a miss starts the lookup and says so...
+    assert_eq!(
+        b.decide(m1, ClientArch::Bios, Duration::ZERO),
+        BootDecision::Pending
     );
-    // ...the script path waits for the one lookup in flight...
-    let BootDecision::Netboot(s) = b.decide_wait(m1, ClientArch::Bios) else {
+    // ...a wait shorter than the API's answer still gets nothing...
+    assert_eq!(
+        b.decide(m1, ClientArch::Bios, Duration::from_millis(20)),
+        BootDecision::Pending
+    );
+    // ...and a longer one gets the answer of that one lookup in flight...
+    let BootDecision::Netboot(s) = b.decide(m1, ClientArch::Bios, SCRIPT_WAIT) else {
         panic!()
     };
     assert_eq!(s.cmdline, "x=1");
-    // ...and the retry is answered from the cache.
+    // ...which the next packet reads from the cache, without waiting.
     assert!(matches!(
-        b.decide(m1, ClientArch::Bios),
+        b.decide(m1, ClientArch::Bios, Duration::ZERO),
         BootDecision::Netboot(_)
     ));
     assert_eq!(api.hits.load(Ordering::SeqCst), 1);
     // Declined machines are cached too, and the reason is kept.
     let m2 = MacAddr([0x52, 0x54, 0, 0, 0, 2]);
-    match b.decide_wait(m2, ClientArch::Bios) {
+    match b.decide(m2, ClientArch::Bios, SCRIPT_WAIT) {
         BootDecision::Ignore(r) => assert!(r.contains("404"), "{r}"),
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        b.decide(m2, ClientArch::Bios),
+        b.decide(m2, ClientArch::Bios, Duration::ZERO),
         BootDecision::Ignore(_)
     ));
     assert_eq!(api.hits.load(Ordering::SeqCst), 2);
+}
+
+/// The first DHCP packet of a machine the API answers at once is answered: the DHCP
+/// driver's one-second wait covers the lookup.
+#[test]
+fn a_fast_api_answers_within_the_dhcp_wait() {
+    let api = fake_api(
+        vec![(
+            "/api/v1/boot/52:54:00:00:00:07",
+            200,
+            r#"{"kernel": "/k", "cmdline": "fast"}"#,
+        )],
+        Duration::ZERO,
+    );
+    let b = ApiBooter::start(Source::parse(&api.url).unwrap(), Duration::from_secs(2)).unwrap();
+    let m = MacAddr([0x52, 0x54, 0, 0, 0, 7]);
+    assert_eq!(
+        b.decide(m, ClientArch::Bios, Duration::ZERO),
+        BootDecision::Pending
+    );
+    let BootDecision::Netboot(s) = b.decide(m, ClientArch::Bios, ironpxe_dhcp::LOOKUP_WAIT) else {
+        panic!("no answer within the DHCP lookup wait")
+    };
+    assert_eq!(s.cmdline, "fast");
+}
+
+/// The wait survives every wrapper `ironpxe` puts around a booter: the status
+/// observer and the reload swap.
+#[test]
+fn the_wait_reaches_the_api_through_the_production_wrappers() {
+    let api = fake_api(
+        vec![(
+            "/api/v1/boot/52:54:00:00:00:03",
+            200,
+            r#"{"kernel": "/k", "cmdline": "wrapped"}"#,
+        )],
+        Duration::from_millis(200),
+    );
+    let inner = ApiBooter::start(Source::parse(&api.url).unwrap(), Duration::from_secs(2)).unwrap();
+    let status = ironpxe_status::Status::new(ironpxe_status::StoreConfig::default());
+    let stack = status.observe_booter(Arc::new(ironpxe_core::SwapBooter::new(Arc::new(inner))));
+    let m = MacAddr([0x52, 0x54, 0, 0, 0, 3]);
+    let BootDecision::Netboot(s) = stack.decide(m, ClientArch::Bios, SCRIPT_WAIT) else {
+        panic!("the wait was lost on the way to the API booter")
+    };
+    assert_eq!(s.cmdline, "wrapped");
+    assert_eq!(api.hits.load(Ordering::SeqCst), 1);
 }
 
 #[test]
 fn a_slow_api_does_not_stall_anyone_and_times_out() {
     let api = fake_api(vec![], Duration::from_secs(3));
     let b = ApiBooter::start(Source::parse(&api.url).unwrap(), Duration::from_millis(300)).unwrap();
-    let t = Instant::now();
     for n in 0..50 {
         let m = MacAddr([0x52, 0x54, 0, 0, 1, n]);
-        assert!(matches!(
-            b.decide(m, ClientArch::Bios),
-            BootDecision::Ignore(_)
-        ));
+        assert_eq!(
+            b.decide(m, ClientArch::Bios, Duration::ZERO),
+            BootDecision::Pending
+        );
     }
-    assert!(
-        t.elapsed() < Duration::from_millis(200),
-        "{:?}",
-        t.elapsed()
-    );
-    match b.decide_wait(MacAddr([0x52, 0x54, 0, 0, 2, 0]), ClientArch::Bios) {
+    match b.decide(
+        MacAddr([0x52, 0x54, 0, 0, 2, 0]),
+        ClientArch::Bios,
+        SCRIPT_WAIT,
+    ) {
         BootDecision::Ignore(r) => assert!(r.contains("no answer within the timeout"), "{r}"),
         other => panic!("{other:?}"),
     }
-    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
 
 /// The restart story: a new booter (a restarted ironpxe) does not know the ids, and
@@ -347,7 +389,7 @@ fn file_ids_survive_a_restart_once_the_machine_is_looked_up_again() {
     );
     let m1 = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
     let first = ApiBooter::start(Source::parse(&api.url).unwrap(), Duration::from_secs(2)).unwrap();
-    let BootDecision::Netboot(s) = first.decide_wait(m1, ClientArch::Bios) else {
+    let BootDecision::Netboot(s) = first.decide(m1, ClientArch::Bios, SCRIPT_WAIT) else {
         panic!()
     };
     let ids: Vec<FileId> = s.files().map(FileRef::id).collect();
@@ -361,7 +403,7 @@ fn file_ids_survive_a_restart_once_the_machine_is_looked_up_again() {
         ApiBooter::start(Source::parse(&api.url).unwrap(), Duration::from_secs(2)).unwrap();
     assert!(ids.iter().all(|id| restarted.file(id).is_none()));
     assert!(matches!(
-        restarted.decide_wait(m1, ClientArch::Bios),
+        restarted.decide(m1, ClientArch::Bios, SCRIPT_WAIT),
         BootDecision::Netboot(_)
     ));
     for id in ids.iter().chain([&c_id]) {
@@ -418,7 +460,10 @@ fn file_tree_answers_must_be_small_regular_files() {
     // Neither hangs nor is booted.
     for n in [1, 2] {
         assert!(
-            matches!(b.decide(m(n), ClientArch::Bios), BootDecision::Ignore(_)),
+            matches!(
+                b.decide(m(n), ClientArch::Bios, Duration::ZERO),
+                BootDecision::Ignore(_)
+            ),
             "machine {n} was answered"
         );
     }
