@@ -138,6 +138,19 @@ pub enum ScriptError {
     },
 }
 
+/// Checks that `spec` can be served as an iPXE script at all (its cmdline and
+/// message can be carried through iPXE), whatever machine and server it is for.
+/// Configuration and API answers are refused with this reason up front.
+pub fn check_spec(spec: &BootSpec) -> Result<(), ScriptError> {
+    boot_script(&BootScript {
+        base_url: "http://ironpxe.invalid",
+        mac: MacAddr([0; 6]),
+        arch: ClientArch::Bios,
+        spec,
+    })
+    .map(|_| ())
+}
+
 /// Renders the iPXE script that boots `p.spec` on `p.mac`.
 ///
 /// The script shows the message (if any), downloads the kernel and initrds from

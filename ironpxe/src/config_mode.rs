@@ -16,8 +16,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use ironpxe_core::config::{Checks, ConfigError, IpxePaths, MachineBoot, ServerSettings};
 use ironpxe_core::template::resolve_cmdline;
-use ironpxe_core::{BootSpec, ClientArch, Config, FileRef, MacAddr, SwapBooter};
-use ironpxe_ipxe::{boot_script, BootScript};
+use ironpxe_core::{BootSpec, Config, FileRef, SwapBooter};
 use tracing::{info, warn};
 
 use crate::cli::{CheckArgs, ServeArgs, ServerArgs};
@@ -44,14 +43,7 @@ impl Checks for FsChecks {
     }
 
     fn spec(&self, spec: &BootSpec) -> Result<(), String> {
-        boot_script(&BootScript {
-            base_url: "http://ironpxe.invalid",
-            mac: MacAddr([0; 6]),
-            arch: ClientArch::Bios,
-            spec,
-        })
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        ironpxe_ipxe::check_spec(spec).map_err(|e| e.to_string())
     }
 }
 
