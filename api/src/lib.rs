@@ -48,14 +48,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use ironpxe_core::event::{emit, BootEvent};
 use ironpxe_core::template::resolve_cmdline;
 use ironpxe_core::{BootDecision, BootSpec, Booter, ClientArch, FileId, FileRef, MacAddr};
 use serde::Deserialize;
-use tracing::{debug, info, warn};
+use tracing::debug;
 use url::Url;
-
-/// Target of ironpxe's structured events.
-const EVENT: &str = "ironpxe::event";
 
 /// How long an API answer is used.
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
@@ -363,17 +361,23 @@ impl Shared {
                     BootDecision::Script(_) => "ipxe-script",
                     _ => "netboot",
                 };
-                info!(target: EVENT, event = "api.answer", %mac, answer = kind, files = files.len());
+                emit(BootEvent::ApiAnswer {
+                    mac,
+                    answer: kind,
+                    files: files.len() as u64,
+                });
                 self.remember(files);
                 decision
             }
             Outcome::Declined(reason) => {
-                info!(target: EVENT, event = "api.declined", %mac, %reason);
-                BootDecision::Ignore(format!("the API declined: {reason}"))
+                let why = format!("the API declined: {reason}");
+                emit(BootEvent::ApiDeclined { mac, reason });
+                BootDecision::Ignore(why)
             }
             Outcome::Failed(reason) => {
-                warn!(target: EVENT, event = "api.error", %mac, %reason);
-                BootDecision::Ignore(format!("no usable API answer: {reason}"))
+                let why = format!("no usable API answer: {reason}");
+                emit(BootEvent::ApiError { mac, reason });
+                BootDecision::Ignore(why)
             }
         }
     }

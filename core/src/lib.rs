@@ -12,6 +12,8 @@
 //!   [`StaticBooter`] is pixiecore's `boot` mode: one spec for every machine.
 //!   [`ConfigBooter`] answers per MAC from a validated [`Config`] (the TOML file of
 //!   `ironpxe serve`), and [`SwapBooter`] lets a running server replace its booter.
+//! - [`event`]: [`BootEvent`], the one typed vocabulary of what happened during a
+//!   boot; [`emit`] logs it and hands it to the status store.
 //! - [`template`] expands `{{ URL "x" }}` / `{{ ID "x" }}` in command lines.
 //!
 //! Data flows one way: the DHCP core asks the booter whether to answer a MAC at all,
@@ -21,6 +23,7 @@
 mod arch;
 mod booter;
 pub mod config;
+pub mod event;
 mod mac;
 mod spec;
 pub mod template;
@@ -28,5 +31,6 @@ pub mod template;
 pub use arch::ClientArch;
 pub use booter::{BootDecision, Booter, StaticBooter, SwapBooter};
 pub use config::{Config, ConfigBooter};
+pub use event::{emit, BootEvent, EventSink, EVENT_TARGET};
 pub use mac::{MacAddr, MacParseError};
 pub use spec::{BootSpec, FileId, FileRef, FileRefError};

@@ -173,6 +173,14 @@ impl BootPath {
         }
     }
 
+    /// The file name or URL given to the client, owned.
+    pub fn into_target(self) -> String {
+        match self {
+            BootPath::Chainload { file } => file,
+            BootPath::Script { url } | BootPath::HttpBoot { url } => url,
+        }
+    }
+
     /// The file name or URL given to the client.
     pub fn target(&self) -> &str {
         match self {

@@ -10,19 +10,21 @@
 
 use std::future::Future;
 use std::io;
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::Message;
 use dhcproto::Encodable;
+use ironpxe_core::event::{emit, BootEvent, DhcpAnswer};
 use ironpxe_core::{BootDecision, Booter, MacAddr};
 use tokio::sync::Semaphore;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info_span, warn, Instrument};
 
 use crate::decide::{
     answer, classify, ChainloadMemory, Classified, Destination, Ignored, ProxyConfig, RecvMeta,
-    ServerPort,
+    Reply, ServerPort,
 };
 use crate::request::PxeRequest;
 use crate::sock::DhcpSocket;
@@ -89,15 +91,12 @@ impl DropLog {
         *last = Some(now);
         drop(last);
         let count = self.unreported.swap(0, Ordering::Relaxed);
-        warn!(
-            target: "ironpxe::event",
-            event = "dhcp.dropped",
-            mac = %req.mac,
+        emit(BootEvent::DhcpDropped {
+            mac: req.mac,
             count,
             total,
             limit,
-            reason = "every booter lookup slot is busy; the clients' retransmits are answered later",
-        );
+        });
     }
 }
 
@@ -129,6 +128,9 @@ async fn run_socket(sock: Arc<DhcpSocket>, shared: Arc<Shared>) -> io::Result<()
         let classified = match classify(request, &meta) {
             Ok(c) => c,
             Err(why) => {
+                if let Some(ip) = requested_address(&msg, &why) {
+                    emit(BootEvent::DhcpClientAddress { mac, ip: ip.into() });
+                }
                 log_ignored(&why, mac, xid, &meta);
                 continue;
             }
@@ -181,7 +183,32 @@ fn log_ignored(why: &Ignored, mac: MacAddr, xid: u32, meta: &RecvMeta) {
         debug!(reason = %why, "dhcp packet not for us");
         return;
     }
-    info!(target: "ironpxe::event", event = "dhcp.ignore", mac = %mac, xid = format_args!("{xid:#010x}"), peer = %meta.src, reason = %why);
+    emit(BootEvent::DhcpIgnored {
+        mac,
+        xid,
+        peer: meta.src.into(),
+        reason: why.to_string(),
+    });
+}
+
+/// The address a PXE client asks the site server for, in the REQUEST on port 67
+/// that ProxyDHCP does not answer: it tells later TFTP and HTTP requests from that
+/// address apart as this machine's.
+fn requested_address(msg: &Message, why: &Ignored) -> Option<Ipv4Addr> {
+    use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
+    if !matches!(
+        why,
+        Ignored::WrongPort {
+            msg_type: MessageType::Request,
+            port: ServerPort::Dhcp
+        }
+    ) {
+        return None;
+    }
+    match msg.opts().get(OptionCode::RequestedIpAddress) {
+        Some(DhcpOption::RequestedIpAddress(ip)) if !ip.is_unspecified() => Some(*ip),
+        _ => Some(msg.ciaddr()).filter(|ip| !ip.is_unspecified()),
+    }
 }
 
 /// Answers one classified packet with the booter's decision, sends the reply and logs
@@ -229,21 +256,26 @@ async fn respond(
         warn!(mac = %reply.request.mac, dest = %via, error = %e, "could not send DHCP reply");
         return;
     }
-    let event = match sock.role() {
-        ServerPort::Dhcp => "dhcp.offer",
-        ServerPort::Pxe => "dhcp.ack",
+    let answer = match sock.role() {
+        ServerPort::Dhcp => DhcpAnswer::Offer,
+        ServerPort::Pxe => DhcpAnswer::Ack,
     };
-    info!(
-        target: "ironpxe::event",
-        event,
-        mac = %reply.request.mac,
-        arch = %reply.request.arch,
-        xid = format_args!("{:#010x}", reply.request.xid),
-        ipxe = reply.request.ipxe.is_ipxe,
-        path = reply.path.kind(),
-        boot = reply.path.target(),
-        server = %meta.local_ip,
-        peer = %meta.src,
-        via = %via,
-    );
+    let path = reply.path.kind();
+    let Reply {
+        path: boot,
+        request,
+        ..
+    } = reply;
+    emit(BootEvent::DhcpAnswered {
+        answer,
+        mac: request.mac,
+        arch: request.arch,
+        xid: request.xid,
+        ipxe: request.ipxe.is_ipxe,
+        path,
+        boot: boot.into_target(),
+        server: meta.local_ip.into(),
+        peer: meta.src.into(),
+        via,
+    });
 }

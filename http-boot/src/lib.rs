@@ -30,6 +30,7 @@
 //! (the body was sent to its end), `http.file.failed` (read error, short file, or the
 //! client went away), `http.booting` and `http.bin` (an iPXE binary was requested).
 
+use ironpxe_core::event::{emit, BootEvent};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
@@ -62,8 +63,6 @@ use tokio_util::io::ReaderStream;
 use url::Url;
 
 /// Target of ironpxe's structured events.
-const EVENT: &str = "ironpxe::event";
-
 /// Read size for local files: large enough for few syscalls, small enough that many
 /// concurrent clients cost little memory.
 const CHUNK: usize = 64 * 1024;
@@ -326,13 +325,11 @@ async fn script(
     let spec = match decision {
         BootDecision::Netboot(spec) => spec,
         BootDecision::Local => {
-            tracing::info!(
-                target: EVENT,
-                event = "http.local",
-                %mac,
-                %arch,
-                peer = %Peer(conn.peer)
-            );
+            emit(BootEvent::HttpLocal {
+                mac,
+                arch,
+                peer: conn.peer,
+            });
             return (
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
                 local_boot_script(mac, arch),
@@ -340,15 +337,13 @@ async fn script(
                 .into_response();
         }
         BootDecision::Script(text) => {
-            tracing::info!(
-                target: EVENT,
-                event = "http.script",
-                %mac,
-                %arch,
-                custom = true,
-                bytes = text.len(),
-                peer = %Peer(conn.peer)
-            );
+            emit(BootEvent::HttpScript {
+                mac,
+                arch,
+                bytes: text.len() as u64,
+                custom: true,
+                peer: conn.peer,
+            });
             return (
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
                 text.to_string(),
@@ -356,19 +351,15 @@ async fn script(
                 .into_response();
         }
         BootDecision::Ignore(reason) => {
-            tracing::info!(target: EVENT, event = "http.ignored", %mac, %reason);
-            return plain(
-                StatusCode::NOT_FOUND,
-                format!("not booting {mac}: {reason}"),
-            );
+            let body = format!("not booting {mac}: {reason}");
+            emit(BootEvent::HttpIgnored { mac, reason });
+            return plain(StatusCode::NOT_FOUND, body);
         }
         BootDecision::Pending => {
             let reason = format!("the boot source did not answer within {wait:?}");
-            tracing::info!(target: EVENT, event = "http.ignored", %mac, %reason);
-            return plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not booting {mac} yet: {reason}"),
-            );
+            let body = format!("not booting {mac} yet: {reason}");
+            emit(BootEvent::HttpIgnored { mac, reason });
+            return plain(StatusCode::SERVICE_UNAVAILABLE, body);
         }
     };
     match boot_script(&BootScript {
@@ -378,14 +369,13 @@ async fn script(
         spec: &spec,
     }) {
         Ok(text) => {
-            tracing::info!(
-                target: EVENT,
-                event = "http.script",
-                %mac,
-                %arch,
-                bytes = text.len(),
-                peer = %Peer(conn.peer)
-            );
+            emit(BootEvent::HttpScript {
+                mac,
+                arch,
+                bytes: text.len() as u64,
+                custom: false,
+                peer: conn.peer,
+            });
             ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
         }
         Err(
@@ -407,13 +397,11 @@ async fn script(
 async fn booting(conn: Conn, RawQuery(query): RawQuery) -> Response {
     match machine(&params(query)) {
         Ok((mac, arch)) => {
-            tracing::info!(
-                target: EVENT,
-                event = "http.booting",
-                %mac,
-                %arch,
-                peer = %Peer(conn.peer)
-            );
+            emit(BootEvent::HttpBooting {
+                mac,
+                arch,
+                peer: conn.peer,
+            });
             StatusCode::OK.into_response()
         }
         Err(msg) => plain(StatusCode::BAD_REQUEST, msg),
@@ -437,14 +425,12 @@ async fn ipxe_binary(
     } else {
         "application/octet-stream"
     };
-    tracing::info!(
-        target: EVENT,
-        event = "http.bin",
-        file = %name,
-        bytes = bytes.len(),
-        head = method == Method::HEAD,
-        peer = %Peer(conn.peer),
-    );
+    emit(BootEvent::HttpBinary {
+        file: name.clone(),
+        bytes: bytes.len() as u64,
+        head: method == Method::HEAD,
+        peer: conn.peer,
+    });
     let headers = [
         (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
         (header::CONTENT_LENGTH, HeaderValue::from(bytes.len())),
@@ -498,15 +484,13 @@ impl FileRequest<'_> {
         range: &str,
         stream: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
     ) -> Body {
-        tracing::info!(
-            target: EVENT,
-            event = "http.file.start",
-            id = %self.id,
-            file = %self.fref,
-            bytes = bytes,
-            range = range,
-            peer = %Peer(self.peer),
-        );
+        emit(BootEvent::FileStart {
+            id: self.id.clone(),
+            file: self.fref.to_string(),
+            bytes,
+            range: range.to_string(),
+            peer: self.peer,
+        });
         let mut tracked = Tracked {
             inner: Box::pin(stream),
             id: self.id,
@@ -755,30 +739,26 @@ struct Tracked {
 impl Tracked {
     fn failed(&mut self, reason: &dyn fmt::Display) {
         self.finished = true;
-        tracing::warn!(
-            target: EVENT,
-            event = "http.file.failed",
-            id = %self.id,
-            bytes = self.sent,
-            expected = self.expected,
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            peer = %Peer(self.peer),
-            reason = %reason,
-        );
+        emit(BootEvent::FileFailed {
+            id: self.id.clone(),
+            bytes: self.sent,
+            expected: self.expected,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            peer: self.peer,
+            reason: reason.to_string(),
+        });
     }
 }
 
 impl Tracked {
     fn done(&mut self) {
         self.finished = true;
-        tracing::info!(
-            target: EVENT,
-            event = "http.file.done",
-            id = %self.id,
-            bytes = self.sent,
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            peer = %Peer(self.peer),
-        );
+        emit(BootEvent::FileDone {
+            id: self.id.clone(),
+            bytes: self.sent,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            peer: self.peer,
+        });
     }
 }
 

@@ -13,34 +13,22 @@ use ironpxe_core::{
 use ironpxe_http::{router, serve, HttpState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tracing_subscriber::layer::SubscriberExt;
 
 // ---- capture of `ironpxe::event` events --------------------------------------
 
 type Fields = HashMap<String, String>;
 static EVENTS: Mutex<Vec<Fields>> = Mutex::new(Vec::new());
 
+/// Keeps every boot event, typed, as its name and fields.
 struct Capture;
 
-struct Visitor<'a>(&'a mut Fields);
-
-impl tracing::field::Visit for Visitor<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().to_string(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().to_string(), value.to_string());
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if event.metadata().target() != "ironpxe::event" {
-            return;
-        }
+impl ironpxe_core::EventSink for Capture {
+    fn event(&self, event: &ironpxe_core::BootEvent) {
         let mut f = Fields::new();
-        event.record(&mut Visitor(&mut f));
+        f.insert("event".into(), event.name().into());
+        event.fields(&mut |k, v| {
+            f.insert(k.into(), v.to_string());
+        });
         EVENTS.lock().unwrap_or_else(|e| e.into_inner()).push(f);
     }
 }
@@ -48,8 +36,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
 fn capture_events() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Capture))
-            .unwrap();
+        assert!(ironpxe_core::event::set_sink(Arc::new(Capture)));
     });
 }
 

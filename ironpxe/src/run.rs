@@ -27,7 +27,6 @@ fn status() -> &'static ironpxe_status::Status {
 /// Boot events (target `ironpxe::event`) also go to the status store, whatever the
 /// log level.
 pub fn init_logging(args: &LogArgs) {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
 
     let default = if args.debug {
@@ -46,11 +45,11 @@ pub fn init_logging(args: &LogArgs) {
             .without_time()
             .boxed(),
     };
-    let events = Targets::new().with_target(ironpxe_status::EVENT_TARGET, LevelFilter::INFO);
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
-        .with(status().layer().with_filter(events))
         .init();
+    // Boot events reach the status store as typed values, whatever the log level.
+    ironpxe_core::event::set_sink(Arc::new(status().clone()));
 }
 
 pub fn run(cli: Cli) -> Result<()> {

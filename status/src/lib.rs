@@ -1,11 +1,12 @@
 //! ironpxe's boot status: what every machine is doing, for people and for Prometheus.
 //!
-//! The protocol crates already describe each step of a boot as a `tracing` event with
-//! target `ironpxe::event` and a field `event` (`dhcp.offer`, `tftp.done`,
-//! `http.file.start`, `http.booting`, ...). This crate listens to them:
+//! The protocol crates describe each step of a boot as a typed
+//! [`BootEvent`](ironpxe_core::BootEvent) (`dhcp.offer`, `tftp.done`,
+//! `http.file.start`, `http.booting`, ...). This crate consumes them:
 //!
-//! - [`Status::layer`] is a `tracing_subscriber` layer that turns each such event
-//!   into a [`Record`] and hands it to [`Status::record`].
+//! - [`Status`] is an [`EventSink`]: the binary installs it with
+//!   [`ironpxe_core::event::set_sink`], and each event becomes a [`Record`] handed to
+//!   [`Status::record`], whatever the log level.
 //! - The [`Store`] attributes records to machines by MAC (TFTP and HTTP file events
 //!   carry only an address; see [`store`] for how they are matched), keeps a bounded
 //!   timeline per machine (a ring of events, at most [`StoreConfig::max_machines`]
@@ -31,18 +32,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ironpxe_core::{BootDecision, Booter, ClientArch, FileId, FileRef, MacAddr};
+use ironpxe_core::{BootEvent, EventSink};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
-use tracing::{Event, Subscriber};
-use tracing_subscriber::layer::Context;
-use tracing_subscriber::Layer;
 
 pub use machine::{Machine, Phase, PhaseSpan};
 pub use record::{Record, EVENT_TARGET};
 pub use store::{Neighbors, NoNeighbors, ProcNetArp, Store, StoreConfig};
 
 use metrics::Metrics;
-use record::FieldCollector;
 
 /// Errors of the status crate.
 #[derive(Debug, thiserror::Error)]
@@ -115,15 +113,6 @@ impl Status {
     /// Changes the stuck threshold ([`StoreConfig::stuck_after_ms`]).
     pub fn set_stuck_after(&self, after: Duration) {
         self.store().set_stuck_after_ms(after.as_millis() as u64);
-    }
-
-    /// A `tracing` layer that records every `ironpxe::event` event. Install it with
-    /// a filter that lets target `ironpxe::event` through at INFO, whatever the log
-    /// level, so the status does not depend on `--debug` or `RUST_LOG`.
-    pub fn layer(&self) -> StatusLayer {
-        StatusLayer {
-            status: self.clone(),
-        }
     }
 
     /// Records one event: attributes it, updates the machine, counts it, and sends
@@ -328,26 +317,9 @@ impl StateDir {
     }
 }
 
-/// The `tracing` layer returned by [`Status::layer`].
-pub struct StatusLayer {
-    status: Status,
-}
-
-impl<S: Subscriber> Layer<S> for StatusLayer {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        if event.metadata().target() != EVENT_TARGET {
-            return;
-        }
-        let mut fields = FieldCollector::default();
-        event.record(&mut fields);
-        let Some(name) = fields.event else {
-            return;
-        };
-        self.status.record(Record {
-            t_ms: now_ms(),
-            event: name,
-            details: fields.details,
-        });
+impl EventSink for Status {
+    fn event(&self, event: &BootEvent) {
+        self.record(Record::from_event(now_ms(), event));
     }
 }
 

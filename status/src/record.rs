@@ -1,14 +1,11 @@
-//! One boot event as the status store keeps it, and how it is read off a `tracing`
-//! event.
+//! One boot event as the status store keeps (and saves) it, made from a typed
+//! [`BootEvent`].
 
-use std::fmt;
-
+use ironpxe_core::event::{BootEvent, FieldValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tracing::field::{Field, Visit};
 
-/// The `tracing` target of ironpxe's boot events.
-pub const EVENT_TARGET: &str = "ironpxe::event";
+pub use ironpxe_core::EVENT_TARGET;
 
 /// One boot event: when, which, and its other fields.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,13 +57,6 @@ impl Record {
     }
 }
 
-/// Collects a `tracing` event's fields into an `event` name and details.
-#[derive(Default)]
-pub(crate) struct FieldCollector {
-    pub event: Option<String>,
-    pub details: Map<String, Value>,
-}
-
 /// The longest text kept from one event field: the store is bounded in events per
 /// machine, and this bounds each event.
 const MAX_FIELD_CHARS: usize = 512;
@@ -80,46 +70,24 @@ fn bounded(mut s: String) -> String {
     s
 }
 
-impl FieldCollector {
-    fn put(&mut self, field: &Field, value: Value) {
-        let value = match value {
-            Value::String(s) => Value::String(bounded(s)),
-            other => other,
-        };
-        if field.name() == "event" {
-            self.event = Some(match value {
-                Value::String(s) => s,
-                other => other.to_string(),
-            });
-        } else {
-            self.details.insert(field.name().to_string(), value);
+impl Record {
+    /// The record of `event`, at `t_ms`: its name and its fields, numbers and flags
+    /// kept as JSON numbers and booleans, text bounded.
+    pub fn from_event(t_ms: u64, event: &BootEvent) -> Self {
+        let mut details = Map::new();
+        event.fields(&mut |key, value| {
+            let v = match value {
+                FieldValue::Text(t) => Value::String(bounded(t.into_owned())),
+                FieldValue::Number(n) => Value::from(n),
+                FieldValue::Bool(b) => Value::from(b),
+            };
+            details.insert(key.to_string(), v);
+        });
+        Record {
+            t_ms,
+            event: event.name().to_string(),
+            details,
         }
-    }
-}
-
-impl Visit for FieldCollector {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.put(field, Value::String(format!("{value:?}")));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, Value::String(value.to_string()));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, Value::from(value));
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, Value::from(value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, Value::from(value));
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.put(field, Value::from(value));
     }
 }
 

@@ -8,7 +8,8 @@
 //! 1. a TFTP transfer's later events go where its `tftp.start` went (same peer
 //!    address and port);
 //! 2. the IP address a machine used for its script or boot callback (or its 4011
-//!    request) in the last [`StoreConfig::ip_valid_ms`];
+//!    request), or the one the DHCP side saw it request from the site server
+//!    (`dhcp.address`), in the last [`StoreConfig::ip_valid_ms`];
 //! 3. the server's neighbour (ARP) table, accepted only when it names a machine we
 //!    already know (a relayed client's entry is its router's MAC, which is not one);
 //! 4. for `tftp.start` only: the one machine that was offered this boot file over
@@ -259,6 +260,12 @@ impl Store {
                 let from_client = rec.event.starts_with("http.") || rec.event == "dhcp.ack";
                 if let (Some(ip), true) = (ip, from_client) {
                     self.learn_ip(ip, mac, t, &mut out);
+                }
+                // The DHCP side saw the address the machine is taking.
+                if rec.event == "dhcp.address" {
+                    if let Some(ip) = rec.text("ip").and_then(|i| i.parse().ok()) {
+                        self.learn_ip(ip, mac, t, &mut out);
+                    }
                 }
                 Some(mac)
             }

@@ -8,6 +8,7 @@ use ironpxe_core::{BootSpec, FileRef, StaticBooter};
 
 use super::*;
 use crate::store::peer_ip;
+use ironpxe_core::EventSink;
 
 const MAC: &str = "52:54:00:12:34:56";
 const MAC2: &str = "52:54:00:12:34:57";
@@ -297,6 +298,28 @@ fn ambiguous_tftp_waits_unattributed_until_the_script_names_the_ip() {
 }
 
 #[test]
+fn the_address_seen_by_dhcp_attributes_tftp_without_the_neighbour_table() {
+    // Two machines were offered the same file: only the DHCP-learned address tells
+    // them apart, and no neighbour table is consulted.
+    let st = Status::with_neighbors(StoreConfig::default(), Box::new(NoNeighbors));
+    st.record(offer(T0, MAC, "tftp", "undionly.kpxe"));
+    st.record(offer(T0, MAC2, "tftp", "undionly.kpxe"));
+    st.event(&ironpxe_core::BootEvent::DhcpClientAddress {
+        mac: mac(MAC2),
+        ip: "10.0.0.9".parse().unwrap(),
+    });
+    st.record(with_peer(
+        Record::new(T0 + 5, "tftp.start").with("file", "undionly.kpxe"),
+        "10.0.0.9:1000",
+    ));
+    assert_eq!(
+        st.store().machine(&mac(MAC2)).unwrap().state,
+        Some(Phase::Chainloading)
+    );
+    assert_eq!(st.store().unattributed().count(), 0);
+}
+
+#[test]
 fn the_neighbour_table_attributes_known_machines_only() {
     struct Fixed(MacAddr);
     impl Neighbors for Fixed {
@@ -505,23 +528,20 @@ fn the_state_directory_keeps_history_across_restarts() {
 }
 
 #[test]
-fn the_tracing_layer_records_only_boot_events() {
-    use tracing_subscriber::prelude::*;
+fn typed_events_are_recorded_with_their_fields() {
+    use ironpxe_core::event::DhcpAnswer;
     let st = status();
-    let sub = tracing_subscriber::registry().with(st.layer());
-    tracing::subscriber::with_default(sub, || {
-        tracing::info!(
-            target: "ironpxe::event",
-            event = "dhcp.offer",
-            mac = %mac(MAC),
-            arch = "bios",
-            ipxe = true,
-            path = "tftp",
-            boot = "undionly.kpxe",
-            xid = format_args!("{:#010x}", 0xabcdu32),
-        );
-        tracing::info!(target: "ironpxe::run", event = "dhcp.offer", mac = MAC2, "not a boot event");
-        tracing::info!(target: "ironpxe::event", "no event field");
+    st.event(&ironpxe_core::BootEvent::DhcpAnswered {
+        answer: DhcpAnswer::Offer,
+        mac: mac(MAC),
+        arch: ironpxe_core::ClientArch::Bios,
+        xid: 0xabcd,
+        ipxe: true,
+        path: "tftp",
+        boot: "undionly.kpxe".into(),
+        server: "10.77.1.2".parse().unwrap(),
+        peer: "0.0.0.0:68".parse().unwrap(),
+        via: "broadcast".into(),
     });
     let store = st.store();
     assert_eq!(store.machines().len(), 1);

@@ -12,8 +12,7 @@ use anyhow::{bail, Result};
 
 use crate::proc::LogLine;
 
-/// The tracing target of boot events.
-pub const EVENT_TARGET: &str = "ironpxe::event";
+pub use ironpxe_core::EVENT_TARGET;
 
 /// One boot event logged by ironpxe.
 #[derive(Debug, Clone)]
@@ -108,9 +107,17 @@ fn parse_json_line(line: &str) -> Option<(String, Vec<(String, String)>)> {
     let name = text(obj.get("event")?);
     let mut fields: Vec<(String, String)> = obj
         .iter()
-        .filter(|(k, _)| *k != "event")
+        .filter(|(k, _)| *k != "event" && *k != "message")
         .map(|(k, v)| (k.clone(), text(v)))
         .collect();
+    // A boot event's fields are rendered into its message as `k=v` pairs.
+    if let Some(m) = obj.get("message").and_then(|m| m.as_str()) {
+        for (k, v) in parse_kv(m) {
+            if !fields.iter().any(|(fk, _)| *fk == k) {
+                fields.push((k, v));
+            }
+        }
+    }
     if let Some(span) = v.get("span").and_then(|s| s.as_object()) {
         for (k, v) in span {
             if k != "name" && !fields.iter().any(|(fk, _)| fk == k) {

@@ -4,6 +4,7 @@
 use crate::files::{FileSource, OpenError};
 use crate::packet::{encode_error, ErrorCode, Mode, Packet, Request, MAX_BLKSIZE, MIN_BLKSIZE};
 use crate::transfer::{Outcome, TftpConfig, Transfer};
+use ironpxe_core::event::{emit, BootEvent};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,8 +13,6 @@ use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
-
-const EVENT: &str = "ironpxe::event";
 
 /// Serves read requests arriving on `socket` until `shutdown` completes.
 ///
@@ -90,13 +89,11 @@ async fn accept(
             match slots.clone().try_acquire_owned() {
                 Ok(permit) => Some((req, permit)),
                 Err(_) => {
-                    tracing::warn!(
-                        target: EVENT,
-                        event = "tftp.failed",
-                        file = %req.filename,
-                        %peer,
-                        reason = "server busy",
-                    );
+                    emit(BootEvent::TftpFailed {
+                        file: req.filename.clone(),
+                        peer,
+                        reason: "server busy".into(),
+                    });
                     refuse(
                         ErrorCode::NotDefined,
                         "server busy: too many transfers, retry later".into(),
@@ -146,7 +143,11 @@ async fn run_transfer(
 ) {
     let file = req.filename.as_str();
     let failed = |reason: &str| {
-        tracing::warn!(target: EVENT, event = "tftp.failed", file, %peer, reason);
+        emit(BootEvent::TftpFailed {
+            file: file.to_string(),
+            peer,
+            reason: reason.to_string(),
+        });
     };
     let sock = match UdpSocket::bind(SocketAddr::new(local_ip, 0)).await {
         Ok(s) => s,
@@ -195,16 +196,14 @@ async fn run_transfer(
     } else {
         Transfer::new(started, &req, data, &cfg)
     };
-    tracing::info!(
-        target: EVENT,
-        event = "tftp.start",
-        file,
-        %peer,
-        blksize = t.blksize(),
-        windowsize = t.windowsize(),
-        tsize = req.options.tsize.is_some(),
-        size = t.size(),
-    );
+    emit(BootEvent::TftpStart {
+        file: file.to_string(),
+        peer,
+        blksize: t.blksize(),
+        windowsize: t.windowsize(),
+        tsize: req.options.tsize.is_some(),
+        size: t.size(),
+    });
     let mut buf = vec![0u8; 2048];
     // One timer for the whole transfer, moved only when the deadline comes earlier
     // or after it fired. In lockstep the deadline moves forward on every ACK; letting
@@ -247,26 +246,22 @@ async fn run_transfer(
     match t.outcome() {
         Some(Outcome::Complete {
             bytes, retransmits, ..
-        }) => tracing::info!(
-            target: EVENT,
-            event = "tftp.done",
-            file,
-            %peer,
-            bytes,
+        }) => emit(BootEvent::TftpDone {
+            file: file.to_string(),
+            peer,
+            bytes: *bytes,
             duration_ms,
-            blksize = t.blksize(),
-            windowsize = t.windowsize(),
-            retransmits,
-        ),
-        Some(Outcome::Aborted { code, message }) => tracing::info!(
-            target: EVENT,
-            event = "tftp.aborted",
-            file,
-            %peer,
-            code = u16::from(*code),
-            message = %message,
+            blksize: t.blksize(),
+            windowsize: t.windowsize(),
+            retransmits: *retransmits,
+        }),
+        Some(Outcome::Aborted { code, message }) => emit(BootEvent::TftpAborted {
+            file: file.to_string(),
+            peer,
+            code: u16::from(*code),
+            message: message.to_string(),
             duration_ms,
-        ),
+        }),
         Some(Outcome::Failed { reason }) => failed(&reason.to_string()),
         None => failed("transfer stopped without an outcome"),
     }

@@ -1,42 +1,31 @@
-//! The `ironpxe::event` records the driver emits, captured with a tracing layer.
-//! One test per binary: it installs the global subscriber.
+//! The boot events the driver emits, captured as typed values by an event sink.
+//! One test per binary: it installs the process's sink.
 
 mod common;
 
 use common::*;
 use ironpxe_tftp::{ErrorCode, Options, Packet, TftpConfig};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::Layer;
 
 type Fields = BTreeMap<String, String>;
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<Fields>>>);
 
-struct Visitor<'a>(&'a mut Fields);
-
-impl Visit for Visitor<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), value.into());
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.insert(field.name().into(), format!("{value:?}"));
-    }
-}
-
-impl<S: tracing::Subscriber> Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        if event.metadata().target() != "ironpxe::event" {
-            return;
-        }
+impl ironpxe_core::EventSink for Capture {
+    fn event(&self, event: &ironpxe_core::BootEvent) {
         let mut f = Fields::new();
-        event.record(&mut Visitor(&mut f));
-        f.insert("level".into(), event.metadata().level().to_string());
+        f.insert("event".into(), event.name().into());
+        event.fields(&mut |k, v| {
+            f.insert(k.into(), v.to_string());
+        });
+        let level = match event.loudness() {
+            ironpxe_core::event::Loudness::Info => "INFO",
+            ironpxe_core::event::Loudness::Warn => "WARN",
+        };
+        f.insert("level".into(), level.into());
         self.0.lock().unwrap().push(f);
     }
 }
@@ -69,8 +58,7 @@ impl Capture {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_emit_start_done_aborted_and_failed() {
     let cap = Capture::default();
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(cap.clone()))
-        .unwrap();
+    assert!(ironpxe_core::event::set_sink(Arc::new(cap.clone())));
     let srv = Server::start(TftpConfig::default()).await;
     let addr = srv.addr;
     let c = cap.clone();

@@ -1,0 +1,748 @@
+//! Boot events: the one vocabulary of what happened while a machine booted.
+//!
+//! Every crate that serves a client (DHCP, TFTP, HTTP, the API client, the binary)
+//! describes what it did as a [`BootEvent`] and hands it to [`emit`]. From that one
+//! value:
+//!
+//! - the log line is rendered (a `tracing` event with target [`EVENT_TARGET`], a
+//!   field `event` holding [`BootEvent::name`], and the event's fields);
+//! - the installed [`EventSink`] (the status store, which also counts the metrics)
+//!   receives the typed event itself, whatever the log level.
+//!
+//! Field names and their rendering live here only: [`BootEvent::fields`] visits them
+//! in a fixed order, so the log, the status store and the lab all see the same keys.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+
+use crate::{ClientArch, FileId, MacAddr};
+
+/// The `tracing` target of boot events.
+pub const EVENT_TARGET: &str = "ironpxe::event";
+
+/// Which ProxyDHCP answer was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DhcpAnswer {
+    /// An OFFER to a DISCOVER on port 67.
+    Offer,
+    /// An ACK to a REQUEST or INFORM on port 4011.
+    Ack,
+}
+
+/// One thing that happened while serving a client.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BootEvent {
+    /// ProxyDHCP told a client what to boot.
+    DhcpAnswered {
+        /// OFFER or ACK.
+        answer: DhcpAnswer,
+        /// The client.
+        mac: MacAddr,
+        /// Its firmware.
+        arch: ClientArch,
+        /// The exchange.
+        xid: u32,
+        /// The client is already iPXE.
+        ipxe: bool,
+        /// How it boots: `tftp`, `http` or `httpboot`.
+        path: &'static str,
+        /// The TFTP file or URL it was given.
+        boot: String,
+        /// Our address, as announced.
+        server: IpAddr,
+        /// Where the request came from.
+        peer: SocketAddr,
+        /// `broadcast` or the unicast destination.
+        via: String,
+    },
+    /// ProxyDHCP did not answer a PXE client, and why.
+    DhcpIgnored {
+        /// The client.
+        mac: MacAddr,
+        /// The exchange.
+        xid: u32,
+        /// Where the request came from.
+        peer: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// Packets that needed a booter lookup were dropped: every lookup slot was busy.
+    /// Sent at most every few seconds, with the count since the last one.
+    DhcpDropped {
+        /// The machine of the packet that triggered this report.
+        mac: MacAddr,
+        /// Dropped since the last report.
+        count: u64,
+        /// Dropped since the start.
+        total: u64,
+        /// The number of lookup slots.
+        limit: usize,
+    },
+    /// The DHCP side saw which address a PXE client is taking (its REQUEST to the
+    /// site server names it), so later TFTP and HTTP requests from that address are
+    /// the machine's.
+    DhcpClientAddress {
+        /// The client.
+        mac: MacAddr,
+        /// The address it requested.
+        ip: IpAddr,
+    },
+    /// A TFTP transfer started.
+    TftpStart {
+        /// The requested file name.
+        file: String,
+        /// The client's address and port.
+        peer: SocketAddr,
+        /// Negotiated block size.
+        blksize: u16,
+        /// Negotiated window size.
+        windowsize: u16,
+        /// The client asked for the size.
+        tsize: bool,
+        /// The file's size.
+        size: u64,
+    },
+    /// A TFTP transfer sent the whole file.
+    TftpDone {
+        /// The requested file name.
+        file: String,
+        /// The client.
+        peer: SocketAddr,
+        /// Bytes sent.
+        bytes: u64,
+        /// How long it took.
+        duration_ms: u64,
+        /// Block size.
+        blksize: u16,
+        /// Window size.
+        windowsize: u16,
+        /// Retransmitted blocks.
+        retransmits: u64,
+    },
+    /// The client aborted a TFTP transfer (an ERROR packet; iPXE and EDK2 send one
+    /// after reading only the size).
+    TftpAborted {
+        /// The requested file name.
+        file: String,
+        /// The client.
+        peer: SocketAddr,
+        /// The client's error code.
+        code: u16,
+        /// The client's message.
+        message: String,
+        /// How long the transfer ran.
+        duration_ms: u64,
+    },
+    /// A TFTP request or transfer failed on our side.
+    TftpFailed {
+        /// The requested file name.
+        file: String,
+        /// The client.
+        peer: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// An iPXE script was served.
+    HttpScript {
+        /// The machine.
+        mac: MacAddr,
+        /// Its firmware.
+        arch: ClientArch,
+        /// Script length.
+        bytes: u64,
+        /// The script came verbatim from the booter (the API's `ipxe-script`).
+        custom: bool,
+        /// The client.
+        peer: Option<SocketAddr>,
+    },
+    /// The "boot from local disk" script was served.
+    HttpLocal {
+        /// The machine.
+        mac: MacAddr,
+        /// Its firmware.
+        arch: ClientArch,
+        /// The client.
+        peer: Option<SocketAddr>,
+    },
+    /// A script request was refused, and why.
+    HttpIgnored {
+        /// The machine.
+        mac: MacAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The script's last call before `boot`.
+    HttpBooting {
+        /// The machine.
+        mac: MacAddr,
+        /// Its firmware.
+        arch: ClientArch,
+        /// The client.
+        peer: Option<SocketAddr>,
+    },
+    /// An iPXE binary was requested over HTTP (UEFI HTTP Boot).
+    HttpBinary {
+        /// Its file name.
+        file: String,
+        /// Its size.
+        bytes: u64,
+        /// A HEAD request.
+        head: bool,
+        /// The client.
+        peer: Option<SocketAddr>,
+    },
+    /// A file download started.
+    FileStart {
+        /// The served id.
+        id: FileId,
+        /// The file behind it.
+        file: String,
+        /// Bytes to send, when known (a remote file may not say).
+        bytes: Option<u64>,
+        /// The Range asked for, or empty.
+        range: String,
+        /// The client.
+        peer: Option<SocketAddr>,
+    },
+    /// A file download was sent to its end.
+    FileDone {
+        /// The served id.
+        id: FileId,
+        /// Bytes sent.
+        bytes: u64,
+        /// How long it took.
+        duration_ms: u64,
+        /// The client.
+        peer: Option<SocketAddr>,
+    },
+    /// A file download stopped early (read error, short file, client went away).
+    FileFailed {
+        /// The served id.
+        id: FileId,
+        /// Bytes sent.
+        bytes: u64,
+        /// Bytes that should have been sent, when known.
+        expected: Option<u64>,
+        /// How long it ran.
+        duration_ms: u64,
+        /// The client.
+        peer: Option<SocketAddr>,
+        /// Why.
+        reason: String,
+    },
+    /// The API answered about a machine.
+    ApiAnswer {
+        /// The machine.
+        mac: MacAddr,
+        /// `netboot` or `ipxe-script`.
+        answer: &'static str,
+        /// How many files the answer named.
+        files: u64,
+    },
+    /// The API declined a machine (a non-200 answer, or no file in the tree).
+    ApiDeclined {
+        /// The machine.
+        mac: MacAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The API could not be used for a machine (bad JSON, timeout, unreachable).
+    ApiError {
+        /// The machine.
+        mac: MacAddr,
+        /// Why.
+        reason: String,
+    },
+    /// A changed configuration file was applied.
+    ConfigReloaded {
+        /// The file.
+        file: String,
+        /// What noticed the change.
+        trigger: &'static str,
+        /// A summary of the new configuration.
+        summary: String,
+    },
+    /// A changed configuration file was refused; the previous one keeps serving.
+    ConfigRejected {
+        /// The file.
+        file: String,
+        /// What noticed the change.
+        trigger: &'static str,
+        /// How many problems it has.
+        problems: u64,
+        /// The first one.
+        reason: String,
+    },
+}
+
+/// One field value of an event, as the log and the status store take it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FieldValue<'a> {
+    /// Text (addresses, names, reasons).
+    Text(Cow<'a, str>),
+    /// A count, size or duration.
+    Number(u64),
+    /// A flag.
+    Bool(bool),
+}
+
+impl std::fmt::Display for FieldValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FieldValue::Text(t) => f.write_str(t),
+            FieldValue::Number(n) => write!(f, "{n}"),
+            FieldValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+fn text<'a>(s: impl Into<Cow<'a, str>>) -> FieldValue<'a> {
+    FieldValue::Text(s.into())
+}
+
+fn shown(v: &impl ToString) -> FieldValue<'static> {
+    FieldValue::Text(Cow::Owned(v.to_string()))
+}
+
+/// An HTTP client's address; `-` when the connection did not say.
+fn client(peer: &Option<SocketAddr>) -> FieldValue<'static> {
+    match peer {
+        Some(p) => shown(p),
+        None => text("-"),
+    }
+}
+
+/// How loud an event is in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loudness {
+    /// Normal progress.
+    Info,
+    /// Something failed.
+    Warn,
+}
+
+impl BootEvent {
+    /// The event's name, e.g. `dhcp.offer`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BootEvent::DhcpAnswered {
+                answer: DhcpAnswer::Offer,
+                ..
+            } => "dhcp.offer",
+            BootEvent::DhcpAnswered {
+                answer: DhcpAnswer::Ack,
+                ..
+            } => "dhcp.ack",
+            BootEvent::DhcpIgnored { .. } => "dhcp.ignore",
+            BootEvent::DhcpDropped { .. } => "dhcp.dropped",
+            BootEvent::DhcpClientAddress { .. } => "dhcp.address",
+            BootEvent::TftpStart { .. } => "tftp.start",
+            BootEvent::TftpDone { .. } => "tftp.done",
+            BootEvent::TftpAborted { .. } => "tftp.aborted",
+            BootEvent::TftpFailed { .. } => "tftp.failed",
+            BootEvent::HttpScript { .. } => "http.script",
+            BootEvent::HttpLocal { .. } => "http.local",
+            BootEvent::HttpIgnored { .. } => "http.ignored",
+            BootEvent::HttpBooting { .. } => "http.booting",
+            BootEvent::HttpBinary { .. } => "http.bin",
+            BootEvent::FileStart { .. } => "http.file.start",
+            BootEvent::FileDone { .. } => "http.file.done",
+            BootEvent::FileFailed { .. } => "http.file.failed",
+            BootEvent::ApiAnswer { .. } => "api.answer",
+            BootEvent::ApiDeclined { .. } => "api.declined",
+            BootEvent::ApiError { .. } => "api.error",
+            BootEvent::ConfigReloaded { .. } => "config.reloaded",
+            BootEvent::ConfigRejected { .. } => "config.rejected",
+        }
+    }
+
+    /// The machine the event names, when it names one.
+    pub fn mac(&self) -> Option<MacAddr> {
+        match self {
+            BootEvent::DhcpAnswered { mac, .. }
+            | BootEvent::DhcpIgnored { mac, .. }
+            | BootEvent::DhcpDropped { mac, .. }
+            | BootEvent::DhcpClientAddress { mac, .. }
+            | BootEvent::HttpScript { mac, .. }
+            | BootEvent::HttpLocal { mac, .. }
+            | BootEvent::HttpIgnored { mac, .. }
+            | BootEvent::HttpBooting { mac, .. }
+            | BootEvent::ApiAnswer { mac, .. }
+            | BootEvent::ApiDeclined { mac, .. }
+            | BootEvent::ApiError { mac, .. } => Some(*mac),
+            _ => None,
+        }
+    }
+
+    /// The client's address and port, when the event came from a client request.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        match self {
+            BootEvent::DhcpAnswered { peer, .. }
+            | BootEvent::DhcpIgnored { peer, .. }
+            | BootEvent::TftpStart { peer, .. }
+            | BootEvent::TftpDone { peer, .. }
+            | BootEvent::TftpAborted { peer, .. }
+            | BootEvent::TftpFailed { peer, .. } => Some(*peer),
+            BootEvent::HttpScript { peer, .. }
+            | BootEvent::HttpLocal { peer, .. }
+            | BootEvent::HttpBooting { peer, .. }
+            | BootEvent::HttpBinary { peer, .. }
+            | BootEvent::FileStart { peer, .. }
+            | BootEvent::FileDone { peer, .. }
+            | BootEvent::FileFailed { peer, .. } => *peer,
+            _ => None,
+        }
+    }
+
+    /// Whether the log shows it as a warning.
+    pub fn loudness(&self) -> Loudness {
+        match self {
+            BootEvent::DhcpDropped { .. }
+            | BootEvent::TftpFailed { .. }
+            | BootEvent::FileFailed { .. }
+            | BootEvent::ApiError { .. }
+            | BootEvent::ConfigRejected { .. } => Loudness::Warn,
+            _ => Loudness::Info,
+        }
+    }
+
+    /// Visits every field but the name, in a fixed order: `(key, value)`.
+    pub fn fields(&self, f: &mut dyn FnMut(&'static str, FieldValue<'_>)) {
+        use FieldValue::{Bool, Number};
+        match self {
+            BootEvent::DhcpAnswered {
+                answer: _,
+                mac,
+                arch,
+                xid,
+                ipxe,
+                path,
+                boot,
+                server,
+                peer,
+                via,
+            } => {
+                f("mac", shown(mac));
+                f("arch", shown(arch));
+                f("xid", text(format!("{xid:#010x}")));
+                f("ipxe", Bool(*ipxe));
+                f("path", text(*path));
+                f("boot", text(boot.as_str()));
+                f("server", shown(server));
+                f("peer", shown(peer));
+                f("via", text(via.as_str()));
+            }
+            BootEvent::DhcpIgnored {
+                mac,
+                xid,
+                peer,
+                reason,
+            } => {
+                f("mac", shown(mac));
+                f("xid", text(format!("{xid:#010x}")));
+                f("peer", shown(peer));
+                f("reason", text(reason.as_str()));
+            }
+            BootEvent::DhcpDropped {
+                mac,
+                count,
+                total,
+                limit,
+            } => {
+                f("mac", shown(mac));
+                f("count", Number(*count));
+                f("total", Number(*total));
+                f("limit", Number(*limit as u64));
+            }
+            BootEvent::DhcpClientAddress { mac, ip } => {
+                f("mac", shown(mac));
+                f("ip", shown(ip));
+            }
+            BootEvent::TftpStart {
+                file,
+                peer,
+                blksize,
+                windowsize,
+                tsize,
+                size,
+            } => {
+                f("file", text(file.as_str()));
+                f("peer", shown(peer));
+                f("blksize", Number(u64::from(*blksize)));
+                f("windowsize", Number(u64::from(*windowsize)));
+                f("tsize", Bool(*tsize));
+                f("size", Number(*size));
+            }
+            BootEvent::TftpDone {
+                file,
+                peer,
+                bytes,
+                duration_ms,
+                blksize,
+                windowsize,
+                retransmits,
+            } => {
+                f("file", text(file.as_str()));
+                f("peer", shown(peer));
+                f("bytes", Number(*bytes));
+                f("duration_ms", Number(*duration_ms));
+                f("blksize", Number(u64::from(*blksize)));
+                f("windowsize", Number(u64::from(*windowsize)));
+                f("retransmits", Number(*retransmits));
+            }
+            BootEvent::TftpAborted {
+                file,
+                peer,
+                code,
+                message,
+                duration_ms,
+            } => {
+                f("file", text(file.as_str()));
+                f("peer", shown(peer));
+                f("code", Number(u64::from(*code)));
+                f("message", text(message.as_str()));
+                f("duration_ms", Number(*duration_ms));
+            }
+            BootEvent::TftpFailed { file, peer, reason } => {
+                f("file", text(file.as_str()));
+                f("peer", shown(peer));
+                f("reason", text(reason.as_str()));
+            }
+            BootEvent::HttpScript {
+                mac,
+                arch,
+                bytes,
+                custom,
+                peer,
+            } => {
+                f("mac", shown(mac));
+                f("arch", shown(arch));
+                if *custom {
+                    f("custom", Bool(true));
+                }
+                f("bytes", Number(*bytes));
+                f("peer", client(peer));
+            }
+            BootEvent::HttpLocal { mac, arch, peer }
+            | BootEvent::HttpBooting { mac, arch, peer } => {
+                f("mac", shown(mac));
+                f("arch", shown(arch));
+                f("peer", client(peer));
+            }
+            BootEvent::HttpIgnored { mac, reason }
+            | BootEvent::ApiDeclined { mac, reason }
+            | BootEvent::ApiError { mac, reason } => {
+                f("mac", shown(mac));
+                f("reason", text(reason.as_str()));
+            }
+            BootEvent::HttpBinary {
+                file,
+                bytes,
+                head,
+                peer,
+            } => {
+                f("file", text(file.as_str()));
+                f("bytes", Number(*bytes));
+                f("head", Bool(*head));
+                f("peer", client(peer));
+            }
+            BootEvent::FileStart {
+                id,
+                file,
+                bytes,
+                range,
+                peer,
+            } => {
+                f("id", shown(id));
+                f("file", text(file.as_str()));
+                if let Some(b) = bytes {
+                    f("bytes", Number(*b));
+                }
+                f("range", text(range.as_str()));
+                f("peer", client(peer));
+            }
+            BootEvent::FileDone {
+                id,
+                bytes,
+                duration_ms,
+                peer,
+            } => {
+                f("id", shown(id));
+                f("bytes", Number(*bytes));
+                f("duration_ms", Number(*duration_ms));
+                f("peer", client(peer));
+            }
+            BootEvent::FileFailed {
+                id,
+                bytes,
+                expected,
+                duration_ms,
+                peer,
+                reason,
+            } => {
+                f("id", shown(id));
+                f("bytes", Number(*bytes));
+                if let Some(e) = expected {
+                    f("expected", Number(*e));
+                }
+                f("duration_ms", Number(*duration_ms));
+                f("peer", client(peer));
+                f("reason", text(reason.as_str()));
+            }
+            BootEvent::ApiAnswer { mac, answer, files } => {
+                f("mac", shown(mac));
+                f("answer", text(*answer));
+                f("files", Number(*files));
+            }
+            BootEvent::ConfigReloaded {
+                file,
+                trigger,
+                summary,
+            } => {
+                f("file", text(file.as_str()));
+                f("trigger", text(*trigger));
+                f("summary", text(summary.as_str()));
+            }
+            BootEvent::ConfigRejected {
+                file,
+                trigger,
+                problems,
+                reason,
+            } => {
+                f("file", text(file.as_str()));
+                f("trigger", text(*trigger));
+                f("problems", Number(*problems));
+                f("reason", text(reason.as_str()));
+            }
+        }
+    }
+
+    /// The fields as `key=value` pairs separated by spaces, values with spaces or
+    /// quotes in double quotes (the log's rendering).
+    pub fn render_fields(&self) -> String {
+        let mut out = String::new();
+        self.fields(&mut |k, v| {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(k);
+            out.push('=');
+            let v = v.to_string();
+            if v.is_empty() || v.contains([' ', '"', '=']) {
+                out.push('"');
+                for c in v.chars() {
+                    if c == '"' || c == '\\' {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+                out.push('"');
+            } else {
+                out.push_str(&v);
+            }
+        });
+        out
+    }
+}
+
+/// Receives every event [`emit`] is given (the status store).
+pub trait EventSink: Send + Sync + 'static {
+    /// One event, as it happened.
+    fn event(&self, event: &BootEvent);
+}
+
+static SINK: OnceLock<Arc<dyn EventSink>> = OnceLock::new();
+
+/// Installs the process's event sink (the binary does, once, at start). Returns
+/// `false` if one was installed already.
+pub fn set_sink(sink: Arc<dyn EventSink>) -> bool {
+    SINK.set(sink).is_ok()
+}
+
+/// Reports `event`: logs it and hands it to the installed sink.
+pub fn emit(event: BootEvent) {
+    let name = event.name();
+    match event.loudness() {
+        Loudness::Info => {
+            if tracing::enabled!(target: EVENT_TARGET, tracing::Level::INFO) {
+                let fields = event.render_fields();
+                tracing::info!(target: EVENT_TARGET, event = name, "{fields}");
+            }
+        }
+        Loudness::Warn => {
+            if tracing::enabled!(target: EVENT_TARGET, tracing::Level::WARN) {
+                let fields = event.render_fields();
+                tracing::warn!(target: EVENT_TARGET, event = name, "{fields}");
+            }
+        }
+    }
+    if let Some(sink) = SINK.get() {
+        sink.event(&event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_render_as_key_value_pairs() {
+        let ev = BootEvent::TftpFailed {
+            file: "undionly.kpxe".into(),
+            peer: "10.0.0.9:2070".parse().unwrap(),
+            reason: "server busy".into(),
+        };
+        assert_eq!(ev.name(), "tftp.failed");
+        assert_eq!(ev.loudness(), Loudness::Warn);
+        assert_eq!(
+            ev.render_fields(),
+            r#"file=undionly.kpxe peer=10.0.0.9:2070 reason="server busy""#
+        );
+        assert_eq!(ev.peer(), Some("10.0.0.9:2070".parse().unwrap()));
+        assert_eq!(ev.mac(), None);
+    }
+
+    #[test]
+    fn offers_and_acks_share_a_variant_but_not_a_name() {
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let offer = BootEvent::DhcpAnswered {
+            answer: DhcpAnswer::Offer,
+            mac,
+            arch: ClientArch::Bios,
+            xid: 0x1234,
+            ipxe: false,
+            path: "tftp",
+            boot: "undionly.kpxe".into(),
+            server: "10.0.0.2".parse().unwrap(),
+            peer: "0.0.0.0:68".parse().unwrap(),
+            via: "broadcast".into(),
+        };
+        let mut ack = offer.clone();
+        if let BootEvent::DhcpAnswered { answer, .. } = &mut ack {
+            *answer = DhcpAnswer::Ack;
+        }
+        assert_eq!(offer.name(), "dhcp.offer");
+        assert_eq!(ack.name(), "dhcp.ack");
+        assert_eq!(ack.mac(), Some(mac));
+        let mut keys = Vec::new();
+        offer.fields(&mut |k, _| keys.push(k));
+        assert_eq!(
+            keys,
+            ["mac", "arch", "xid", "ipxe", "path", "boot", "server", "peer", "via"]
+        );
+        assert!(offer.render_fields().contains("xid=0x00001234"));
+    }
+
+    #[test]
+    fn quotes_inside_values_are_escaped() {
+        let ev = BootEvent::HttpIgnored {
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            reason: r#"say "no""#.into(),
+        };
+        assert_eq!(
+            ev.render_fields(),
+            r#"mac=02:00:00:00:00:01 reason="say \"no\"""#
+        );
+    }
+}
