@@ -13,6 +13,9 @@
 //!   [`ConfigBooter`] answers per MAC from a validated [`Config`] (the TOML file of
 //!   `ironpxe serve`), and [`SwapBooter`] lets a running server replace its booter.
 //! - [`template`] expands `{{ URL "x" }}` / `{{ ID "x" }}` in command lines.
+//! - [`urls`] builds and parses every URL ironpxe hands out ([`BootUrls`]): the
+//!   script URL ProxyDHCP announces, the file and callback URLs of a script, and the
+//!   iPXE binaries of UEFI HTTP Boot.
 //!
 //! Data flows one way: the DHCP core asks the booter whether to answer a MAC at all,
 //! the HTTP server asks it for the spec to render a script and for the files the
@@ -24,9 +27,11 @@ pub mod config;
 mod mac;
 mod spec;
 pub mod template;
+pub mod urls;
 
 pub use arch::ClientArch;
 pub use booter::{BootDecision, Booter, StaticBooter, SwapBooter};
 pub use config::{Config, ConfigBooter};
 pub use mac::{MacAddr, MacParseError};
 pub use spec::{BootSpec, FileId, FileRef, FileRefError};
+pub use urls::BootUrls;
