@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode};
-use ironpxe_core::{BootDecision, Booter, ClientArch, MacAddr};
+use ironpxe_core::{BootDecision, BootUrls, Booter, ClientArch, MacAddr};
 
 use crate::request::{NotPxe, PxeRequest, VendorClass};
 
@@ -60,10 +60,6 @@ impl IpxeBinaries {
         file.map(String::as_str)
     }
 }
-
-/// Path under which ironpxe's HTTP server serves the iPXE binaries by file name
-/// (`http://<server>/_/bin/snponly.efi`); UEFI HTTP Boot clients get such a URL.
-pub const BINARY_URL_PATH: &str = "/_/bin/";
 
 /// Settings of the decision core.
 #[derive(Clone, Debug)]
@@ -346,13 +342,9 @@ fn choose_path(
     }
 }
 
-/// `ip` or `ip:port` of our HTTP server, as seen on the receiving interface.
-fn http_host(cfg: &ProxyConfig, meta: &RecvMeta) -> String {
-    if cfg.http_port == 80 {
-        meta.local_ip.to_string()
-    } else {
-        format!("{}:{}", meta.local_ip, cfg.http_port)
-    }
+/// Our HTTP server, as seen on the receiving interface.
+fn boot_urls(cfg: &ProxyConfig, meta: &RecvMeta) -> BootUrls {
+    BootUrls::http(meta.local_ip, cfg.http_port)
 }
 
 fn http_boot_path(
@@ -365,18 +357,13 @@ fn http_boot_path(
         .for_http_boot(req.arch)
         .ok_or(Ignored::NoHttpBinary(req.arch))?;
     Ok(BootPath::HttpBoot {
-        url: format!("http://{}{BINARY_URL_PATH}{file}", http_host(cfg, meta)),
+        url: boot_urls(cfg, meta).binary(file),
     })
 }
 
 fn script(cfg: &ProxyConfig, req: &PxeRequest, meta: &RecvMeta) -> BootPath {
-    let host = http_host(cfg, meta);
     BootPath::Script {
-        url: format!(
-            "http://{host}/_/ipxe?arch={}&mac={}",
-            req.arch.code(),
-            req.mac
-        ),
+        url: boot_urls(cfg, meta).script(req.mac, req.arch),
     }
 }
 

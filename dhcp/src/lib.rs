@@ -29,7 +29,7 @@ pub mod sock;
 
 pub use decide::{
     decide, BootPath, ChainloadMemory, Destination, Ignored, IpxeBinaries, ProxyConfig, RecvMeta,
-    Reply, ServerPort, BINARY_URL_PATH,
+    Reply, ServerPort,
 };
 pub use request::{IpxeInfo, NotPxe, PxeRequest, VendorClass};
 pub use server::serve;

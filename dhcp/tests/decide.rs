@@ -246,7 +246,7 @@ fn ipxe_with_http_gets_the_script_url_directly() {
         &mut mem,
     )
     .unwrap();
-    let url = "http://10.77.0.2:8080/_/ipxe?arch=0&mac=52:54:00:12:34:56";
+    let url = "http://10.77.0.2:8080/_/ipxe?mac=52:54:00:12:34:56&arch=0";
     assert_eq!(r.path, BootPath::Script { url: url.into() });
     let m = roundtrip(&r.message);
     assert_eq!(fname(&m), Some(url.as_bytes()));
@@ -278,7 +278,7 @@ fn port_80_is_left_out_of_the_url() {
     .unwrap();
     assert_eq!(
         r.path.target(),
-        "http://10.77.0.2/_/ipxe?arch=0&mac=52:54:00:12:34:56"
+        "http://10.77.0.2/_/ipxe?mac=52:54:00:12:34:56&arch=0"
     );
 }
 

@@ -62,7 +62,7 @@ fn run(name: &str, port: ServerPort) -> Result<Reply, Ignored> {
 
 fn script(arch: u16, mac: &str) -> BootPath {
     BootPath::Script {
-        url: format!("http://10.77.0.2:8080/_/ipxe?arch={arch}&mac={mac}"),
+        url: format!("http://10.77.0.2:8080/_/ipxe?mac={mac}&arch={arch}"),
     }
 }
 
