@@ -16,6 +16,9 @@
 //! - [`urls`] builds and parses every URL ironpxe hands out ([`BootUrls`]): the
 //!   script URL ProxyDHCP announces, the file and callback URLs of a script, and the
 //!   iPXE binaries of UEFI HTTP Boot.
+//! - [`ipxe_role`] is the table of iPXE binary roles ([`IpxeRole`]): their flags,
+//!   config keys, default file names and the firmware each serves, and
+//!   [`IpxeBinaries`], the file chosen per role.
 //!
 //! Data flows one way: the DHCP core asks the booter whether to answer a MAC at all,
 //! the HTTP server asks it for the spec to render a script and for the files the
@@ -24,6 +27,7 @@
 mod arch;
 mod booter;
 pub mod config;
+pub mod ipxe_role;
 mod mac;
 mod spec;
 pub mod template;
@@ -32,6 +36,7 @@ pub mod urls;
 pub use arch::ClientArch;
 pub use booter::{BootDecision, Booter, StaticBooter, SwapBooter};
 pub use config::{Config, ConfigBooter};
+pub use ipxe_role::{IpxeBinaries, IpxeRole, RoleMap};
 pub use mac::{MacAddr, MacParseError};
 pub use spec::{BootSpec, FileId, FileRef, FileRefError};
 pub use urls::BootUrls;

@@ -9,7 +9,7 @@ use dhcproto::v4::{
 };
 use dhcproto::{Decodable, Decoder, Encodable};
 use ironpxe_core::{
-    BootDecision, BootSpec, Booter, ClientArch, FileId, FileRef, MacAddr, StaticBooter,
+    BootDecision, BootSpec, Booter, ClientArch, FileId, FileRef, IpxeRole, MacAddr, StaticBooter,
 };
 use ironpxe_dhcp::{
     decide, BootPath, ChainloadMemory, Destination, Ignored, IpxeBinaries, NotPxe, ProxyConfig,
@@ -31,14 +31,9 @@ fn booter() -> StaticBooter {
 fn cfg() -> ProxyConfig {
     ProxyConfig {
         http_port: 8080,
-        binaries: IpxeBinaries {
-            bios: Some("undionly.kpxe".into()),
-            efi32: None,
-            efi64: Some("ipxe.efi".into()),
-            ipxe: None,
-            arm64: None,
-            http_efi64: None,
-        },
+        binaries: IpxeBinaries::default()
+            .with(IpxeRole::Bios, "undionly.kpxe")
+            .with(IpxeRole::Efi64, "ipxe.efi"),
         ..ProxyConfig::default()
     }
 }
@@ -287,10 +282,7 @@ fn ipxe_without_http_is_chainloaded_once_then_left_alone() {
     let mut mem = ChainloadMemory::default();
     let t0 = Instant::now();
     let c = ProxyConfig {
-        binaries: IpxeBinaries {
-            ipxe: Some("ipxe.pxe".into()),
-            ..cfg().binaries
-        },
+        binaries: cfg().binaries.with(IpxeRole::Ipxe, "ipxe.pxe"),
         ..cfg()
     };
     let first = Client::ipxe(false);
@@ -545,10 +537,7 @@ fn unknown_and_unsupported_firmware_is_ignored_with_a_reason() {
         ..Client::firmware(16)
     };
     let no_x64 = ProxyConfig {
-        binaries: IpxeBinaries {
-            efi64: None,
-            ..cfg().binaries
-        },
+        binaries: cfg().binaries.without(IpxeRole::Efi64),
         ..cfg()
     };
     let err = run(
