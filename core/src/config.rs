@@ -43,6 +43,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::ipxe_role::{IpxeRole, RoleMap};
 use crate::template::resolve_cmdline;
 use crate::{BootDecision, BootSpec, Booter, ClientArch, FileId, FileRef, MacAddr};
 
@@ -140,20 +141,9 @@ pub struct ServerSettings {
     pub status_port: Option<u16>,
 }
 
-/// `[ipxe]`: iPXE binaries by role, relative paths resolved against the file.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IpxePaths {
-    /// x86 BIOS (undionly.kpxe).
-    pub bios: Option<PathBuf>,
-    /// 32-bit EFI.
-    pub efi32: Option<PathBuf>,
-    /// 64-bit EFI.
-    pub efi64: Option<PathBuf>,
-    /// arm64 EFI.
-    pub arm64: Option<PathBuf>,
-    /// For BIOS clients already running an iPXE without HTTP (ipxe.pxe).
-    pub ipxe: Option<PathBuf>,
-}
+/// `[ipxe]`: iPXE binaries by role (keys as in [`IpxeRole::config_key`]), relative
+/// paths resolved against the file.
+pub type IpxePaths = RoleMap<PathBuf>;
 
 /// A validated configuration.
 #[derive(Debug)]
@@ -243,15 +233,8 @@ struct RawServer {
     default_profile: Option<S>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawIpxe {
-    bios: Option<S>,
-    efi32: Option<S>,
-    efi64: Option<S>,
-    arm64: Option<S>,
-    ipxe: Option<S>,
-}
+/// Keys are checked against the role table during validation.
+type RawIpxe = BTreeMap<S, S>;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -344,8 +327,7 @@ impl Validator<'_> {
         }
     }
 
-    fn path_at(&mut self, v: &Option<S>, key: &str) -> Option<PathBuf> {
-        let v = v.as_ref()?;
+    fn path_at(&mut self, v: &S, key: &str) -> Option<PathBuf> {
         let p = PathBuf::from(v.get_ref());
         if v.get_ref().is_empty() {
             self.problem(v.span().start, key, "empty path");
@@ -496,14 +478,28 @@ impl Config {
         };
 
         // [ipxe]
-        let i = &raw.ipxe;
-        let ipxe = IpxePaths {
-            bios: v.path_at(&i.bios, "ipxe.bios"),
-            efi32: v.path_at(&i.efi32, "ipxe.efi32"),
-            efi64: v.path_at(&i.efi64, "ipxe.efi64"),
-            arm64: v.path_at(&i.arm64, "ipxe.arm64"),
-            ipxe: v.path_at(&i.ipxe, "ipxe.ipxe"),
-        };
+        let mut ipxe = IpxePaths::default();
+        for (key, path) in &raw.ipxe {
+            let name = format!("ipxe.{}", key.get_ref());
+            match IpxeRole::from_config_key(key.get_ref()) {
+                Some(role) => {
+                    if let Some(p) = v.path_at(path, &name) {
+                        ipxe.insert(role, p);
+                    }
+                }
+                None => {
+                    let known: Vec<&str> = IpxeRole::ALL
+                        .iter()
+                        .filter_map(|r| r.config_key())
+                        .collect();
+                    v.problem(
+                        key.span().start,
+                        name,
+                        format!("unknown key, expected one of {}", known.join(", ")),
+                    );
+                }
+            }
+        }
 
         // [profiles.NAME]
         let mut profiles: HashMap<String, (Resolved, usize)> = HashMap::new();

@@ -15,6 +15,12 @@
 //! - [`event`]: [`BootEvent`], the one typed vocabulary of what happened during a
 //!   boot; [`emit`] logs it and hands it to the status store.
 //! - [`template`] expands `{{ URL "x" }}` / `{{ ID "x" }}` in command lines.
+//! - [`urls`] builds and parses every URL ironpxe hands out ([`BootUrls`]): the
+//!   script URL ProxyDHCP announces, the file and callback URLs of a script, and the
+//!   iPXE binaries of UEFI HTTP Boot.
+//! - [`ipxe_role`] is the table of iPXE binary roles ([`IpxeRole`]): their flags,
+//!   config keys, default file names and the firmware each serves, and
+//!   [`IpxeBinaries`], the file chosen per role.
 //!
 //! Data flows one way: the DHCP core asks the booter whether to answer a MAC at all,
 //! the HTTP server asks it for the spec to render a script and for the files the
@@ -24,13 +30,17 @@ mod arch;
 mod booter;
 pub mod config;
 pub mod event;
+pub mod ipxe_role;
 mod mac;
 mod spec;
 pub mod template;
+pub mod urls;
 
 pub use arch::ClientArch;
 pub use booter::{BootDecision, Booter, StaticBooter, SwapBooter};
 pub use config::{Config, ConfigBooter};
 pub use event::{emit, BootEvent, EventSink, EVENT_TARGET};
+pub use ipxe_role::{IpxeBinaries, IpxeRole, RoleMap};
 pub use mac::{MacAddr, MacParseError};
 pub use spec::{BootSpec, FileId, FileRef, FileRefError};
+pub use urls::BootUrls;

@@ -8,62 +8,13 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode};
-use ironpxe_core::{BootDecision, Booter, ClientArch, MacAddr};
+use ironpxe_core::{BootDecision, BootUrls, Booter, ClientArch, MacAddr};
 
 use crate::request::{NotPxe, PxeRequest, VendorClass};
 
-/// The TFTP names of the iPXE binaries ironpxe can chainload, per firmware.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IpxeBinaries {
-    /// x86 BIOS (option 93 = 0), e.g. `undionly.kpxe`.
-    pub bios: Option<String>,
-    /// EFI IA32 (6).
-    pub efi32: Option<String>,
-    /// EFI x64 (7, 9), e.g. `ipxe.efi`, or `snponly.efi` when the operator prefers
-    /// the firmware's own network driver.
-    pub efi64: Option<String>,
-    /// EFI ARM64 (11), e.g. `snp.efi` of an arm64 iPXE build.
-    pub arm64: Option<String>,
-    /// The x64 binary UEFI HTTP Boot clients (16) download; falls back to `efi64`.
-    /// An HTTP Boot client has just used the firmware's network driver, so
-    /// `snponly.efi` is safe there and starts about 4 s faster than `ipxe.efi`.
-    pub http_efi64: Option<String>,
-    /// Served instead of the firmware binary to BIOS clients that are already iPXE
-    /// (pixiecore's `--ipxe-ipxe`), e.g. `ipxe.pxe`.
-    pub ipxe: Option<String>,
-}
-
-impl IpxeBinaries {
-    /// The binary a client of `arch` is chainloaded with, if one is configured.
-    pub fn for_arch(&self, arch: ClientArch, already_ipxe: bool) -> Option<&str> {
-        let file = match arch {
-            ClientArch::Bios if already_ipxe => self.ipxe.as_ref().or(self.bios.as_ref()),
-            ClientArch::Bios => self.bios.as_ref(),
-            ClientArch::EfiIa32 => self.efi32.as_ref(),
-            ClientArch::EfiX64 | ClientArch::EfiBc => self.efi64.as_ref(),
-            ClientArch::EfiArm64 => self.arm64.as_ref(),
-            _ => None,
-        };
-        file.map(String::as_str)
-    }
-
-    /// The binary a UEFI HTTP Boot client of `arch` downloads, if one is configured.
-    pub fn for_http_boot(&self, arch: ClientArch) -> Option<&str> {
-        let file = match arch {
-            ClientArch::HttpIa32 | ClientArch::EfiIa32 => self.efi32.as_ref(),
-            ClientArch::HttpX64 | ClientArch::EfiX64 | ClientArch::EfiBc => {
-                self.http_efi64.as_ref().or(self.efi64.as_ref())
-            }
-            ClientArch::HttpArm64 | ClientArch::EfiArm64 => self.arm64.as_ref(),
-            _ => None,
-        };
-        file.map(String::as_str)
-    }
-}
-
-/// Path under which ironpxe's HTTP server serves the iPXE binaries by file name
-/// (`http://<server>/_/bin/snponly.efi`); UEFI HTTP Boot clients get such a URL.
-pub const BINARY_URL_PATH: &str = "/_/bin/";
+/// The TFTP names of the iPXE binaries ironpxe can chainload, per role; the role
+/// table in `ironpxe_core::ipxe_role` says which firmware gets which.
+pub use ironpxe_core::IpxeBinaries;
 
 /// Settings of the decision core.
 #[derive(Clone, Debug)]
@@ -420,13 +371,9 @@ fn choose_path(
     }
 }
 
-/// `ip` or `ip:port` of our HTTP server, as seen on the receiving interface.
-fn http_host(cfg: &ProxyConfig, meta: &RecvMeta) -> String {
-    if cfg.http_port == 80 {
-        meta.local_ip.to_string()
-    } else {
-        format!("{}:{}", meta.local_ip, cfg.http_port)
-    }
+/// Our HTTP server, as seen on the receiving interface.
+fn boot_urls(cfg: &ProxyConfig, meta: &RecvMeta) -> BootUrls {
+    BootUrls::http(meta.local_ip, cfg.http_port)
 }
 
 fn http_boot_path(
@@ -439,18 +386,13 @@ fn http_boot_path(
         .for_http_boot(req.arch)
         .ok_or(Ignored::NoHttpBinary(req.arch))?;
     Ok(BootPath::HttpBoot {
-        url: format!("http://{}{BINARY_URL_PATH}{file}", http_host(cfg, meta)),
+        url: boot_urls(cfg, meta).binary(file),
     })
 }
 
 fn script(cfg: &ProxyConfig, req: &PxeRequest, meta: &RecvMeta) -> BootPath {
-    let host = http_host(cfg, meta);
     BootPath::Script {
-        url: format!(
-            "http://{host}/_/ipxe?arch={}&mac={}",
-            req.arch.code(),
-            req.mac
-        ),
+        url: boot_urls(cfg, meta).script(req.mac, req.arch),
     }
 }
 

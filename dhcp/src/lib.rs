@@ -32,8 +32,7 @@ pub mod sock;
 
 pub use decide::{
     answer, classify, decide, BootPath, ChainloadMemory, Classified, Destination, Ignored,
-    IpxeBinaries, ProxyConfig, RecvMeta, Reply, ServerPort, BINARY_URL_PATH, LOOKUP_WAIT,
-    MAX_LOOKUPS,
+    IpxeBinaries, ProxyConfig, RecvMeta, Reply, ServerPort, LOOKUP_WAIT, MAX_LOOKUPS,
 };
 pub use request::{IpxeInfo, NotPxe, PxeRequest, VendorClass};
 pub use server::serve;

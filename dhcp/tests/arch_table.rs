@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable};
-use ironpxe_core::{BootSpec, ClientArch, FileRef, StaticBooter};
+use ironpxe_core::{BootSpec, ClientArch, FileRef, IpxeRole, StaticBooter};
 use ironpxe_dhcp::{
     decide, BootPath, ChainloadMemory, Destination, Ignored, IpxeBinaries, ProxyConfig, RecvMeta,
     ServerPort,
@@ -18,14 +18,12 @@ const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 fn cfg() -> ProxyConfig {
     ProxyConfig {
         http_port: 8080,
-        binaries: IpxeBinaries {
-            bios: Some("undionly.kpxe".into()),
-            efi32: Some("ipxe-i386.efi".into()),
-            efi64: Some("ipxe.efi".into()),
-            arm64: Some("ipxe-arm64.efi".into()),
-            http_efi64: Some("snponly.efi".into()),
-            ipxe: None,
-        },
+        binaries: IpxeBinaries::default()
+            .with(IpxeRole::Bios, "undionly.kpxe")
+            .with(IpxeRole::Efi32, "ipxe-i386.efi")
+            .with(IpxeRole::Efi64, "ipxe.efi")
+            .with(IpxeRole::Arm64, "ipxe-arm64.efi")
+            .with(IpxeRole::Snponly, "snponly.efi"),
         ..ProxyConfig::default()
     }
 }
@@ -145,10 +143,7 @@ fn unknown_architecture_has_one_clear_reason() {
 #[test]
 fn arm64_without_a_binary_names_the_gap() {
     let c = ProxyConfig {
-        binaries: IpxeBinaries {
-            arm64: None,
-            ..cfg().binaries
-        },
+        binaries: cfg().binaries.without(IpxeRole::Arm64),
         ..cfg()
     };
     let err = run(&c, &pxe(11), ServerPort::Dhcp).unwrap_err();
@@ -160,10 +155,7 @@ fn arm64_without_a_binary_names_the_gap() {
 #[test]
 fn http_boot_x64_falls_back_to_the_efi64_binary() {
     let c = ProxyConfig {
-        binaries: IpxeBinaries {
-            http_efi64: None,
-            ..cfg().binaries
-        },
+        binaries: cfg().binaries.without(IpxeRole::Snponly),
         ..cfg()
     };
     assert_eq!(

@@ -9,7 +9,7 @@ use dhcproto::v4::{
 };
 use dhcproto::{Decodable, Decoder, Encodable};
 use ironpxe_core::{
-    BootDecision, BootSpec, Booter, ClientArch, FileId, FileRef, MacAddr, StaticBooter,
+    BootDecision, BootSpec, Booter, ClientArch, FileId, FileRef, IpxeRole, MacAddr, StaticBooter,
 };
 use ironpxe_dhcp::{
     decide, BootPath, ChainloadMemory, Destination, Ignored, IpxeBinaries, NotPxe, ProxyConfig,
@@ -31,14 +31,9 @@ fn booter() -> StaticBooter {
 fn cfg() -> ProxyConfig {
     ProxyConfig {
         http_port: 8080,
-        binaries: IpxeBinaries {
-            bios: Some("undionly.kpxe".into()),
-            efi32: None,
-            efi64: Some("ipxe.efi".into()),
-            ipxe: None,
-            arm64: None,
-            http_efi64: None,
-        },
+        binaries: IpxeBinaries::default()
+            .with(IpxeRole::Bios, "undionly.kpxe")
+            .with(IpxeRole::Efi64, "ipxe.efi"),
         ..ProxyConfig::default()
     }
 }
@@ -246,7 +241,7 @@ fn ipxe_with_http_gets_the_script_url_directly() {
         &mut mem,
     )
     .unwrap();
-    let url = "http://10.77.0.2:8080/_/ipxe?arch=0&mac=52:54:00:12:34:56";
+    let url = "http://10.77.0.2:8080/_/ipxe?mac=52:54:00:12:34:56&arch=0";
     assert_eq!(r.path, BootPath::Script { url: url.into() });
     let m = roundtrip(&r.message);
     assert_eq!(fname(&m), Some(url.as_bytes()));
@@ -278,7 +273,7 @@ fn port_80_is_left_out_of_the_url() {
     .unwrap();
     assert_eq!(
         r.path.target(),
-        "http://10.77.0.2/_/ipxe?arch=0&mac=52:54:00:12:34:56"
+        "http://10.77.0.2/_/ipxe?mac=52:54:00:12:34:56&arch=0"
     );
 }
 
@@ -287,10 +282,7 @@ fn ipxe_without_http_is_chainloaded_once_then_left_alone() {
     let mut mem = ChainloadMemory::default();
     let t0 = Instant::now();
     let c = ProxyConfig {
-        binaries: IpxeBinaries {
-            ipxe: Some("ipxe.pxe".into()),
-            ..cfg().binaries
-        },
+        binaries: cfg().binaries.with(IpxeRole::Ipxe, "ipxe.pxe"),
         ..cfg()
     };
     let first = Client::ipxe(false);
@@ -545,10 +537,7 @@ fn unknown_and_unsupported_firmware_is_ignored_with_a_reason() {
         ..Client::firmware(16)
     };
     let no_x64 = ProxyConfig {
-        binaries: IpxeBinaries {
-            efi64: None,
-            ..cfg().binaries
-        },
+        binaries: cfg().binaries.without(IpxeRole::Efi64),
         ..cfg()
     };
     let err = run(

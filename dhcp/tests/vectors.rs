@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
-use ironpxe_core::{BootSpec, ClientArch, FileRef, StaticBooter};
+use ironpxe_core::{BootSpec, ClientArch, FileRef, IpxeRole, StaticBooter};
 use ironpxe_dhcp::{
     decide, BootPath, ChainloadMemory, Destination, Ignored, IpxeBinaries, NotPxe, ProxyConfig,
     PxeRequest, RecvMeta, Reply, ServerPort,
@@ -24,14 +24,10 @@ fn vector(name: &str) -> Vec<u8> {
 fn cfg() -> ProxyConfig {
     ProxyConfig {
         http_port: 8080,
-        binaries: IpxeBinaries {
-            bios: Some("undionly.kpxe".into()),
-            efi32: None,
-            efi64: Some("ipxe.efi".into()),
-            arm64: None,
-            http_efi64: Some("snponly.efi".into()),
-            ipxe: None,
-        },
+        binaries: IpxeBinaries::default()
+            .with(IpxeRole::Bios, "undionly.kpxe")
+            .with(IpxeRole::Efi64, "ipxe.efi")
+            .with(IpxeRole::Snponly, "snponly.efi"),
         ..ProxyConfig::default()
     }
 }
@@ -62,7 +58,7 @@ fn run(name: &str, port: ServerPort) -> Result<Reply, Ignored> {
 
 fn script(arch: u16, mac: &str) -> BootPath {
     BootPath::Script {
-        url: format!("http://10.77.0.2:8080/_/ipxe?arch={arch}&mac={mac}"),
+        url: format!("http://10.77.0.2:8080/_/ipxe?mac={mac}&arch={arch}"),
     }
 }
 

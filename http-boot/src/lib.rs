@@ -7,7 +7,7 @@
 //!
 //! A booting machine's requests flow like this:
 //!
-//! 1. `GET /_/ipxe?arch=N&mac=M`: the booter decides. `Netboot` renders a script with
+//! 1. `GET /_/ipxe?mac=M&arch=N`: the booter decides. `Netboot` renders a script with
 //!    [`ironpxe_ipxe::boot_script`]. Its base URL is `http://<Host header>`, or the
 //!    connection's local address when the header is missing. `Local` answers
 //!    [`ironpxe_ipxe::local_boot_script`], `Script` its text verbatim, and `Ignore`
@@ -24,6 +24,9 @@
 //! iPXE EFI binary, `GET|HEAD /_/bin/<name>`, served from memory
 //! ([`HttpState::with_ipxe_binaries`]); that iPXE then asks DHCP again and fetches
 //! the script.
+//!
+//! Route paths and query parameters are those of [`ironpxe_core::urls`], which also
+//! builds every URL the DHCP server and the scripts hand out.
 //!
 //! Every step emits a `tracing` event with target `ironpxe::event` and a field
 //! `event`: `http.script`, `http.local`, `http.ignored`, `http.file.start`, `http.file.done`
@@ -55,7 +58,10 @@ use axum::serve::IncomingStream;
 use axum::Router;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use ironpxe_core::{BootDecision, Booter, ClientArch, FileId, FileRef, MacAddr};
+use ironpxe_core::urls::{
+    BootUrls, FileQuery, MachineQuery, BINARY_PREFIX, BOOTING_PATH, FILE_PATH, SCRIPT_PATH,
+};
+use ironpxe_core::{BootDecision, Booter, FileId, FileRef};
 use ironpxe_ipxe::{boot_script, local_boot_script, BootScript, Field, ScriptError};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpListener;
@@ -127,11 +133,11 @@ impl HttpState {
 /// logs no peer.
 pub fn router(state: HttpState) -> Router {
     Router::new()
-        .route("/_/ipxe", get(script))
+        .route(SCRIPT_PATH, get(script))
         // `get` also answers HEAD; the handler sees the method.
-        .route("/_/file", get(file))
-        .route("/_/booting", get(booting))
-        .route("/_/bin/{name}", get(ipxe_binary))
+        .route(FILE_PATH, get(file))
+        .route(BOOTING_PATH, get(booting))
+        .route(&format!("{BINARY_PREFIX}{{name}}"), get(ipxe_binary))
         .layer(axum::middleware::from_fn(client_span))
         .with_state(Arc::new(state))
 }
@@ -143,9 +149,7 @@ async fn client_span(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let mac = params(req.uri().query().map(str::to_string))
-        .get("mac")
-        .and_then(|m| m.parse::<MacAddr>().ok());
+    let mac = MachineQuery::parse_mac(req.uri().query().unwrap_or("")).ok();
     let span = tracing::info_span!(
         "http",
         mac = tracing::field::Empty,
@@ -259,41 +263,24 @@ fn plain(status: StatusCode, msg: impl fmt::Display) -> Response {
         .into_response()
 }
 
-/// Query parameters; the first of repeated names wins.
-fn params(query: Option<String>) -> HashMap<String, String> {
-    let mut m = HashMap::new();
-    if let Some(q) = query {
-        for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
-            m.entry(k.into_owned()).or_insert_with(|| v.into_owned());
-        }
-    }
-    m
-}
-
 /// The `mac` and `arch` parameters, or a one-line reason for a 400.
-fn machine(p: &HashMap<String, String>) -> Result<(MacAddr, ClientArch), String> {
-    let mac = p.get("mac").ok_or("missing mac parameter")?;
-    let mac: MacAddr = mac.parse().map_err(|e| format!("{e}"))?;
-    let arch = p.get("arch").ok_or("missing arch parameter")?;
-    let arch: u16 = arch
-        .parse()
-        .map_err(|_| format!("invalid arch {arch:?}: expected a number 0-65535"))?;
-    Ok((mac, ClientArch::from_code(arch)))
+fn machine(query: Option<&str>) -> Result<MachineQuery, String> {
+    MachineQuery::parse(query.unwrap_or("")).map_err(|e| e.to_string())
 }
 
 /// `http://<Host>`, or `http://<local address>` without a Host header.
-fn base_url(headers: &HeaderMap, local: Option<SocketAddr>) -> Result<String, String> {
+fn base_url(headers: &HeaderMap, local: Option<SocketAddr>) -> Result<BootUrls, String> {
     if let Some(host) = headers.get(header::HOST) {
-        let host = host
+        return host
             .to_str()
             .ok()
             .filter(|h| !h.contains('@'))
             .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
-            .ok_or_else(|| format!("invalid Host header {host:?}"))?;
-        return Ok(format!("http://{host}"));
+            .and_then(|h| BootUrls::http_host(h.as_str()).ok())
+            .ok_or_else(|| format!("invalid Host header {host:?}"));
     }
     match local {
-        Some(a) if !a.ip().is_unspecified() => Ok(format!("http://{a}")),
+        Some(a) if !a.ip().is_unspecified() => Ok(BootUrls::http(a.ip(), a.port())),
         _ => Err("missing Host header".to_string()),
     }
 }
@@ -304,7 +291,7 @@ async fn script(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let (mac, arch) = match machine(&params(query)) {
+    let MachineQuery { mac, arch } = match machine(query.as_deref()) {
         Ok(m) => m,
         Err(msg) => return plain(StatusCode::BAD_REQUEST, msg),
     };
@@ -363,7 +350,7 @@ async fn script(
         }
     };
     match boot_script(&BootScript {
-        base_url: &base,
+        base_url: base.base(),
         mac,
         arch,
         spec: &spec,
@@ -395,8 +382,8 @@ async fn script(
 }
 
 async fn booting(conn: Conn, RawQuery(query): RawQuery) -> Response {
-    match machine(&params(query)) {
-        Ok((mac, arch)) => {
+    match machine(query.as_deref()) {
+        Ok(MachineQuery { mac, arch }) => {
             emit(BootEvent::HttpBooting {
                 mac,
                 arch,
@@ -448,10 +435,10 @@ async fn file(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let Some(name) = params(query).remove("name") else {
-        return plain(StatusCode::BAD_REQUEST, "missing name parameter");
+    let id = match FileQuery::parse(query.as_deref().unwrap_or("")) {
+        Ok(q) => q.id,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, e),
     };
-    let id = FileId::from_wire(&name);
     let Some(fref) = st.booter.file(&id) else {
         tracing::debug!(%id, peer = %Peer(conn.peer), "request for an unknown file id");
         return plain(StatusCode::NOT_FOUND, "unknown file");
@@ -845,34 +832,35 @@ mod tests {
 
     #[test]
     fn machine_params() {
-        let p = |q: &str| machine(&params(Some(q.to_string())));
+        // The parsing itself is tested in ironpxe_core::urls; here, that a bad query
+        // gives one line.
         assert_eq!(
-            p("arch=7&mac=52-54-00-12-34-56").unwrap(),
-            (
-                MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
-                ClientArch::EfiX64
-            )
+            machine(Some("arch=7&mac=52-54-00-12-34-56")).unwrap(),
+            MachineQuery {
+                mac: ironpxe_core::MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+                arch: ironpxe_core::ClientArch::EfiX64
+            }
         );
-        assert_eq!(p("arch=0").unwrap_err(), "missing mac parameter");
-        assert_eq!(
-            p("mac=52:54:00:12:34:56").unwrap_err(),
-            "missing arch parameter"
-        );
-        assert!(p("arch=70000&mac=52:54:00:12:34:56")
+        assert_eq!(machine(None).unwrap_err(), "missing mac parameter");
+        assert!(machine(Some("arch=0&mac=zz"))
             .unwrap_err()
-            .starts_with("invalid arch"));
-        assert!(p("arch=0&mac=zz").unwrap_err().contains("invalid MAC"));
+            .contains("invalid MAC"));
     }
 
     #[test]
     fn base_urls() {
         let mut h = HeaderMap::new();
         let local: SocketAddr = "10.0.0.2:8080".parse().unwrap();
-        assert_eq!(base_url(&h, Some(local)).unwrap(), "http://10.0.0.2:8080");
+        let base = |h: &HeaderMap, local| base_url(h, local).map(|b| b.to_string());
+        assert_eq!(base(&h, Some(local)).unwrap(), "http://10.0.0.2:8080");
+        assert_eq!(
+            base(&h, Some("[fd00::2]:80".parse().unwrap())).unwrap(),
+            "http://[fd00::2]"
+        );
         assert!(base_url(&h, Some("0.0.0.0:80".parse().unwrap())).is_err());
         assert!(base_url(&h, None).is_err());
         h.insert(header::HOST, HeaderValue::from_static("[fd00::2]:8080"));
-        assert_eq!(base_url(&h, Some(local)).unwrap(), "http://[fd00::2]:8080");
+        assert_eq!(base(&h, Some(local)).unwrap(), "http://[fd00::2]:8080");
         for bad in ["a b", "user@host", "a/b", "${x}"] {
             h.insert(header::HOST, HeaderValue::from_static(bad));
             assert!(base_url(&h, Some(local)).is_err(), "{bad}");

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ironpxe_core::{BootSpec, FileRef, StaticBooter};
+use ironpxe_core::{BootSpec, BootUrls, FileRef, StaticBooter};
 use ironpxe_http::{router, serve, HttpState};
 use tokio::net::TcpListener;
 
-async fn start() -> String {
+async fn start() -> BootUrls {
     let booter = Arc::new(StaticBooter::new(BootSpec {
         kernel: FileRef::parse("/srv/vmlinuz").unwrap(),
         initrds: vec![],
@@ -21,23 +21,19 @@ async fn start() -> String {
         ("undionly.kpxe".to_string(), Bytes::from_static(b"kpxe")),
     ]);
     tokio::spawn(serve(listener, router(state), std::future::pending()));
-    format!("http://{addr}")
+    BootUrls::http(addr.ip(), addr.port())
 }
 
 #[tokio::test]
 async fn efi_binary_is_served_with_efi_type_and_length() {
     let base = start().await;
-    let r = reqwest::get(format!("{base}/_/bin/snponly.efi"))
-        .await
-        .unwrap();
+    let r = reqwest::get(base.binary("snponly.efi")).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/efi");
     assert_eq!(r.headers()["content-length"], "10");
     assert_eq!(&r.bytes().await.unwrap()[..], b"MZ snponly");
 
-    let r = reqwest::get(format!("{base}/_/bin/undionly.kpxe"))
-        .await
-        .unwrap();
+    let r = reqwest::get(base.binary("undionly.kpxe")).await.unwrap();
     assert_eq!(r.headers()["content-type"], "application/octet-stream");
     assert_eq!(&r.bytes().await.unwrap()[..], b"kpxe");
 }
@@ -46,7 +42,7 @@ async fn efi_binary_is_served_with_efi_type_and_length() {
 async fn head_has_length_and_no_body() {
     let base = start().await;
     let r = reqwest::Client::new()
-        .head(format!("{base}/_/bin/snponly.efi"))
+        .head(base.binary("snponly.efi"))
         .send()
         .await
         .unwrap();
@@ -58,13 +54,16 @@ async fn head_has_length_and_no_body() {
 #[tokio::test]
 async fn unknown_names_and_traversal_are_404() {
     let base = start().await;
-    for path in [
-        "/_/bin/ipxe.efi",
-        "/_/bin/..%2Fetc%2Fpasswd",
-        "/_/bin/",
-        "/_/bin/snponly.efi/x",
+    let unknown = base.binary("ipxe.efi");
+    // Names that are not one path segment, written by hand: the builder would
+    // encode them.
+    for url in [
+        unknown,
+        format!("{base}/_/bin/..%2Fetc%2Fpasswd"),
+        format!("{base}/_/bin/"),
+        format!("{base}/_/bin/snponly.efi/x"),
     ] {
-        let r = reqwest::get(format!("{base}{path}")).await.unwrap();
-        assert_eq!(r.status(), 404, "{path}");
+        let r = reqwest::get(&url).await.unwrap();
+        assert_eq!(r.status(), 404, "{url}");
     }
 }

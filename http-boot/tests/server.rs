@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use ironpxe_core::urls::{BootRoute, FileQuery, MachineQuery};
 use ironpxe_core::{
-    BootDecision, BootSpec, Booter, ClientArch, FileId, FileRef, MacAddr, StaticBooter,
+    BootDecision, BootSpec, BootUrls, Booter, ClientArch, FileId, FileRef, MacAddr, StaticBooter,
 };
 use ironpxe_http::{router, serve, HttpState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -118,8 +119,16 @@ impl Booter for Ignoring {
     }
 }
 
+fn urls(base: &str) -> BootUrls {
+    BootUrls::from_base(base).unwrap()
+}
+
+fn mac(s: &str) -> MacAddr {
+    s.parse().unwrap()
+}
+
 fn file_url(base: &str, f: &FileRef) -> String {
-    format!("{base}/_/file?name={}", f.id())
+    urls(base).file(&f.id())
 }
 
 /// Sends a raw request and returns the whole response (the server closes).
@@ -141,7 +150,7 @@ async fn raw(base: &str, request: &str) -> Vec<u8> {
 async fn script_for_bios_and_efi() {
     let f = files();
     let base = start(static_booter(&f, "console=ttyS0 nixos.install=/dev/sda")).await;
-    let url = format!("{base}/_/ipxe?arch=0&mac={MAC}");
+    let url = urls(&base).script(mac(MAC), ClientArch::Bios);
     let r = reqwest::get(&url).await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"]
@@ -163,7 +172,7 @@ async fn script_for_bios_and_efi() {
     assert!(!bios.contains("initrd="));
     event("http.script", "mac", MAC).await;
 
-    let efi = reqwest::get(format!("{base}/_/ipxe?arch=7&mac={MAC}"))
+    let efi = reqwest::get(urls(&base).script(mac(MAC), ClientArch::EfiX64))
         .await
         .unwrap()
         .text()
@@ -178,7 +187,13 @@ async fn script_without_host_header_uses_the_local_address() {
     let base = start(static_booter(&f, "quiet")).await;
     let resp = raw(
         &base,
-        &format!("GET /_/ipxe?arch=0&mac={MAC} HTTP/1.0\r\n\r\n"),
+        &format!(
+            "GET {} HTTP/1.0\r\n\r\n",
+            BootRoute::Script(MachineQuery {
+                mac: mac(MAC),
+                arch: ClientArch::Bios
+            })
+        ),
     )
     .await;
     let text = String::from_utf8(resp).unwrap();
@@ -212,7 +227,7 @@ async fn bad_parameters_are_400() {
 #[tokio::test]
 async fn ignored_machines_and_unknown_files_are_404() {
     let base = start(Arc::new(Ignoring)).await;
-    let r = reqwest::get(format!("{base}/_/ipxe?arch=0&mac=52:54:00:00:00:99"))
+    let r = reqwest::get(urls(&base).script(mac("52:54:00:00:00:99"), ClientArch::Bios))
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
@@ -296,7 +311,7 @@ async fn head_has_length_and_no_body() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], "100000");
     // On the wire: the response ends right after the headers.
-    let path = file_url("", &f.kernel);
+    let path = BootRoute::File(FileQuery { id: f.kernel.id() });
     let resp = raw(
         &base,
         &format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
@@ -418,7 +433,7 @@ async fn client_going_away_is_logged_as_failed() {
 async fn booting_callback_is_logged() {
     let f = files();
     let base = start(static_booter(&f, "")).await;
-    let r = reqwest::get(format!("{base}/_/booting?mac=52:54:00:00:00:42&arch=9"))
+    let r = reqwest::get(urls(&base).booting(mac("52:54:00:00:00:42"), ClientArch::EfiBc))
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
@@ -511,7 +526,7 @@ async fn serve_stops_on_shutdown() {
     let server = tokio::spawn(serve(listener, router(state), async {
         let _ = rx.await;
     }));
-    let r = reqwest::get(format!("{base}/_/booting?mac={MAC}&arch=0"))
+    let r = reqwest::get(urls(&base).booting(mac(MAC), ClientArch::Bios))
         .await
         .unwrap();
     assert_eq!(r.status(), 200);

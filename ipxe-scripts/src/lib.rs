@@ -4,7 +4,8 @@
 //! [`MacAddr`] and [`ClientArch`], and its [`BootSpec`]) into the text of an iPXE script.
 //! Rendering is pure: no I/O, no clock, the same input always gives the same script.
 //! The HTTP crate serves the result at `/_/ipxe`; the script then fetches the kernel
-//! and initrds from `/_/file?name=<FileId>`, calls `/_/booting` and boots.
+//! and initrds from `/_/file?name=<FileId>`, calls `/_/booting` and boots. Every URL
+//! in a script is built by [`BootUrls`], which the HTTP server parses with.
 //!
 //! # How iPXE reads a script line, and why user text is hex-encoded
 //!
@@ -69,7 +70,7 @@ use std::collections::HashSet;
 use std::fmt::{self, Write as _};
 
 use ironpxe_core::template::{render_cmdline, TemplateError};
-use ironpxe_core::{BootSpec, ClientArch, FileId, FileRef, MacAddr};
+use ironpxe_core::{BootSpec, BootUrls, ClientArch, FileId, FileRef, MacAddr};
 
 /// How many times the script tries to fetch the kernel and initrds before giving up.
 pub const MAX_ATTEMPTS: u32 = 5;
@@ -158,10 +159,10 @@ pub fn check_spec(spec: &BootSpec) -> Result<(), ScriptError> {
 /// `<base>/_/booting?mac=<mac>&arch=<code>` (ignoring failure) and boots. See the
 /// crate documentation for how user text is escaped and which inputs are refused.
 pub fn boot_script(p: &BootScript<'_>) -> Result<String, ScriptError> {
-    let base = check_base_url(p.base_url)?;
+    let urls = check_base_url(p.base_url)?;
     let spec = p.spec;
     // Files the cmdline names through `{{ URL "..." }}` are served like the kernel.
-    let file_url = |id: &FileId| format!("{base}/_/file?name={id}");
+    let file_url = |id: &FileId| urls.file(id);
     let expanded = render_cmdline(&spec.cmdline, &file_url).map_err(ScriptError::Template)?;
     let cmdline = Words::new(Field::Cmdline, &expanded)?;
     let message = match &spec.message {
@@ -170,7 +171,7 @@ pub fn boot_script(p: &BootScript<'_>) -> Result<String, ScriptError> {
     };
 
     let (kernel_name, initrd_names) = image_names(spec);
-    let url = |f: &FileRef| format!("{base}/_/file?name={}", f.id());
+    let url = |f: &FileRef| urls.file(&f.id());
 
     let mut s = String::new();
     // Writes one line; writing into a String cannot fail.
@@ -242,7 +243,7 @@ pub fn boot_script(p: &BootScript<'_>) -> Result<String, ScriptError> {
         ));
     }
     // Tell ironpxe the machine is about to boot. A failure here must not stop the boot.
-    let booting = format!("{base}/_/booting?mac={}&arch={}", p.mac, p.arch.code());
+    let booting = urls.booting(p.mac, p.arch);
     w(format_args!(
         "imgfetch --name ironpxe-booting {booting} && imgfree ironpxe-booting ||"
     ));
@@ -268,9 +269,8 @@ pub fn boot_script(p: &BootScript<'_>) -> Result<String, ScriptError> {
     // restarted meanwhile, this makes it look the machine up again, so the ids below,
     // which are derived from the files themselves, are served again.
     w(format_args!(
-        "imgfetch --name ironpxe-refresh {base}/_/ipxe?mac={}&arch={} && imgfree ironpxe-refresh ||",
-        p.mac,
-        p.arch.code()
+        "imgfetch --name ironpxe-refresh {} && imgfree ironpxe-refresh ||",
+        urls.script(p.mac, p.arch)
     ));
     w(format_args!("inc ironpxe-wait ${{ironpxe-wait}}"));
     w(format_args!("goto ironpxe-retry"));
@@ -298,13 +298,11 @@ pub fn local_boot_script(mac: MacAddr, arch: ClientArch) -> String {
 
 /// Checks the base URL can be written into a script word as is: no whitespace (which
 /// would split it), no `{`/`}` (so no `${...}` expansion) and nothing outside the URL
-/// character set. Returns it without a trailing slash.
-fn check_base_url(base: &str) -> Result<&str, ScriptError> {
-    if !(base.starts_with("http://") || base.starts_with("https://")) {
-        return Err(ScriptError::BaseUrlScheme {
-            base: base.to_string(),
-        });
-    }
+/// character set. Returns the URLs under it.
+fn check_base_url(base: &str) -> Result<BootUrls, ScriptError> {
+    let urls = BootUrls::from_base(base).map_err(|_| ScriptError::BaseUrlScheme {
+        base: base.to_string(),
+    })?;
     if let Some((offset, ch)) = base
         .char_indices()
         .find(|&(_, c)| !(c.is_ascii_alphanumeric() || "-._~:/[]%@!$&'()*+,;=".contains(c)))
@@ -316,7 +314,7 @@ fn check_base_url(base: &str) -> Result<&str, ScriptError> {
             reason: "only URL characters are allowed (no whitespace, braces, '?' or '#')",
         });
     }
-    Ok(base.trim_end_matches('/'))
+    Ok(urls)
 }
 
 /// Unique iPXE image names: the kernel's, and each initrd's.

@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use ironpxe_core::ipxe_role::{IpxeRole, RoleMap};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -217,33 +218,24 @@ pub struct ServerArgs {
     #[arg(long, value_name = "NAME")]
     pub interface: Option<String>,
 
-    /// iPXE binary for x86 BIOS clients [default: undionly.kpxe from /usr/lib/ipxe or /usr/share/ipxe].
-    #[arg(long, value_name = "FILE")]
+    // The iPXE flags: one field per role of the table in ironpxe_core::ipxe_role,
+    // which holds their names and help (`ipxe_flags_match_the_role_table` checks).
+    #[arg(long, value_name = "FILE", help = IpxeRole::Bios.spec().help)]
     pub ipxe_bios: Option<PathBuf>,
 
-    /// iPXE binary for 32-bit EFI clients.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help = IpxeRole::Efi32.spec().help)]
     pub ipxe_efi32: Option<PathBuf>,
 
-    /// iPXE binary for 64-bit EFI clients [default: ipxe.efi from the same places].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help = IpxeRole::Efi64.spec().help)]
     pub ipxe_efi64: Option<PathBuf>,
 
-    /// iPXE binary chainloaded into BIOS clients that already run an iPXE without HTTP
-    /// support [default: ipxe.pxe].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help = IpxeRole::Ipxe.spec().help)]
     pub ipxe_ipxe: Option<PathBuf>,
 
-    /// iPXE binary for ARM64 UEFI clients (option 93 = 11 over TFTP, 19 over UEFI
-    /// HTTP Boot), e.g. snp.efi of an arm64 iPXE build. Does not turn off the search
-    /// for the x86 binaries.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help = IpxeRole::Arm64.spec().help)]
     pub ipxe_arm64: Option<PathBuf>,
 
-    /// Chainload snponly.efi (found next to ipxe.efi) into EFI x64 PXE clients
-    /// instead of ipxe.efi: it drives the NIC through the firmware's own driver.
-    /// UEFI HTTP Boot clients get snponly.efi whenever it is found.
-    #[arg(long)]
+    #[arg(long, help = IpxeRole::Snponly.spec().help)]
     pub ipxe_snponly: bool,
 
     /// Receive DHCP without binding UDP 67 (through a packet socket), so ironpxe can
@@ -281,6 +273,65 @@ pub struct ServerArgs {
     /// UDP port for TFTP (change only for testing).
     #[arg(long, default_value_t = 69, hide = true)]
     pub tftp_port: u16,
+}
+
+impl ServerArgs {
+    /// The field of `role`'s path flag; `None` for a role without one.
+    pub fn ipxe_path_mut(&mut self, role: IpxeRole) -> Option<&mut Option<PathBuf>> {
+        match role {
+            IpxeRole::Bios => Some(&mut self.ipxe_bios),
+            IpxeRole::Efi32 => Some(&mut self.ipxe_efi32),
+            IpxeRole::Efi64 => Some(&mut self.ipxe_efi64),
+            IpxeRole::Ipxe => Some(&mut self.ipxe_ipxe),
+            IpxeRole::Arm64 => Some(&mut self.ipxe_arm64),
+            IpxeRole::Snponly => None,
+        }
+    }
+
+    /// The iPXE paths given as flags, by role.
+    pub fn ipxe_paths(&self) -> RoleMap<PathBuf> {
+        let mut args = self.clone();
+        IpxeRole::ALL
+            .into_iter()
+            .filter_map(|r| Some((r, args.ipxe_path_mut(r)?.take()?)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod ipxe_flag_tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn ipxe_flags_match_the_role_table() {
+        let cmd = Cli::command();
+        let boot = cmd.find_subcommand("boot").unwrap();
+        let help = |long: &str| {
+            let arg = boot.get_arguments().find(|a| a.get_long() == Some(long));
+            arg.and_then(|a| a.get_help()).map(|h| h.to_string())
+        };
+        for role in IpxeRole::ALL {
+            let spec = role.spec();
+            let Some(flag) = spec.flag else {
+                continue;
+            };
+            assert_eq!(help(flag).as_deref(), Some(spec.help), "--{flag}");
+            let path = format!("/srv/{}", spec.name);
+            let cli = Cli::try_parse_from(["ironpxe", "boot", "/k", &format!("--{flag}"), &path])
+                .unwrap();
+            let Command::Boot(b) = cli.command else {
+                panic!("not boot")
+            };
+            let paths = b.server.ipxe_paths();
+            assert_eq!(paths.iter().count(), 1, "--{flag}");
+            assert_eq!(paths.get(role), Some(&PathBuf::from(&path)), "--{flag}");
+        }
+        assert_eq!(
+            help("ipxe-snponly").as_deref(),
+            Some(IpxeRole::Snponly.spec().help)
+        );
+    }
 }
 
 #[cfg(test)]

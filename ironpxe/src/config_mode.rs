@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use ironpxe_core::config::{Checks, ConfigError, IpxePaths, MachineBoot, ServerSettings};
 use ironpxe_core::template::resolve_cmdline;
-use ironpxe_core::{BootSpec, Config, FileRef, SwapBooter};
+use ironpxe_core::{BootSpec, Config, FileRef, IpxeRole, SwapBooter};
 use tracing::{info, warn};
 
 use crate::cli::{CheckArgs, ServeArgs, ServerArgs};
@@ -188,16 +188,11 @@ fn merge(cli: &ServerArgs, s: &ServerSettings, i: &IpxePaths) -> ServerArgs {
     if s.status_port.is_some() {
         info!("server.status_port is read from the config; use the status flags to serve it");
     }
-    let slots = [
-        (&mut out.ipxe_bios, &i.bios),
-        (&mut out.ipxe_efi32, &i.efi32),
-        (&mut out.ipxe_efi64, &i.efi64),
-        (&mut out.ipxe_arm64, &i.arm64),
-        (&mut out.ipxe_ipxe, &i.ipxe),
-    ];
-    for (flag, file) in slots {
-        if flag.is_none() {
-            flag.clone_from(file);
+    for role in IpxeRole::ALL {
+        if let (Some(flag), Some(file)) = (out.ipxe_path_mut(role), i.get(role)) {
+            if flag.is_none() {
+                *flag = Some(file.clone());
+            }
         }
     }
     out
@@ -399,10 +394,7 @@ mod tests {
             http_port: Some(8080),
             status_port: None,
         };
-        let i = IpxePaths {
-            bios: Some("/b".into()),
-            ..IpxePaths::default()
-        };
+        let i = IpxePaths::default().with(IpxeRole::Bios, "/b");
         let m = merge(&a.server, &s, &i);
         assert_eq!(m.interface.as_deref(), Some("eth1"));
         assert_eq!(m.listen_addr, std::net::Ipv4Addr::new(10, 0, 0, 2));

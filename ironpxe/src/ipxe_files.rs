@@ -5,50 +5,21 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use ironpxe_dhcp::IpxeBinaries;
+use ironpxe_core::ipxe_role::{IpxeBinaries, IpxeRole, RoleMap};
 
 /// Where distributions install iPXE: Debian and Ubuntu, then Fedora.
 pub const SEARCH_DIRS: &[&str] = &["/usr/lib/ipxe", "/usr/share/ipxe"];
 
-/// The roles an iPXE binary plays, the flag that sets each, and the file names
-/// distributions use for it.
-const ROLES: &[(Role, &str, &[&str])] = &[
-    (Role::Bios, "--ipxe-bios", &["undionly.kpxe"]),
-    (Role::Efi32, "--ipxe-efi32", &["ipxe-i386.efi"]),
-    (
-        Role::Efi64,
-        "--ipxe-efi64",
-        &["ipxe.efi", "ipxe-x86_64.efi"],
-    ),
-    (Role::Ipxe, "--ipxe-ipxe", &["ipxe.pxe"]),
-    // Distributions ship no arm64 iPXE next to the x86 ones; only --ipxe-arm64.
-    (Role::Arm64, "--ipxe-arm64", &[]),
-];
-
-/// The x64 iPXE that drives the NIC through the firmware's own driver (SNP). Served
-/// by name when found next to the binaries above (so `tftp://server/snponly.efi`
-/// works), given to UEFI HTTP Boot x64 clients, and with `--ipxe-snponly` also to
-/// EFI x64 PXE clients.
-const SNPONLY_NAMES: &[&str] = &["snponly.efi", "ipxe-snponly-x86_64.efi"];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Role {
-    Bios,
-    Efi32,
-    Efi64,
-    Ipxe,
-    Arm64,
-}
-
-/// Paths given on the command line, one per role.
+/// Paths given on the command line, by role (the roles of [`IpxeRole::ALL`] with a
+/// flag), and the `--ipxe-snponly` switch.
+///
+/// The x64 iPXE that drives the NIC through the firmware's own driver (SNP,
+/// [`IpxeRole::Snponly`]) has no path flag. It is served by name when found next to
+/// the other binaries (so `tftp://server/snponly.efi` works), given to UEFI HTTP Boot
+/// x64 clients, and with `--ipxe-snponly` also to EFI x64 PXE clients.
 #[derive(Default, Debug, Clone)]
 pub struct Overrides {
-    pub bios: Option<PathBuf>,
-    pub efi32: Option<PathBuf>,
-    pub efi64: Option<PathBuf>,
-    pub ipxe: Option<PathBuf>,
-    /// `--ipxe-arm64`; does not turn off the search for the x86 binaries.
-    pub arm64: Option<PathBuf>,
+    pub paths: RoleMap<PathBuf>,
     /// `--ipxe-snponly`: EFI x64 PXE clients get snponly.efi instead of ipxe.efi.
     pub snponly: bool,
 }
@@ -67,22 +38,19 @@ impl IpxeSet {
     /// Uses the given paths; for roles without one, looks in [`SEARCH_DIRS`] unless
     /// any path was given explicitly (then only what was asked for is served).
     pub fn resolve(over: &Overrides, search_dirs: &[&Path]) -> Result<Self> {
-        let explicit = [&over.bios, &over.efi32, &over.efi64, &over.ipxe]
+        // A path for a role the search could fill means the operator chose the set.
+        // arm64, which distributions do not ship next to the x86 binaries (so it has
+        // no default names), does not turn the search off.
+        let explicit = over
+            .paths
             .iter()
-            .any(|p| p.is_some());
-        let mut chosen: Vec<(Role, &str, PathBuf)> = Vec::new();
-        for &(role, flag, names) in ROLES {
-            let given = match role {
-                Role::Bios => &over.bios,
-                Role::Efi32 => &over.efi32,
-                Role::Efi64 => &over.efi64,
-                Role::Ipxe => &over.ipxe,
-                Role::Arm64 => &over.arm64,
-            };
-            if let Some(p) = given {
+            .any(|(role, _)| !role.spec().default_names.is_empty());
+        let mut chosen: Vec<(IpxeRole, &str, PathBuf)> = Vec::new();
+        for (role, flag) in IpxeRole::ALL.iter().filter_map(|&r| Some((r, r.flag()?))) {
+            if let Some(p) = over.paths.get(role) {
                 chosen.push((role, flag, p.clone()));
             } else if !explicit {
-                if let Some(p) = find(search_dirs, names) {
+                if let Some(p) = find(search_dirs, role.spec().default_names) {
                     chosen.push((role, flag, p));
                 }
             }
@@ -107,18 +75,11 @@ impl IpxeSet {
         for (role, flag, path) in &chosen {
             let name = set
                 .add(path)
-                .with_context(|| format!("{flag} {}", path.display()))?;
-            let slot = match role {
-                Role::Bios => &mut set.binaries.bios,
-                Role::Efi32 => &mut set.binaries.efi32,
-                Role::Efi64 => &mut set.binaries.efi64,
-                Role::Ipxe => &mut set.binaries.ipxe,
-                Role::Arm64 => &mut set.binaries.arm64,
-            };
-            *slot = Some(name.clone());
+                .with_context(|| format!("--{flag} {}", path.display()))?;
+            set.binaries.insert(*role, name.clone());
             set.report.push(format!(
                 "{:<6} {} ({}, {} bytes)",
-                format!("{role:?}").to_lowercase(),
+                role.name(),
                 name,
                 path.display(),
                 set.files[&name].len()
@@ -127,10 +88,10 @@ impl IpxeSet {
         let snponly = if explicit && !over.snponly {
             None
         } else {
-            find(search_dirs, SNPONLY_NAMES)
+            find(search_dirs, IpxeRole::Snponly.spec().default_names)
         };
         if over.snponly {
-            if over.efi64.is_some() {
+            if over.paths.get(IpxeRole::Efi64).is_some() {
                 bail!("--ipxe-snponly and --ipxe-efi64 both choose the EFI x64 binary; use one");
             }
             if snponly.is_none() {
@@ -146,9 +107,9 @@ impl IpxeSet {
         }
         if let Some(p) = snponly {
             let name = set.add(&p)?;
-            set.binaries.http_efi64 = Some(name.clone());
+            set.binaries.insert(IpxeRole::Snponly, name.clone());
             if over.snponly {
-                set.binaries.efi64 = Some(name.clone());
+                set.binaries.insert(IpxeRole::Efi64, name.clone());
             }
             set.report.push(format!(
                 "{:<6} {} ({}, {} bytes)",
@@ -205,18 +166,18 @@ mod tests {
     fn finds_debian_layout() {
         let d = dir_with(&["undionly.kpxe", "ipxe.efi", "snponly.efi", "ipxe.pxe"]);
         let set = IpxeSet::resolve(&Overrides::default(), &[d.path()]).unwrap();
-        assert_eq!(set.binaries.bios.as_deref(), Some("undionly.kpxe"));
-        assert_eq!(set.binaries.efi64.as_deref(), Some("ipxe.efi"));
-        assert_eq!(set.binaries.ipxe.as_deref(), Some("ipxe.pxe"));
-        assert_eq!(set.binaries.efi32, None);
+        assert_eq!(set.binaries.file(IpxeRole::Bios), Some("undionly.kpxe"));
+        assert_eq!(set.binaries.file(IpxeRole::Efi64), Some("ipxe.efi"));
+        assert_eq!(set.binaries.file(IpxeRole::Ipxe), Some("ipxe.pxe"));
+        assert_eq!(set.binaries.file(IpxeRole::Efi32), None);
         assert_eq!(
             set.files.keys().collect::<Vec<_>>(),
             ["ipxe.efi", "ipxe.pxe", "snponly.efi", "undionly.kpxe"]
         );
         assert_eq!(&set.files["ipxe.efi"][..], b"contents of ipxe.efi");
         // snponly.efi goes to UEFI HTTP Boot, ipxe.efi stays the PXE binary.
-        assert_eq!(set.binaries.http_efi64.as_deref(), Some("snponly.efi"));
-        assert_eq!(set.binaries.arm64, None);
+        assert_eq!(set.binaries.file(IpxeRole::Snponly), Some("snponly.efi"));
+        assert_eq!(set.binaries.file(IpxeRole::Arm64), None);
     }
 
     #[test]
@@ -227,9 +188,9 @@ mod tests {
             ..Overrides::default()
         };
         let set = IpxeSet::resolve(&over, &[d.path()]).unwrap();
-        assert_eq!(set.binaries.efi64.as_deref(), Some("snponly.efi"));
-        assert_eq!(set.binaries.http_efi64.as_deref(), Some("snponly.efi"));
-        assert_eq!(set.binaries.bios.as_deref(), Some("undionly.kpxe"));
+        assert_eq!(set.binaries.file(IpxeRole::Efi64), Some("snponly.efi"));
+        assert_eq!(set.binaries.file(IpxeRole::Snponly), Some("snponly.efi"));
+        assert_eq!(set.binaries.file(IpxeRole::Bios), Some("undionly.kpxe"));
 
         let bare = dir_with(&["undionly.kpxe", "ipxe.efi"]);
         let err = IpxeSet::resolve(&over, &[bare.path()]).unwrap_err();
@@ -239,8 +200,7 @@ mod tests {
         );
         let both = Overrides {
             snponly: true,
-            efi64: Some(d.path().join("ipxe.efi")),
-            ..Overrides::default()
+            paths: RoleMap::default().with(IpxeRole::Efi64, d.path().join("ipxe.efi")),
         };
         let err = IpxeSet::resolve(&both, &[d.path()]).unwrap_err();
         assert!(format!("{err:#}").contains("use one"), "{err:#}");
@@ -251,12 +211,12 @@ mod tests {
         let d = dir_with(&["undionly.kpxe", "ipxe.efi"]);
         let arm = dir_with(&["ipxe-arm64.efi"]);
         let over = Overrides {
-            arm64: Some(arm.path().join("ipxe-arm64.efi")),
+            paths: RoleMap::default().with(IpxeRole::Arm64, arm.path().join("ipxe-arm64.efi")),
             ..Overrides::default()
         };
         let set = IpxeSet::resolve(&over, &[d.path()]).unwrap();
-        assert_eq!(set.binaries.arm64.as_deref(), Some("ipxe-arm64.efi"));
-        assert_eq!(set.binaries.bios.as_deref(), Some("undionly.kpxe"));
+        assert_eq!(set.binaries.file(IpxeRole::Arm64), Some("ipxe-arm64.efi"));
+        assert_eq!(set.binaries.file(IpxeRole::Bios), Some("undionly.kpxe"));
         assert_eq!(
             &set.files["ipxe-arm64.efi"][..],
             b"contents of ipxe-arm64.efi"
@@ -268,19 +228,19 @@ mod tests {
         let empty = dir_with(&[]);
         let d = dir_with(&["undionly.kpxe", "ipxe-x86_64.efi"]);
         let set = IpxeSet::resolve(&Overrides::default(), &[empty.path(), d.path()]).unwrap();
-        assert_eq!(set.binaries.efi64.as_deref(), Some("ipxe-x86_64.efi"));
+        assert_eq!(set.binaries.file(IpxeRole::Efi64), Some("ipxe-x86_64.efi"));
     }
 
     #[test]
     fn explicit_paths_disable_the_search() {
         let d = dir_with(&["undionly.kpxe", "ipxe.efi", "custom.kpxe"]);
         let over = Overrides {
-            bios: Some(d.path().join("custom.kpxe")),
+            paths: RoleMap::default().with(IpxeRole::Bios, d.path().join("custom.kpxe")),
             ..Overrides::default()
         };
         let set = IpxeSet::resolve(&over, &[d.path()]).unwrap();
-        assert_eq!(set.binaries.bios.as_deref(), Some("custom.kpxe"));
-        assert_eq!(set.binaries.efi64, None);
+        assert_eq!(set.binaries.file(IpxeRole::Bios), Some("custom.kpxe"));
+        assert_eq!(set.binaries.file(IpxeRole::Efi64), None);
         assert_eq!(set.files.len(), 1);
     }
 
@@ -293,7 +253,7 @@ mod tests {
             "{err:#}"
         );
         let over = Overrides {
-            efi64: Some("/nonexistent/ipxe.efi".into()),
+            paths: RoleMap::default().with(IpxeRole::Efi64, "/nonexistent/ipxe.efi"),
             ..Overrides::default()
         };
         let err = IpxeSet::resolve(&over, &[empty.path()]).unwrap_err();

@@ -113,11 +113,7 @@ pub(crate) fn serve(args: &ServerArgs, booter: Arc<dyn Booter>) -> Result<()> {
     // The status store learns each machine's kernel and initrds from the booter.
     let booter = status().observe_booter(booter);
     let over = Overrides {
-        bios: args.ipxe_bios.clone(),
-        efi32: args.ipxe_efi32.clone(),
-        efi64: args.ipxe_efi64.clone(),
-        ipxe: args.ipxe_ipxe.clone(),
-        arm64: args.ipxe_arm64.clone(),
+        paths: args.ipxe_paths(),
         snponly: args.ipxe_snponly,
     };
     // IRONPXE_IPXE_DIR (set by packagers, e.g. the Nix package to pkgs.ipxe) is

@@ -6,6 +6,9 @@ use std::net::{TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ironpxe_core::urls::{BootRoute, MachineQuery};
+use ironpxe_core::ClientArch;
+
 fn ironpxe() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ironpxe"))
 }
@@ -192,7 +195,11 @@ fn serves_ipxe_over_tftp_and_boot_files_over_http_on_loopback() {
     assert_eq!(tftp_get(tftp, "undionly.kpxe"), bios_bytes);
     assert_eq!(tftp_get(tftp, "/undionly.kpxe"), bios_bytes);
 
-    let (head, body) = http_get(http, "/_/ipxe?arch=0&mac=52:54:00:00:00:01");
+    let script = BootRoute::Script(MachineQuery {
+        mac: "52:54:00:00:00:01".parse().unwrap(),
+        arch: ClientArch::Bios,
+    });
+    let (head, body) = http_get(http, &script.to_string());
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let script = String::from_utf8(body).unwrap();
     assert!(script.starts_with("#!ipxe"), "{script}");

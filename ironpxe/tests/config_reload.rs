@@ -8,6 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ironpxe_core::urls::{BootRoute, MachineQuery};
+use ironpxe_core::ClientArch;
+
 struct Server(Child);
 
 impl Drop for Server {
@@ -50,7 +53,11 @@ fn get(port: u16, path: &str) -> (String, Vec<u8>) {
 }
 
 fn script(port: u16, mac: &str) -> (String, String) {
-    let (head, body) = get(port, &format!("/_/ipxe?arch=0&mac={mac}"));
+    let script = BootRoute::Script(MachineQuery {
+        mac: mac.parse().unwrap(),
+        arch: ClientArch::Bios,
+    });
+    let (head, body) = get(port, &script.to_string());
     (head, String::from_utf8_lossy(&body).into_owned())
 }
 

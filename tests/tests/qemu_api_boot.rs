@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ironpxe_core::{FileRef, MacAddr};
+use ironpxe_core::{BootUrls, FileRef, MacAddr};
 use ironpxe_lab::{
     boot_once, CapturedUdp, GuestConfig, Lab, DEFAULT_HTTP_PORT, DEFAULT_MARKER_TIMEOUT,
 };
@@ -160,11 +160,7 @@ fn qemu_api_http_server_boot_with_templated_url() {
 
     // The template became a URL of ironpxe itself, as the guest reached it.
     let cfg = FileRef::parse(&format!("{api}/v1/files/cloud-config")).unwrap();
-    let served = format!(
-        "http://{}:{DEFAULT_HTTP_PORT}/_/file?name={}",
-        lab.pxe_addr(),
-        cfg.id()
-    );
+    let served = BootUrls::http(lab.pxe_addr(), DEFAULT_HTTP_PORT).file(&cfg.id());
     assert_eq!(
         marker.cmdline,
         format!("console=ttyS0 cfg={served} role=api")

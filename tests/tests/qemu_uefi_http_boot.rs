@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use ironpxe_core::BootUrls;
 use ironpxe_lab::preflight::SNPONLY_EFI;
 use ironpxe_lab::{boot_once, save_dhcp_requests, GuestConfig, Lab, DEFAULT_HTTP_PORT};
 
@@ -44,10 +45,7 @@ fn qemu_ovmf_http_boot_gets_snponly_over_http_and_boots() {
 
     let events = lab.ironpxe_events();
     let summaries: Vec<String> = events.iter().map(|e| e.summary()).collect();
-    let url = format!(
-        "http://{}:{DEFAULT_HTTP_PORT}/_/bin/snponly.efi",
-        lab.pxe_addr()
-    );
+    let url = BootUrls::http(lab.pxe_addr(), DEFAULT_HTTP_PORT).binary("snponly.efi");
     let offer = events
         .iter()
         .find(|e| e.name == "dhcp.offer" && e.field("path") == Some("httpboot"))

@@ -96,7 +96,7 @@ fn a_good_config_becomes_a_booter() {
     assert_eq!(c.server.listen_addr, Some(Ipv4Addr::new(10, 0, 0, 2)));
     assert_eq!(c.server.http_port, Some(8080));
     assert_eq!(
-        c.ipxe.bios.as_deref(),
+        c.ipxe.get(IpxeRole::Bios).map(PathBuf::as_path),
         Some(Path::new("/etc/ironpxe/ipxe/undionly.kpxe"))
     );
     let b = &c.booter;
@@ -220,6 +220,11 @@ fn toml_mistakes_name_the_line_and_key() {
     assert!(
         got[0].starts_with("/etc/ironpxe/test.toml:6: kernal: unknown field `kernal`"),
         "{got:?}"
+    );
+    let e = parse("[ipxe]\nefi64 = \"/e\"\nsnponly = \"/s\"\n").unwrap_err();
+    assert_eq!(
+        lines(e),
+        ["/etc/ironpxe/test.toml:3: ipxe.snponly: unknown key, expected one of bios, efi32, efi64, ipxe, arm64"]
     );
     let e = parse("[server]\nhttp_port = \"eighty\"\n").unwrap_err();
     let got = lines(e);
