@@ -11,6 +11,8 @@
 //! [server]
 //! interface = "eth1"            # the data NIC
 //! http_port = 8080
+//! status_port = 8081            # unset: the status page is on http_port
+//! shutdown_timeout = "30s"      # after SIGTERM, transfers in flight get this long
 //! default_profile = "installer" # unset: machines not listed are not answered
 //!
 //! [profiles.installer]
@@ -39,6 +41,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -138,6 +141,8 @@ pub struct ServerSettings {
     pub http_port: Option<u16>,
     /// Status page port.
     pub status_port: Option<u16>,
+    /// How long, after SIGTERM or SIGINT, transfers in flight may take to finish.
+    pub shutdown_timeout: Option<Duration>,
 }
 
 /// `[ipxe]`: iPXE binaries by role, relative paths resolved against the file.
@@ -238,8 +243,9 @@ struct RawConfig {
 struct RawServer {
     interface: Option<S>,
     listen_addr: Option<S>,
-    http_port: Option<u16>,
-    status_port: Option<u16>,
+    http_port: Option<Spanned<u16>>,
+    status_port: Option<Spanned<u16>>,
+    shutdown_timeout: Option<S>,
     default_profile: Option<S>,
 }
 
@@ -521,15 +527,33 @@ impl Validator<'_> {
                         None
                     }
                 });
-        if s.http_port == Some(0) {
-            self.problem(0, "server.http_port", "port 0 is not a port");
-        }
+        let shutdown_timeout =
+            s.shutdown_timeout
+                .as_ref()
+                .and_then(|t| match crate::parse_duration(t.get_ref()) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        self.problem(t.span().start, "server.shutdown_timeout", e.to_string());
+                        None
+                    }
+                });
         ServerSettings {
             interface: s.interface.as_ref().map(|i| i.get_ref().clone()),
             listen_addr,
-            http_port: s.http_port,
-            status_port: s.status_port,
+            http_port: self.port_at(s.http_port.as_ref(), "server.http_port"),
+            status_port: self.port_at(s.status_port.as_ref(), "server.status_port"),
+            shutdown_timeout,
         }
+    }
+
+    /// A TCP port: anything but 0.
+    fn port_at(&mut self, p: Option<&Spanned<u16>>, key: &str) -> Option<u16> {
+        let p = p?;
+        if *p.get_ref() == 0 {
+            self.problem(p.span().start, key, "port 0 is not a port");
+            return None;
+        }
+        Some(*p.get_ref())
     }
 
     /// `[ipxe]`.

@@ -12,6 +12,7 @@
 //!   [`StaticBooter`] is pixiecore's `boot` mode: one spec for every machine.
 //!   [`ConfigBooter`] answers per MAC from a validated [`Config`] (the TOML file of
 //!   `ironpxe serve`), and [`SwapBooter`] lets a running server replace its booter.
+//! - [`parse_duration`] reads durations (`30s`, `1m30s`) for flags and the file.
 //! - [`template`] expands `{{ URL "x" }}` / `{{ ID "x" }}` in command lines.
 //!
 //! Data flows one way: the DHCP core asks the booter whether to answer a MAC at all,
@@ -21,6 +22,7 @@
 mod arch;
 mod booter;
 pub mod config;
+mod duration;
 mod mac;
 mod spec;
 pub mod template;
@@ -28,5 +30,6 @@ pub mod template;
 pub use arch::ClientArch;
 pub use booter::{BootDecision, Booter, StaticBooter, SwapBooter};
 pub use config::{Config, ConfigBooter};
+pub use duration::{parse_duration, DurationError};
 pub use mac::{MacAddr, MacParseError};
 pub use spec::{BootSpec, FileId, FileRef, FileRefError};

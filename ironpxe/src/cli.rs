@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use ironpxe_core::parse_duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -126,43 +127,6 @@ pub struct ApiArgs {
 
     #[command(flatten)]
     pub server: ServerArgs,
-}
-
-/// Parses a Go-style duration as pixiecore's flags take them: `5s`, `500ms`, `1m30s`,
-/// `2h`; a bare number means seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let bad = || format!("invalid duration {s:?}: use e.g. 5s, 500ms or 1m30s");
-    let s = s.trim();
-    if s.is_empty() {
-        return Err(bad());
-    }
-    if let Ok(secs) = s.parse::<f64>() {
-        return std::time::Duration::try_from_secs_f64(secs).map_err(|_| bad());
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let n: f64 = rest[..num_end].parse().map_err(|_| bad())?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += n * scale;
-        rest = &rest[unit_end..];
-    }
-    std::time::Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 #[derive(Args, Debug)]
@@ -382,18 +346,5 @@ mod tests {
         };
         assert_eq!(a.url, "http://boot.cluster/api");
         assert_eq!(a.api_request_timeout, std::time::Duration::from_secs(90));
-    }
-
-    #[test]
-    fn durations() {
-        use std::time::Duration;
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("1h1m1s"), Ok(Duration::from_secs(3661)));
-        for bad in ["", "5x", "s", "-1s", "5 s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
     }
 }

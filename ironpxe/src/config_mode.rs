@@ -406,6 +406,7 @@ mod tests {
             listen_addr: Some("10.0.0.2".parse().unwrap()),
             http_port: Some(8080),
             status_port: None,
+            shutdown_timeout: None,
         };
         let i = IpxePaths {
             bios: Some("/b".into()),
