@@ -277,6 +277,7 @@ async fn serve_async(args: &ServerArgs, booter: Arc<dyn Booter>, ipxe: IpxeSet) 
                 l,
                 status().router(),
                 std::future::pending(),
+                std::time::Duration::from_secs(10),
             ))
         }
         None => {
@@ -288,7 +289,12 @@ async fn serve_async(args: &ServerArgs, booter: Arc<dyn Booter>, ipxe: IpxeSet) 
         info!(file = %dir.file().display(), "boot status kept in the state directory");
         tokio::spawn(dir.clone().run(std::time::Duration::from_secs(2)));
     }
-    let http = ironpxe_http::serve(http_listener, router, std::future::pending());
+    let http = ironpxe_http::serve(
+        http_listener,
+        router,
+        std::future::pending(),
+        std::time::Duration::from_secs(10),
+    );
     let dhcp = ironpxe_dhcp::serve(dhcp_sockets, proxy, booter, std::future::pending());
 
     tokio::select! {
