@@ -73,12 +73,16 @@ pub const MAX_FILES: usize = 4096;
 /// How many API requests run at once.
 const MAX_CONCURRENT: usize = 16;
 
-/// `ironpxe api URL`.
-pub fn run(args: ApiArgs) -> Result<()> {
+/// `ironpxe api URL`: starts the lookup thread and returns the runtime configuration
+/// and the booter for [`crate::run::serve`].
+pub fn run(args: ApiArgs) -> Result<(crate::server_config::ServerConfig, Arc<dyn Booter>)> {
     let source = Source::parse(&args.url)?;
     info!(api = %args.url, timeout = ?args.api_request_timeout, "asking the API what each machine boots");
     let booter = Arc::new(ApiBooter::start(source, args.api_request_timeout)?);
-    crate::run::serve(&args.server, booter)
+    Ok((
+        crate::server_config::ServerConfig::from_args(&args.server),
+        booter,
+    ))
 }
 
 /// Where answers come from.

@@ -16,11 +16,12 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use ironpxe_core::config::{Checks, ConfigError, IpxePaths, MachineBoot, ServerSettings};
 use ironpxe_core::template::resolve_cmdline;
-use ironpxe_core::{BootSpec, ClientArch, Config, FileRef, MacAddr, SwapBooter};
+use ironpxe_core::{BootSpec, Booter, ClientArch, Config, FileRef, MacAddr, SwapBooter};
 use ironpxe_ipxe::{boot_script, BootScript};
 use tracing::{info, warn};
 
-use crate::cli::{CheckArgs, ServeArgs, ServerArgs};
+use crate::cli::{CheckArgs, ServeArgs};
+use crate::server_config::ServerConfig;
 
 /// Target of ironpxe's structured events.
 const EVENT: &str = "ironpxe::event";
@@ -159,8 +160,10 @@ fn summary(cfg: &Config) -> String {
     )
 }
 
-/// `ironpxe serve`.
-pub fn serve(args: ServeArgs) -> Result<()> {
+/// `ironpxe serve`: loads the file, starts watching it for reloads, and returns the
+/// runtime configuration (the command line over the file's `[server]` and `[ipxe]`)
+/// and the booter for [`crate::run::serve`].
+pub fn prepare(args: &ServeArgs) -> Result<(ServerConfig, Arc<dyn Booter>)> {
     let (cfg, _) = load(&args.config, true).map_err(|e| match e {
         LoadError::Read(m) => anyhow::anyhow!("{m}"),
         LoadError::Problems(e) => anyhow::anyhow!(
@@ -169,46 +172,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             e.problems.len()
         ),
     })?;
-    let server = merge(&args.server, &cfg.server, &cfg.ipxe);
+    let server = ServerConfig::merge(&args.server, &args.config, &cfg.server, &cfg.ipxe);
     info!(config = %args.config.display(), "{}", summary(&cfg));
     let applied = (cfg.server.clone(), cfg.ipxe.clone());
     let swap = Arc::new(SwapBooter::new(Arc::new(cfg.booter)));
     start_watcher(args.config.clone(), swap.clone(), applied)?;
-    crate::run::serve(&server, swap)
-}
-
-/// Command-line flags win; a flag left at its default takes the file's value.
-fn merge(cli: &ServerArgs, s: &ServerSettings, i: &IpxePaths) -> ServerArgs {
-    let mut out = cli.clone();
-    if out.interface.is_none() {
-        out.interface = s.interface.clone();
-    }
-    if out.listen_addr.is_unspecified() {
-        if let Some(a) = s.listen_addr {
-            out.listen_addr = a;
-        }
-    }
-    if out.port == 80 {
-        if let Some(p) = s.http_port {
-            out.port = p;
-        }
-    }
-    if s.status_port.is_some() {
-        info!("server.status_port is read from the config; use the status flags to serve it");
-    }
-    let slots = [
-        (&mut out.ipxe_bios, &i.bios),
-        (&mut out.ipxe_efi32, &i.efi32),
-        (&mut out.ipxe_efi64, &i.efi64),
-        (&mut out.ipxe_arm64, &i.arm64),
-        (&mut out.ipxe_ipxe, &i.ipxe),
-    ];
-    for (flag, file) in slots {
-        if flag.is_none() {
-            flag.clone_from(file);
-        }
-    }
-    out
+    Ok((server, swap))
 }
 
 /// Identity of the file on disk, to notice edits and replacements.
@@ -390,33 +359,5 @@ mod tests {
             panic!("loaded")
         };
         assert_eq!(e.problems.len(), 1);
-    }
-
-    #[test]
-    fn file_values_fill_flags_left_at_their_defaults() {
-        use clap::Parser;
-        let cli =
-            crate::cli::Cli::try_parse_from(["ironpxe", "serve", "--config", "x", "-p", "9090"])
-                .unwrap();
-        let crate::cli::Command::Serve(a) = cli.command else {
-            panic!()
-        };
-        let s = ServerSettings {
-            interface: Some("eth1".into()),
-            listen_addr: Some("10.0.0.2".parse().unwrap()),
-            http_port: Some(8080),
-            status_port: None,
-            shutdown_timeout: None,
-        };
-        let i = IpxePaths {
-            bios: Some("/b".into()),
-            ..IpxePaths::default()
-        };
-        let m = merge(&a.server, &s, &i);
-        assert_eq!(m.interface.as_deref(), Some("eth1"));
-        assert_eq!(m.listen_addr, std::net::Ipv4Addr::new(10, 0, 0, 2));
-        assert_eq!(m.port, 9090);
-        assert_eq!(m.ipxe_bios, Some(PathBuf::from("/b")));
-        assert_eq!(m.ipxe_efi64, None);
     }
 }
