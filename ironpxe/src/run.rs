@@ -324,6 +324,8 @@ async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet
         Some(done) = servers.join_next() => Ok(done),
     };
     shutdown.cancel();
+    // Open status pages would otherwise hold the HTTP server for the whole timeout.
+    status().end_streams();
     let result = match failed {
         Err(signal) => {
             info!(

@@ -239,6 +239,12 @@ fn sigterm_lets_a_download_finish_refuses_new_connections_and_exits_0() {
         TcpStream::connect(("127.0.0.1", http)).is_ok()
     });
     let (mut dl, first) = start_download(http);
+    // An open status page (its live stream) does not hold up the shutdown.
+    let mut live = TcpStream::connect(("127.0.0.1", http)).unwrap();
+    write!(live, "GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    live.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
 
     server.terminate();
     let asked = Instant::now();
