@@ -33,7 +33,8 @@ rec {
       ++ flag (interface != null) [ "--interface" interface ]
       ++ flag (server ? listen_addr) [ "--listen-addr" server.listen_addr ]
       ++ flag (server ? http_port) [ "--port" (toString server.http_port) ]
-      ++ flag (server ? status_port) [ "--status-port" (toString server.status_port) ])
+      ++ flag (server ? status_port) [ "--status-port" (toString server.status_port) ]
+      ++ flag (server ? shutdown_timeout) [ "--shutdown-timeout" server.shutdown_timeout ])
     ++ flag debug [ "--debug" ]
     ++ flag dhcpNoBind [ "--dhcp-no-bind" ]
     ++ extraArguments;

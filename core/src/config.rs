@@ -11,6 +11,8 @@
 //! [server]
 //! interface = "eth1"            # the data NIC
 //! http_port = 8080
+//! status_port = 8081            # unset: the status page is on http_port
+//! shutdown_timeout = "30s"      # after SIGTERM, transfers in flight get this long
 //! default_profile = "installer" # unset: machines not listed are not answered
 //!
 //! [profiles.installer]
@@ -39,6 +41,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -139,6 +142,8 @@ pub struct ServerSettings {
     pub http_port: Option<u16>,
     /// Status page port.
     pub status_port: Option<u16>,
+    /// How long, after SIGTERM or SIGINT, transfers in flight may take to finish.
+    pub shutdown_timeout: Option<Duration>,
 }
 
 /// `[ipxe]`: iPXE binaries by role (keys as in [`IpxeRole::config_key`]), relative
@@ -228,8 +233,9 @@ struct RawConfig {
 struct RawServer {
     interface: Option<S>,
     listen_addr: Option<S>,
-    http_port: Option<u16>,
-    status_port: Option<u16>,
+    http_port: Option<Spanned<u16>>,
+    status_port: Option<Spanned<u16>>,
+    shutdown_timeout: Option<S>,
     default_profile: Option<S>,
 }
 
@@ -282,12 +288,7 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn line(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
+        line_of(self.text, offset)
     }
 
     fn problem(&mut self, offset: usize, key: impl Into<String>, message: impl Into<String>) {
@@ -400,6 +401,17 @@ impl Validator<'_> {
     }
 }
 
+/// The validated profiles by name, with the offset of their `[profiles.NAME]` header.
+type Profiles = HashMap<String, (Resolved, usize)>;
+
+/// What `boot` says a listed machine does.
+#[derive(Clone, Copy)]
+enum BootKind {
+    Netboot,
+    Local,
+    Ignore,
+}
+
 impl Config {
     /// Validates `text`, the contents of `file`. Relative paths are relative to the
     /// file's directory. Returns every problem found, not just the first.
@@ -408,37 +420,7 @@ impl Config {
             file: file.to_path_buf(),
             problems,
         };
-        let raw: RawConfig = match toml::from_str(text) {
-            Ok(r) => r,
-            Err(e) => {
-                let offset = e.span().map(|s| s.start).unwrap_or(0);
-                let key = e
-                    .span()
-                    .and_then(|s| text.get(s))
-                    .map(|k| k.trim_matches('"'))
-                    .filter(|k| {
-                        !k.is_empty()
-                            && k.len() < 64
-                            && k.chars()
-                                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-                    })
-                    .unwrap_or("toml")
-                    .to_string();
-                let v = Validator {
-                    text,
-                    dir: PathBuf::new(),
-                    checks,
-                    problems: Vec::new(),
-                    files: HashMap::new(),
-                };
-                let line = v.line(offset);
-                return Err(err(vec![Problem {
-                    line,
-                    key,
-                    message: e.message().trim().to_string(),
-                }]));
-            }
-        };
+        let raw = read_raw(text).map_err(|p| err(vec![p]))?;
         let dir = file
             .parent()
             .map(Path::to_path_buf)
@@ -450,283 +432,11 @@ impl Config {
             problems: Vec::new(),
             files: HashMap::new(),
         };
-
-        // [server]
-        let s = &raw.server;
-        let listen_addr =
-            s.listen_addr
-                .as_ref()
-                .and_then(|a| match a.get_ref().parse::<Ipv4Addr>() {
-                    Ok(ip) => Some(ip),
-                    Err(_) => {
-                        v.problem(
-                            a.span().start,
-                            "server.listen_addr",
-                            format!("{:?} is not an IPv4 address", a.get_ref()),
-                        );
-                        None
-                    }
-                });
-        if s.http_port == Some(0) {
-            v.problem(0, "server.http_port", "port 0 is not a port");
-        }
-        let server = ServerSettings {
-            interface: s.interface.as_ref().map(|i| i.get_ref().clone()),
-            listen_addr,
-            http_port: s.http_port,
-            status_port: s.status_port,
-        };
-
-        // [ipxe]
-        let mut ipxe = IpxePaths::default();
-        for (key, path) in &raw.ipxe {
-            let name = format!("ipxe.{}", key.get_ref());
-            match IpxeRole::from_config_key(key.get_ref()) {
-                Some(role) => {
-                    if let Some(p) = v.path_at(path, &name) {
-                        ipxe.insert(role, p);
-                    }
-                }
-                None => {
-                    let known: Vec<&str> = IpxeRole::ALL
-                        .iter()
-                        .filter_map(|r| r.config_key())
-                        .collect();
-                    v.problem(
-                        key.span().start,
-                        name,
-                        format!("unknown key, expected one of {}", known.join(", ")),
-                    );
-                }
-            }
-        }
-
-        // [profiles.NAME]
-        let mut profiles: HashMap<String, (Resolved, usize)> = HashMap::new();
-        for (name, p) in &raw.profiles {
-            let key = format!("profiles.{}", name.get_ref());
-            let r = Resolved {
-                kernel_given: p.kernel.is_some(),
-                kernel: p
-                    .kernel
-                    .as_ref()
-                    .and_then(|k| v.file_at(k, &format!("{key}.kernel"))),
-                initrds: p
-                    .initrd
-                    .as_ref()
-                    .map(|l| v.initrds_at(l, &format!("{key}.initrd"))),
-                cmdline: p
-                    .cmdline
-                    .as_ref()
-                    .and_then(|c| v.cmdline_at(c, &format!("{key}.cmdline"))),
-                message: p
-                    .message
-                    .as_ref()
-                    .and_then(|m| v.text_at(m, &format!("{key}.message"))),
-            };
-            // Text problems of a profile are reported once, here, not per machine.
-            let text_at = p
-                .cmdline
-                .as_ref()
-                .or(p.message.as_ref())
-                .map(|c| c.span().start)
-                .unwrap_or(name.span().start);
-            if let Some(spec) = text_spec(&r) {
-                v.spec_check(&spec, text_at, &key);
-            }
-            profiles.insert(name.get_ref().clone(), (r, name.span().start));
-        }
-
-        let default = match &s.default_profile {
-            None => None,
-            Some(d) => match profiles.get(d.get_ref()) {
-                None => {
-                    let known = known_profiles(&profiles);
-                    v.problem(
-                        d.span().start,
-                        "server.default_profile",
-                        format!("unknown profile {:?}{known}", d.get_ref()),
-                    );
-                    None
-                }
-                Some((r, _)) => match build_spec(r, &Resolved::default()) {
-                    Ok(spec) => Some((d.get_ref().clone(), Arc::new(spec))),
-                    Err(()) => {
-                        v.problem(
-                            d.span().start,
-                            "server.default_profile",
-                            format!("profile {:?} has no kernel", d.get_ref()),
-                        );
-                        None
-                    }
-                },
-            },
-        };
-
-        // [[machines]]
-        let mut machines: HashMap<MacAddr, Machine> = HashMap::new();
-        let mut names: HashMap<String, usize> = HashMap::new();
-        for (n, m) in raw.machines.iter().enumerate() {
-            let key = format!("machines[{n}]");
-            let m = m.get_ref();
-            // Where a problem with the machine's own text is reported.
-            let at = [&m.cmdline, &m.cmdline_append, &m.message]
-                .into_iter()
-                .flatten()
-                .map(|t| t.span().start)
-                .min()
-                .unwrap_or(m.mac.span().start);
-            let line = v.line(m.mac.span().start);
-            let mac = match m.mac.get_ref().parse::<MacAddr>() {
-                Ok(mac) => Some(mac),
-                Err(e) => {
-                    v.problem(m.mac.span().start, format!("{key}.mac"), e.to_string());
-                    None
-                }
-            };
-            if let Some(name) = &m.name {
-                if let Some(first) = names.insert(name.get_ref().clone(), line) {
-                    v.problem(
-                        name.span().start,
-                        format!("{key}.name"),
-                        format!("duplicate name {:?}: also at line {first}", name.get_ref()),
-                    );
-                }
-            }
-            let boot = match m.boot.as_ref().map(|b| (b, b.get_ref().as_str())) {
-                None | Some((_, "netboot")) => Some("netboot"),
-                Some((_, "local")) => Some("local"),
-                Some((_, "ignore")) => Some("ignore"),
-                Some((b, other)) => {
-                    v.problem(
-                        b.span().start,
-                        format!("{key}.boot"),
-                        format!("{other:?} is not one of \"netboot\", \"local\", \"ignore\""),
-                    );
-                    None
-                }
-            };
-            let profile = match &m.profile {
-                None => None,
-                Some(p) => match profiles.get(p.get_ref()) {
-                    Some((r, _)) => Some(r.clone()),
-                    None => {
-                        let known = known_profiles(&profiles);
-                        v.problem(
-                            p.span().start,
-                            format!("{key}.profile"),
-                            format!("unknown profile {:?}{known}", p.get_ref()),
-                        );
-                        None
-                    }
-                },
-            };
-            let mut own = Resolved {
-                kernel_given: m.kernel.is_some(),
-                kernel: m
-                    .kernel
-                    .as_ref()
-                    .and_then(|k| v.file_at(k, &format!("{key}.kernel"))),
-                initrds: m
-                    .initrd
-                    .as_ref()
-                    .map(|l| v.initrds_at(l, &format!("{key}.initrd"))),
-                cmdline: m
-                    .cmdline
-                    .as_ref()
-                    .and_then(|c| v.cmdline_at(c, &format!("{key}.cmdline"))),
-                message: m
-                    .message
-                    .as_ref()
-                    .and_then(|t| v.text_at(t, &format!("{key}.message"))),
-            };
-            let append = m
-                .cmdline_append
-                .as_ref()
-                .and_then(|c| v.cmdline_at(c, &format!("{key}.cmdline_append")));
-            if let Some(extra) = append {
-                let base = own
-                    .cmdline
-                    .clone()
-                    .or_else(|| profile.as_ref().and_then(|p| p.cmdline.clone()))
-                    .unwrap_or_default();
-                own.cmdline = Some(if base.is_empty() {
-                    extra
-                } else {
-                    format!("{base} {extra}")
-                });
-            }
-            let machine_boot = match boot {
-                Some("local") => Some(MachineBoot::Local),
-                Some("ignore") => Some(MachineBoot::Ignore),
-                Some(_) => {
-                    let base = profile.clone().unwrap_or_default();
-                    match build_spec(&base, &own) {
-                        Ok(spec) => {
-                            let own_text = m.cmdline.is_some()
-                                || m.cmdline_append.is_some()
-                                || m.message.is_some();
-                            if own_text {
-                                v.spec_check(&spec, at, &key);
-                            }
-                            Some(MachineBoot::Netboot(Arc::new(spec)))
-                        }
-                        Err(()) => {
-                            // Not worth saying if a kernel or the profile has its own problem.
-                            let reported = own.kernel_given
-                                || base.kernel_given
-                                || (m.profile.is_some() && profile.is_none());
-                            if !reported {
-                                let hint = match &m.profile {
-                                    Some(p) => {
-                                        format!("set kernel here or in profile {:?}", p.get_ref())
-                                    }
-                                    None => "set kernel or profile".to_string(),
-                                };
-                                v.problem(
-                                    m.mac.span().start,
-                                    key.clone(),
-                                    format!("netboot machine without a kernel: {hint}"),
-                                );
-                            }
-                            None
-                        }
-                    }
-                }
-                None => None,
-            };
-            if let Some(mac) = mac {
-                if let Some(first) = machines.get(&mac) {
-                    let first = first.line;
-                    v.problem(
-                        m.mac.span().start,
-                        format!("{key}.mac"),
-                        format!("duplicate MAC {mac}: also at line {first}"),
-                    );
-                    continue;
-                }
-                if let Some(boot) = machine_boot {
-                    machines.insert(
-                        mac,
-                        Machine {
-                            name: m.name.as_ref().map(|n| n.get_ref().clone()),
-                            boot,
-                            line,
-                        },
-                    );
-                } else {
-                    // Keep the line so a later duplicate is still reported.
-                    machines.insert(
-                        mac,
-                        Machine {
-                            name: None,
-                            boot: MachineBoot::Ignore,
-                            line,
-                        },
-                    );
-                }
-            }
-        }
+        let server = v.server(&raw.server);
+        let ipxe = v.ipxe(&raw.ipxe);
+        let profiles = v.profiles(&raw.profiles);
+        let default = v.default_profile(raw.server.default_profile.as_ref(), &profiles);
+        let machines = v.machines(&raw.machines, &profiles);
 
         if !v.problems.is_empty() {
             let mut problems = std::mem::take(&mut v.problems);
@@ -745,7 +455,385 @@ impl Config {
     }
 }
 
-fn known_profiles(profiles: &HashMap<String, (Resolved, usize)>) -> String {
+/// The serde layer. A TOML syntax or shape mistake stops reading, so it is the only
+/// problem reported.
+fn read_raw(text: &str) -> Result<RawConfig, Problem> {
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        let key = e
+            .span()
+            .and_then(|s| text.get(s))
+            .map(|k| k.trim_matches('"'))
+            .filter(|k| {
+                !k.is_empty()
+                    && k.len() < 64
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            })
+            .unwrap_or("toml")
+            .to_string();
+        Problem {
+            line: line_of(text, offset),
+            key,
+            message: e.message().trim().to_string(),
+        }
+    })
+}
+
+/// The 1-based line of byte `offset` of `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The sections of the file, one function each, called in file order by
+/// [`Config::parse`].
+impl Validator<'_> {
+    /// `[server]`, except `default_profile`, which needs the profiles.
+    fn server(&mut self, s: &RawServer) -> ServerSettings {
+        let listen_addr =
+            s.listen_addr
+                .as_ref()
+                .and_then(|a| match a.get_ref().parse::<Ipv4Addr>() {
+                    Ok(ip) => Some(ip),
+                    Err(_) => {
+                        self.problem(
+                            a.span().start,
+                            "server.listen_addr",
+                            format!("{:?} is not an IPv4 address", a.get_ref()),
+                        );
+                        None
+                    }
+                });
+        let shutdown_timeout =
+            s.shutdown_timeout
+                .as_ref()
+                .and_then(|t| match crate::parse_duration(t.get_ref()) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        self.problem(t.span().start, "server.shutdown_timeout", e.to_string());
+                        None
+                    }
+                });
+        ServerSettings {
+            interface: s.interface.as_ref().map(|i| i.get_ref().clone()),
+            listen_addr,
+            http_port: self.port_at(s.http_port.as_ref(), "server.http_port"),
+            status_port: self.port_at(s.status_port.as_ref(), "server.status_port"),
+            shutdown_timeout,
+        }
+    }
+
+    /// A TCP port: anything but 0.
+    fn port_at(&mut self, p: Option<&Spanned<u16>>, key: &str) -> Option<u16> {
+        let p = p?;
+        if *p.get_ref() == 0 {
+            self.problem(p.span().start, key, "port 0 is not a port");
+            return None;
+        }
+        Some(*p.get_ref())
+    }
+
+    /// `[ipxe]`.
+    fn ipxe(&mut self, raw: &RawIpxe) -> IpxePaths {
+        let mut ipxe = IpxePaths::default();
+        for (key, path) in raw {
+            let name = format!("ipxe.{}", key.get_ref());
+            match IpxeRole::from_config_key(key.get_ref()) {
+                Some(role) => {
+                    if let Some(p) = self.path_at(path, &name) {
+                        ipxe.insert(role, p);
+                    }
+                }
+                None => {
+                    let known: Vec<&str> = IpxeRole::ALL
+                        .iter()
+                        .filter_map(|r| r.config_key())
+                        .collect();
+                    self.problem(
+                        key.span().start,
+                        name,
+                        format!("unknown key, expected one of {}", known.join(", ")),
+                    );
+                }
+            }
+        }
+        ipxe
+    }
+
+    /// `[profiles.NAME]`. Text problems of a profile are reported once, here, not
+    /// once per machine using it.
+    fn profiles(&mut self, raw: &BTreeMap<S, RawProfile>) -> Profiles {
+        let mut profiles = Profiles::new();
+        for (name, p) in raw {
+            let key = format!("profiles.{}", name.get_ref());
+            let r = self.fields(
+                &key,
+                p.kernel.as_ref(),
+                p.initrd.as_deref(),
+                p.cmdline.as_ref(),
+                p.message.as_ref(),
+            );
+            let text_at = p
+                .cmdline
+                .as_ref()
+                .or(p.message.as_ref())
+                .map(|c| c.span().start)
+                .unwrap_or(name.span().start);
+            if let Some(spec) = text_spec(&r) {
+                self.spec_check(&spec, text_at, &key);
+            }
+            profiles.insert(name.get_ref().clone(), (r, name.span().start));
+        }
+        profiles
+    }
+
+    /// The fields profiles and machines share: kernel, initrd, cmdline, message.
+    fn fields(
+        &mut self,
+        key: &str,
+        kernel: Option<&S>,
+        initrd: Option<&[S]>,
+        cmdline: Option<&S>,
+        message: Option<&S>,
+    ) -> Resolved {
+        Resolved {
+            kernel_given: kernel.is_some(),
+            kernel: kernel.and_then(|k| self.file_at(k, &format!("{key}.kernel"))),
+            initrds: initrd.map(|l| self.initrds_at(l, &format!("{key}.initrd"))),
+            cmdline: cmdline.and_then(|c| self.cmdline_at(c, &format!("{key}.cmdline"))),
+            message: message.and_then(|m| self.text_at(m, &format!("{key}.message"))),
+        }
+    }
+
+    /// `server.default_profile`: what machines not listed boot.
+    fn default_profile(
+        &mut self,
+        d: Option<&S>,
+        profiles: &Profiles,
+    ) -> Option<(String, Arc<BootSpec>)> {
+        let d = d?;
+        let Some((r, _)) = profiles.get(d.get_ref()) else {
+            let known = known_profiles(profiles);
+            self.problem(
+                d.span().start,
+                "server.default_profile",
+                format!("unknown profile {:?}{known}", d.get_ref()),
+            );
+            return None;
+        };
+        match build_spec(r, &Resolved::default()) {
+            Ok(spec) => Some((d.get_ref().clone(), Arc::new(spec))),
+            Err(()) => {
+                self.problem(
+                    d.span().start,
+                    "server.default_profile",
+                    format!("profile {:?} has no kernel", d.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    /// `[[machines]]`: unique MACs and names, each with what it boots.
+    fn machines(
+        &mut self,
+        raw: &[Spanned<RawMachine>],
+        profiles: &Profiles,
+    ) -> HashMap<MacAddr, Machine> {
+        let mut machines: HashMap<MacAddr, Machine> = HashMap::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (n, m) in raw.iter().enumerate() {
+            let key = format!("machines[{n}]");
+            let m = m.get_ref();
+            let line = self.line(m.mac.span().start);
+            let mac = match m.mac.get_ref().parse::<MacAddr>() {
+                Ok(mac) => Some(mac),
+                Err(e) => {
+                    self.problem(m.mac.span().start, format!("{key}.mac"), e.to_string());
+                    None
+                }
+            };
+            if let Some(name) = &m.name {
+                if let Some(first) = names.insert(name.get_ref().clone(), line) {
+                    self.problem(
+                        name.span().start,
+                        format!("{key}.name"),
+                        format!("duplicate name {:?}: also at line {first}", name.get_ref()),
+                    );
+                }
+            }
+            let boot = self.machine_boot(m, &key, profiles);
+            let Some(mac) = mac else { continue };
+            if let Some(first) = machines.get(&mac) {
+                let first = first.line;
+                self.problem(
+                    m.mac.span().start,
+                    format!("{key}.mac"),
+                    format!("duplicate MAC {mac}: also at line {first}"),
+                );
+                continue;
+            }
+            let machine = match boot {
+                Some(boot) => Machine {
+                    name: m.name.as_ref().map(|n| n.get_ref().clone()),
+                    boot,
+                    line,
+                },
+                // Keep the line so a later duplicate is still reported.
+                None => Machine {
+                    name: None,
+                    boot: MachineBoot::Ignore,
+                    line,
+                },
+            };
+            machines.insert(mac, machine);
+        }
+        machines
+    }
+
+    /// What one listed machine boots, or `None` once the reason is reported.
+    fn machine_boot(
+        &mut self,
+        m: &RawMachine,
+        key: &str,
+        profiles: &Profiles,
+    ) -> Option<MachineBoot> {
+        let boot = self.boot_kind(m.boot.as_ref(), key);
+        let profile = self.machine_profile(m.profile.as_ref(), key, profiles);
+        let own = self.machine_fields(m, key, profile.as_ref());
+        match boot? {
+            BootKind::Local => Some(MachineBoot::Local),
+            BootKind::Ignore => Some(MachineBoot::Ignore),
+            BootKind::Netboot => self
+                .netboot_spec(m, key, profile.as_ref(), &own)
+                .map(MachineBoot::Netboot),
+        }
+    }
+
+    /// `machines[N].boot`.
+    fn boot_kind(&mut self, boot: Option<&S>, key: &str) -> Option<BootKind> {
+        match boot.map(|b| (b, b.get_ref().as_str())) {
+            None | Some((_, "netboot")) => Some(BootKind::Netboot),
+            Some((_, "local")) => Some(BootKind::Local),
+            Some((_, "ignore")) => Some(BootKind::Ignore),
+            Some((b, other)) => {
+                self.problem(
+                    b.span().start,
+                    format!("{key}.boot"),
+                    format!("{other:?} is not one of \"netboot\", \"local\", \"ignore\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// `machines[N].profile`, looked up.
+    fn machine_profile(
+        &mut self,
+        profile: Option<&S>,
+        key: &str,
+        profiles: &Profiles,
+    ) -> Option<Resolved> {
+        let p = profile?;
+        match profiles.get(p.get_ref()) {
+            Some((r, _)) => Some(r.clone()),
+            None => {
+                let known = known_profiles(profiles);
+                self.problem(
+                    p.span().start,
+                    format!("{key}.profile"),
+                    format!("unknown profile {:?}{known}", p.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A machine's own fields, with `cmdline_append` added to its cmdline (or to its
+    /// profile's).
+    fn machine_fields(
+        &mut self,
+        m: &RawMachine,
+        key: &str,
+        profile: Option<&Resolved>,
+    ) -> Resolved {
+        let mut own = self.fields(
+            key,
+            m.kernel.as_ref(),
+            m.initrd.as_deref(),
+            m.cmdline.as_ref(),
+            m.message.as_ref(),
+        );
+        let append = m
+            .cmdline_append
+            .as_ref()
+            .and_then(|c| self.cmdline_at(c, &format!("{key}.cmdline_append")));
+        if let Some(extra) = append {
+            let base = own
+                .cmdline
+                .clone()
+                .or_else(|| profile.and_then(|p| p.cmdline.clone()))
+                .unwrap_or_default();
+            own.cmdline = Some(if base.is_empty() {
+                extra
+            } else {
+                format!("{base} {extra}")
+            });
+        }
+        own
+    }
+
+    /// The spec of a netbooting machine: its own fields over its profile's.
+    fn netboot_spec(
+        &mut self,
+        m: &RawMachine,
+        key: &str,
+        profile: Option<&Resolved>,
+        own: &Resolved,
+    ) -> Option<Arc<BootSpec>> {
+        let base = profile.cloned().unwrap_or_default();
+        match build_spec(&base, own) {
+            Ok(spec) => {
+                if m.cmdline.is_some() || m.cmdline_append.is_some() || m.message.is_some() {
+                    // Where a problem with the machine's own text is reported.
+                    let at = [&m.cmdline, &m.cmdline_append, &m.message]
+                        .into_iter()
+                        .flatten()
+                        .map(|t| t.span().start)
+                        .min()
+                        .unwrap_or(m.mac.span().start);
+                    self.spec_check(&spec, at, key);
+                }
+                Some(Arc::new(spec))
+            }
+            Err(()) => {
+                // Not worth saying if a kernel or the profile has its own problem.
+                let reported = own.kernel_given
+                    || base.kernel_given
+                    || (m.profile.is_some() && profile.is_none());
+                if !reported {
+                    let hint = match &m.profile {
+                        Some(p) => format!("set kernel here or in profile {:?}", p.get_ref()),
+                        None => "set kernel or profile".to_string(),
+                    };
+                    self.problem(
+                        m.mac.span().start,
+                        key,
+                        format!("netboot machine without a kernel: {hint}"),
+                    );
+                }
+                None
+            }
+        }
+    }
+}
+
+fn known_profiles(profiles: &Profiles) -> String {
     let mut names: Vec<&str> = profiles.keys().map(String::as_str).collect();
     names.sort_unstable();
     if names.is_empty() {

@@ -14,6 +14,7 @@
 //!   `ironpxe serve`), and [`SwapBooter`] lets a running server replace its booter.
 //! - [`event`]: [`BootEvent`], the one typed vocabulary of what happened during a
 //!   boot; [`emit`] logs it and hands it to the status store.
+//! - [`parse_duration`] reads durations (`30s`, `1m30s`) for flags and the file.
 //! - [`template`] expands `{{ URL "x" }}` / `{{ ID "x" }}` in command lines.
 //! - [`urls`] builds and parses every URL ironpxe hands out ([`BootUrls`]): the
 //!   script URL ProxyDHCP announces, the file and callback URLs of a script, and the
@@ -29,6 +30,7 @@
 mod arch;
 mod booter;
 pub mod config;
+mod duration;
 pub mod event;
 pub mod ipxe_role;
 mod mac;
@@ -39,6 +41,7 @@ pub mod urls;
 pub use arch::ClientArch;
 pub use booter::{BootDecision, Booter, StaticBooter, SwapBooter};
 pub use config::{Config, ConfigBooter};
+pub use duration::{parse_duration, DurationError};
 pub use event::{emit, BootEvent, EventSink, EVENT_TARGET};
 pub use ipxe_role::{IpxeBinaries, IpxeRole, RoleMap};
 pub use mac::{MacAddr, MacParseError};

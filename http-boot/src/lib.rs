@@ -73,9 +73,6 @@ use url::Url;
 /// concurrent clients cost little memory.
 const CHUNK: usize = 64 * 1024;
 
-/// How long [`serve`] lets running transfers finish after shutdown is requested.
-pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
-
 /// What the HTTP handlers share: the booter, and a client for remote files.
 #[derive(Clone)]
 pub struct HttpState {
@@ -164,12 +161,14 @@ async fn client_span(
 
 /// Serves `router` on `listener` until `shutdown` completes.
 ///
-/// After the shutdown signal, no new connections are accepted. Running requests get
-/// [`SHUTDOWN_DRAIN`] to finish, then this returns and they are abandoned.
+/// After the shutdown signal the listener is closed, so new connections are refused,
+/// and idle connections are closed. Running requests (downloads) get `drain` to
+/// finish, then this returns and those still running are abandoned.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
 ) -> io::Result<()> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -189,9 +188,9 @@ pub async fn serve(
     .with_graceful_shutdown(stopped(rx.clone()));
     tokio::select! {
         r = server => r,
-        () = async { stopped(rx).await; tokio::time::sleep(SHUTDOWN_DRAIN).await } => {
+        () = async { stopped(rx).await; tokio::time::sleep(drain).await } => {
             tracing::warn!(
-                "HTTP shutdown: transfers still running after {SHUTDOWN_DRAIN:?}, stopping anyway"
+                "HTTP shutdown: transfers still running after {drain:?}, stopping anyway"
             );
             Ok(())
         }

@@ -1,6 +1,7 @@
 //! `/_/bin/<name>`: the iPXE binaries UEFI HTTP Boot firmware downloads.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use ironpxe_core::{BootSpec, BootUrls, FileRef, StaticBooter};
@@ -20,7 +21,12 @@ async fn start() -> BootUrls {
         ("snponly.efi".to_string(), Bytes::from_static(b"MZ snponly")),
         ("undionly.kpxe".to_string(), Bytes::from_static(b"kpxe")),
     ]);
-    tokio::spawn(serve(listener, router(state), std::future::pending()));
+    tokio::spawn(serve(
+        listener,
+        router(state),
+        std::future::pending(),
+        Duration::from_secs(10),
+    ));
     BootUrls::http(addr.ip(), addr.port())
 }
 

@@ -74,7 +74,12 @@ async fn start(booter: Arc<dyn Booter>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let state = HttpState::new(booter).unwrap();
-    tokio::spawn(serve(listener, router(state), std::future::pending()));
+    tokio::spawn(serve(
+        listener,
+        router(state),
+        std::future::pending(),
+        Duration::from_secs(10),
+    ));
     format!("http://{addr}")
 }
 
@@ -523,9 +528,14 @@ async fn serve_stops_on_shutdown() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let state = HttpState::new(static_booter(&f, "")).unwrap();
-    let server = tokio::spawn(serve(listener, router(state), async {
-        let _ = rx.await;
-    }));
+    let server = tokio::spawn(serve(
+        listener,
+        router(state),
+        async {
+            let _ = rx.await;
+        },
+        Duration::from_secs(10),
+    ));
     let r = reqwest::get(urls(&base).booting(mac(MAC), ClientArch::Bios))
         .await
         .unwrap();
@@ -536,4 +546,89 @@ async fn serve_stops_on_shutdown() {
         .expect("serve did not stop")
         .unwrap();
     assert!(result.is_ok());
+}
+
+/// A server over one large local file; returns the file, its id's URL path, the
+/// address, the shutdown trigger and the server task.
+async fn start_big(
+    drain: Duration,
+) -> (
+    tempfile::TempDir,
+    Vec<u8>,
+    String,
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..8_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(dir.path().join("big"), &big).unwrap();
+    let kernel = FileRef::Local(dir.path().join("big"));
+    let path = format!("/_/file?name={}", kernel.id());
+    let booter = Arc::new(StaticBooter::new(BootSpec {
+        kernel,
+        initrds: vec![],
+        cmdline: String::new(),
+        message: None,
+    }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let state = HttpState::new(booter).unwrap();
+    let server = tokio::spawn(serve(
+        listener,
+        router(state),
+        async {
+            let _ = rx.await;
+        },
+        drain,
+    ));
+    (dir, big, path, addr, tx, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_new_connections_and_lets_a_download_finish() {
+    let (_dir, big, path, addr, stop, server) = start_big(Duration::from_secs(20)).await;
+    let mut dl = TcpStream::connect(addr).await.unwrap();
+    dl.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 1024];
+    dl.read_exact(&mut first).await.unwrap();
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "a new connection was accepted after shutdown"
+    );
+    let mut rest = Vec::new();
+    dl.read_to_end(&mut rest).await.unwrap();
+    let all = [first, rest].concat();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    assert_eq!(all[split + 4..].len(), big.len());
+    assert!(all[split + 4..] == big[..]);
+    let r = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve did not stop once the download finished");
+    assert!(r.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_abandons_a_stalled_download_after_the_drain() {
+    let (_dir, _big, path, addr, stop, server) = start_big(Duration::from_millis(500)).await;
+    let mut dl = TcpStream::connect(addr).await.unwrap();
+    dl.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 1024];
+    dl.read_exact(&mut first).await.unwrap();
+    let asked = std::time::Instant::now();
+    stop.send(()).unwrap();
+    // The client reads nothing more: serve gives up after the drain.
+    let r = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve did not stop after the drain");
+    assert!(r.unwrap().is_ok());
+    assert!(asked.elapsed() >= Duration::from_millis(500));
+    drop(dl);
 }

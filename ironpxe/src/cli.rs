@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use ironpxe_core::ipxe_role::{IpxeRole, RoleMap};
+use ironpxe_core::parse_duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,8 +68,8 @@ streamed through ironpxe, so clients only ever talk to ironpxe."
     #[command(
         long_about = "Boot machines by MAC as described in a TOML configuration file.\n\n\
 The file has [server], [ipxe], [profiles.NAME] and [[machines]] sections (see \
-examples/cluster.toml). Command-line flags override [server] and [ipxe] values; a flag \
-left at its default value counts as not given.\n\n\
+examples/cluster.toml). A flag given on the command line wins over the file's [server] \
+and [ipxe] values, even when it names the default value (-p 80 beats http_port = 8080).\n\n\
 The file is reloaded on SIGHUP and when it changes. A new file with problems is refused, \
 each problem is logged, and the previous configuration keeps serving.",
         after_help = "Example:\n  ironpxe check --config /etc/ironpxe.toml && ironpxe serve --config /etc/ironpxe.toml"
@@ -129,43 +130,6 @@ pub struct ApiArgs {
     pub server: ServerArgs,
 }
 
-/// Parses a Go-style duration as pixiecore's flags take them: `5s`, `500ms`, `1m30s`,
-/// `2h`; a bare number means seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let bad = || format!("invalid duration {s:?}: use e.g. 5s, 500ms or 1m30s");
-    let s = s.trim();
-    if s.is_empty() {
-        return Err(bad());
-    }
-    if let Ok(secs) = s.parse::<f64>() {
-        return std::time::Duration::try_from_secs_f64(secs).map_err(|_| bad());
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let n: f64 = rest[..num_end].parse().map_err(|_| bad())?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += n * scale;
-        rest = &rest[unit_end..];
-    }
-    std::time::Duration::try_from_secs_f64(total).map_err(|_| bad())
-}
-
 #[derive(Args, Debug)]
 pub struct BootArgs {
     /// Kernel image: a local path or an http(s):// URL.
@@ -191,13 +155,14 @@ pub struct BootArgs {
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
     /// Address the HTTP and TFTP servers listen on, and that ProxyDHCP announces when
-    /// not 0.0.0.0 (by default each reply names our address on the receiving NIC).
-    #[arg(short = 'l', long = "listen-addr", default_value = "0.0.0.0")]
-    pub listen_addr: Ipv4Addr,
+    /// not 0.0.0.0 (by default each reply names our address on the receiving NIC)
+    /// [default: 0.0.0.0].
+    #[arg(short = 'l', long = "listen-addr", value_name = "LISTEN_ADDR")]
+    pub listen_addr: Option<Ipv4Addr>,
 
-    /// HTTP port for boot scripts, kernels and initrds.
-    #[arg(short = 'p', long, default_value_t = 80)]
-    pub port: u16,
+    /// HTTP port for boot scripts, kernels and initrds [default: 80].
+    #[arg(short = 'p', long, value_name = "PORT")]
+    pub port: Option<u16>,
 
     /// HTTP port for the boot status page (/), its JSON API (/api/v1/machines,
     /// /api/v1/events) and Prometheus metrics (/metrics) [default: the --port server].
@@ -213,6 +178,13 @@ pub struct ServerArgs {
     /// e.g. 120s or 5m.
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
     pub stuck_after: std::time::Duration,
+
+    /// On SIGTERM or SIGINT ironpxe stops answering DHCP and takes no new TFTP
+    /// request or HTTP connection; downloads and TFTP transfers in flight get this
+    /// long to finish, then it exits 0. A second signal exits at once. E.g. 30s, 2m,
+    /// 0 [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_timeout: Option<std::time::Duration>,
 
     /// Answer DHCP only on this network interface (the data NIC).
     #[arg(long, value_name = "NAME")]
@@ -407,8 +379,8 @@ mod tests {
         assert_eq!(b.initrds, ["/i1", "/i2"]);
         assert_eq!(b.cmdline, "a=b c");
         assert_eq!(b.bootmsg.as_deref(), Some("hi"));
-        assert_eq!(b.server.listen_addr, Ipv4Addr::new(10, 0, 0, 2));
-        assert_eq!(b.server.port, 8080);
+        assert_eq!(b.server.listen_addr, Some(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(b.server.port, Some(8080));
         assert_eq!(b.server.ipxe_bios, Some(PathBuf::from("/u.kpxe")));
     }
 
@@ -421,7 +393,7 @@ mod tests {
             panic!("not serve")
         };
         assert_eq!(a.config, PathBuf::from("/etc/i.toml"));
-        assert_eq!(a.server.port, 8080);
+        assert_eq!(a.server.port, Some(8080));
         let cli =
             Cli::try_parse_from(["ironpxe", "check", "-f", "x.toml", "--no-file-checks"]).unwrap();
         let Command::Check(c) = cli.command else {
@@ -441,18 +413,5 @@ mod tests {
         };
         assert_eq!(a.url, "http://boot.cluster/api");
         assert_eq!(a.api_request_timeout, std::time::Duration::from_secs(90));
-    }
-
-    #[test]
-    fn durations() {
-        use std::time::Duration;
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("1h1m1s"), Ok(Duration::from_secs(3661)));
-        for bad in ["", "5x", "s", "-1s", "5 s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -15,14 +15,13 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use ironpxe_core::config::{Checks, ConfigError, IpxePaths, MachineBoot, ServerSettings};
+use ironpxe_core::event::{emit, BootEvent};
 use ironpxe_core::template::resolve_cmdline;
-use ironpxe_core::{BootSpec, Config, FileRef, IpxeRole, SwapBooter};
+use ironpxe_core::{BootSpec, Booter, Config, FileRef, SwapBooter};
 use tracing::{info, warn};
 
-use crate::cli::{CheckArgs, ServeArgs, ServerArgs};
-
-/// Target of ironpxe's structured events.
-const EVENT: &str = "ironpxe::event";
+use crate::cli::{CheckArgs, ServeArgs};
+use crate::server_config::ServerConfig;
 
 /// How often the watcher looks at the file.
 const POLL: Duration = Duration::from_secs(1);
@@ -151,8 +150,10 @@ fn summary(cfg: &Config) -> String {
     )
 }
 
-/// `ironpxe serve`.
-pub fn serve(args: ServeArgs) -> Result<()> {
+/// `ironpxe serve`: loads the file, starts watching it for reloads, and returns the
+/// runtime configuration (the command line over the file's `[server]` and `[ipxe]`)
+/// and the booter for [`crate::run::serve`].
+pub fn prepare(args: &ServeArgs) -> Result<(ServerConfig, Arc<dyn Booter>)> {
     let (cfg, _) = load(&args.config, true).map_err(|e| match e {
         LoadError::Read(m) => anyhow::anyhow!("{m}"),
         LoadError::Problems(e) => anyhow::anyhow!(
@@ -161,41 +162,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             e.problems.len()
         ),
     })?;
-    let server = merge(&args.server, &cfg.server, &cfg.ipxe);
+    let server = ServerConfig::merge(&args.server, &args.config, &cfg.server, &cfg.ipxe);
     info!(config = %args.config.display(), "{}", summary(&cfg));
     let applied = (cfg.server.clone(), cfg.ipxe.clone());
     let swap = Arc::new(SwapBooter::new(Arc::new(cfg.booter)));
     start_watcher(args.config.clone(), swap.clone(), applied)?;
-    crate::run::serve(&server, swap)
-}
-
-/// Command-line flags win; a flag left at its default takes the file's value.
-fn merge(cli: &ServerArgs, s: &ServerSettings, i: &IpxePaths) -> ServerArgs {
-    let mut out = cli.clone();
-    if out.interface.is_none() {
-        out.interface = s.interface.clone();
-    }
-    if out.listen_addr.is_unspecified() {
-        if let Some(a) = s.listen_addr {
-            out.listen_addr = a;
-        }
-    }
-    if out.port == 80 {
-        if let Some(p) = s.http_port {
-            out.port = p;
-        }
-    }
-    if s.status_port.is_some() {
-        info!("server.status_port is read from the config; use the status flags to serve it");
-    }
-    for role in IpxeRole::ALL {
-        if let (Some(flag), Some(file)) = (out.ipxe_path_mut(role), i.get(role)) {
-            if flag.is_none() {
-                *flag = Some(file.clone());
-            }
-        }
-    }
-    out
+    Ok((server, swap))
 }
 
 /// Identity of the file on disk, to notice edits and replacements.
@@ -276,13 +248,11 @@ fn start_watcher(
                             }
                             let sum = summary(&cfg);
                             swap.swap(Arc::new(cfg.booter));
-                            info!(
-                                target: EVENT,
-                                event = "config.reloaded",
-                                file = %path.display(),
-                                trigger = why,
-                                "{sum}"
-                            );
+                            emit(BootEvent::ConfigReloaded {
+                                file: path.display().to_string(),
+                                trigger: why,
+                                summary: sum,
+                            });
                         }
                         Err(e) => {
                             let (n, first) = match &e {
@@ -292,15 +262,13 @@ fn start_watcher(
                                     e.to_string().lines().next().unwrap_or("").to_string(),
                                 ),
                             };
-                            warn!(
-                                target: EVENT,
-                                event = "config.rejected",
-                                file = %path.display(),
-                                trigger = why,
-                                problems = n,
-                                reason = %first,
-                                "new configuration refused; the previous one keeps serving"
-                            );
+                            emit(BootEvent::ConfigRejected {
+                                file: path.display().to_string(),
+                                trigger: why,
+                                problems: n as u64,
+                                reason: first,
+                            });
+                            warn!("new configuration refused; the previous one keeps serving");
                             if n > 1 {
                                 for line in e.to_string().lines() {
                                     warn!("{line}");
@@ -377,29 +345,5 @@ mod tests {
             panic!("loaded")
         };
         assert_eq!(e.problems.len(), 1);
-    }
-
-    #[test]
-    fn file_values_fill_flags_left_at_their_defaults() {
-        use clap::Parser;
-        let cli =
-            crate::cli::Cli::try_parse_from(["ironpxe", "serve", "--config", "x", "-p", "9090"])
-                .unwrap();
-        let crate::cli::Command::Serve(a) = cli.command else {
-            panic!()
-        };
-        let s = ServerSettings {
-            interface: Some("eth1".into()),
-            listen_addr: Some("10.0.0.2".parse().unwrap()),
-            http_port: Some(8080),
-            status_port: None,
-        };
-        let i = IpxePaths::default().with(IpxeRole::Bios, "/b");
-        let m = merge(&a.server, &s, &i);
-        assert_eq!(m.interface.as_deref(), Some("eth1"));
-        assert_eq!(m.listen_addr, std::net::Ipv4Addr::new(10, 0, 0, 2));
-        assert_eq!(m.port, 9090);
-        assert_eq!(m.ipxe_bios, Some(PathBuf::from("/b")));
-        assert_eq!(m.ipxe_efi64, None);
     }
 }

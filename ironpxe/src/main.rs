@@ -9,6 +9,7 @@ mod cli;
 mod config_mode;
 mod ipxe_files;
 mod run;
+mod server_config;
 
 use std::process::ExitCode;
 

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use ironpxe_core::{BootSpec, Booter, FileRef, StaticBooter};
 use ironpxe_dhcp::{DhcpSocket, ProxyConfig, ServerPort};
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{BootArgs, Cli, Command, LogArgs, LogFormat, ServerArgs};
-use crate::ipxe_files::{IpxeSet, Overrides, SEARCH_DIRS};
+use crate::cli::{BootArgs, Cli, Command, LogArgs, LogFormat};
+use crate::ipxe_files::{IpxeSet, SEARCH_DIRS};
+use crate::server_config::ServerConfig;
 
 /// The boot status store, fed by the log subscriber's status layer.
 static STATUS: std::sync::OnceLock<ironpxe_status::Status> = std::sync::OnceLock::new();
@@ -52,22 +54,28 @@ pub fn init_logging(args: &LogArgs) {
     ironpxe_core::event::set_sink(Arc::new(status().clone()));
 }
 
+/// Runs the command: each serving mode yields its runtime configuration and booter,
+/// and [`serve`] runs them.
 pub fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Boot(args) => {
-            let mut spec = boot_spec(&args)?;
-            // `{{ ID "x" }}` / `{{ URL "x" }}` in --cmdline, as in pixiecore's boot mode.
-            let extra = crate::config_mode::resolve_boot_cmdline(&mut spec)?;
-            for f in spec.files().chain(extra.iter()) {
-                info!(file = %f, "serving");
-            }
-            let booter: Arc<dyn Booter> = Arc::new(StaticBooter::with_files(spec, extra));
-            serve(&args.server, booter)
-        }
-        Command::Serve(args) => crate::config_mode::serve(args),
-        Command::Check(args) => crate::config_mode::check(&args),
-        Command::Api(args) => crate::api::run(args),
+    let (server, booter) = match cli.command {
+        Command::Boot(args) => boot_mode(&args)?,
+        Command::Serve(args) => crate::config_mode::prepare(&args)?,
+        Command::Check(args) => return crate::config_mode::check(&args),
+        Command::Api(args) => crate::api::run(args)?,
+    };
+    serve(&server, booter)
+}
+
+/// `ironpxe boot`: one spec for every machine.
+fn boot_mode(args: &BootArgs) -> Result<(ServerConfig, Arc<dyn Booter>)> {
+    let mut spec = boot_spec(args)?;
+    // `{{ ID "x" }}` / `{{ URL "x" }}` in --cmdline, as in pixiecore's boot mode.
+    let extra = crate::config_mode::resolve_boot_cmdline(&mut spec)?;
+    for f in spec.files().chain(extra.iter()) {
+        info!(file = %f, "serving");
     }
+    let booter: Arc<dyn Booter> = Arc::new(StaticBooter::with_files(spec, extra));
+    Ok((ServerConfig::from_args(&args.server), booter))
 }
 
 /// Checks the `boot` arguments: local files must exist and be readable now, not
@@ -109,13 +117,11 @@ fn check_readable(p: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn serve(args: &ServerArgs, booter: Arc<dyn Booter>) -> Result<()> {
+/// Runs the servers with `booter` until SIGTERM or SIGINT, then shuts down (see
+/// [`serve_async`]).
+pub(crate) fn serve(args: &ServerConfig, booter: Arc<dyn Booter>) -> Result<()> {
     // The status store learns each machine's kernel and initrds from the booter.
     let booter = status().observe_booter(booter);
-    let over = Overrides {
-        paths: args.ipxe_paths(),
-        snponly: args.ipxe_snponly,
-    };
     // IRONPXE_IPXE_DIR (set by packagers, e.g. the Nix package to pkgs.ipxe) is
     // searched before the distribution directories.
     let packaged = std::env::var_os("IRONPXE_IPXE_DIR").map(std::path::PathBuf::from);
@@ -124,14 +130,17 @@ pub(crate) fn serve(args: &ServerArgs, booter: Arc<dyn Booter>) -> Result<()> {
         .into_iter()
         .chain(SEARCH_DIRS.iter().map(Path::new))
         .collect();
-    let ipxe = IpxeSet::resolve(&over, &dirs)?;
+    let ipxe = IpxeSet::resolve(&args.ipxe, &dirs)?;
     for line in &ipxe.report {
         info!("iPXE {line}");
     }
 
     if let Some(ifname) = &args.interface {
         nix::net::if_::if_nametoindex(ifname.as_str()).map_err(|e| {
-            anyhow::anyhow!("--interface {ifname}: no such network interface ({e})")
+            anyhow::anyhow!(
+                "{} {ifname}: no such network interface ({e})",
+                args.interface_origin
+            )
         })?;
     }
 
@@ -139,10 +148,21 @@ pub(crate) fn serve(args: &ServerArgs, booter: Arc<dyn Booter>) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve_async(args, booter, ipxe))
+    let result = rt.block_on(serve_async(args, booter, ipxe));
+    // Transfers past the shutdown timeout are abandoned, not waited for.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }
 
-async fn serve_async(args: &ServerArgs, booter: Arc<dyn Booter>, ipxe: IpxeSet) -> Result<()> {
+/// Binds every socket, then serves until a signal or a server failure.
+///
+/// Shutdown (SIGTERM or SIGINT): one [`CancellationToken`] tells every server to
+/// stop taking new work: DHCP stops answering, the TFTP listener and the HTTP
+/// listeners close. Downloads and TFTP transfers in flight get
+/// [`ServerConfig::shutdown_timeout`] to finish; then the boot status is saved and
+/// this returns `Ok`. A second signal stops waiting.
+async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet) -> Result<()> {
+    let mut signals = Signals::new()?;
     let listen = args.listen_addr;
     // `-l IP` without --interface: answer DHCP only on the interface holding IP.
     let listen_if = match (&args.interface, listen.is_unspecified()) {
@@ -188,20 +208,20 @@ async fn serve_async(args: &ServerArgs, booter: Arc<dyn Booter>, ipxe: IpxeSet) 
                 port_hint(args.tftp_port)
             )
         })?;
-    let http_addr = SocketAddr::V4(SocketAddrV4::new(listen, args.port));
+    let http_addr = SocketAddr::V4(SocketAddrV4::new(listen, args.http_port));
     let http_listener = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| {
             format!(
                 "cannot bind HTTP on tcp {http_addr}{}",
-                port_hint(args.port)
+                port_hint(args.http_port)
             )
         })?;
-    let status_listener = match args.status_port.filter(|p| *p != args.port) {
+    let status_listener = match args.status_port {
         Some(port) => {
             let addr = SocketAddr::V4(SocketAddrV4::new(listen, port));
             let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                format!("--status-port: cannot bind tcp {addr}{}", port_hint(port))
+                format!("status port: cannot bind tcp {addr}{}", port_hint(port))
             })?;
             Some(l)
         }
@@ -218,7 +238,7 @@ async fn serve_async(args: &ServerArgs, booter: Arc<dyn Booter>, ipxe: IpxeSet) 
     };
 
     let proxy = ProxyConfig {
-        http_port: args.port,
+        http_port: args.http_port,
         binaries: ipxe.binaries.clone(),
         force_chainload: args.force_chainload,
         lookup_wait: args.dhcp_lookup_wait,
@@ -254,61 +274,90 @@ async fn serve_async(args: &ServerArgs, booter: Arc<dyn Booter>, ipxe: IpxeSet) 
             Arc::new(overlay)
         }
     };
-    let tftp = ironpxe_tftp::serve(
-        tftp_socket,
-        files,
-        ironpxe_tftp::TftpConfig::default(),
-        std::future::pending(),
-    );
+    let shutdown = CancellationToken::new();
+    let drain = args.shutdown_timeout;
+    let mut servers = tokio::task::JoinSet::new();
+    let tftp_cfg = ironpxe_tftp::TftpConfig {
+        shutdown_drain: drain,
+        ..ironpxe_tftp::TftpConfig::default()
+    };
+    let stop = shutdown.clone().cancelled_owned();
+    servers.spawn(async move {
+        let r = ironpxe_tftp::serve(tftp_socket, files, tftp_cfg, stop).await;
+        ("TFTP", r)
+    });
     let state = ironpxe_http::HttpState::new(booter.clone())
         .context("cannot set up the HTTP client for remote files")?
         .with_ipxe_binaries(http_binaries);
     let mut router = ironpxe_http::router(state);
     // The status page, API and metrics: on their own port, or next to the boot files.
-    let status_server = match status_listener {
+    match status_listener {
         Some(l) => {
             let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
             info!(status = %addr, "boot status on its own port");
-            boxed_server(ironpxe_http::serve(
-                l,
-                status().router(),
-                std::future::pending(),
-            ))
+            let stop = shutdown.clone().cancelled_owned();
+            servers.spawn(async move {
+                let r = ironpxe_http::serve(l, status().router(), stop, drain).await;
+                ("status", r)
+            });
         }
-        None => {
-            router = router.merge(status().router());
-            boxed_server(std::future::pending())
-        }
-    };
+        None => router = router.merge(status().router()),
+    }
     if let Some(dir) = &state_dir {
         info!(file = %dir.file().display(), "boot status kept in the state directory");
         tokio::spawn(dir.clone().run(std::time::Duration::from_secs(2)));
     }
-    let http = ironpxe_http::serve(http_listener, router, std::future::pending());
-    let dhcp = ironpxe_dhcp::serve(dhcp_sockets, proxy, booter, std::future::pending());
+    let stop = shutdown.clone().cancelled_owned();
+    servers.spawn(async move {
+        let r = ironpxe_http::serve(http_listener, router, stop, drain).await;
+        ("HTTP", r)
+    });
+    let stop = shutdown.clone().cancelled_owned();
+    servers.spawn(async move {
+        let r = ironpxe_dhcp::serve(dhcp_sockets, proxy, booter, stop).await;
+        ("ProxyDHCP", r)
+    });
 
-    tokio::select! {
-        r = dhcp => r.context("ProxyDHCP server stopped"),
-        r = tftp => r.context("TFTP server stopped"),
-        r = http => r.context("HTTP server stopped"),
-        r = status_server => r.context("status server stopped"),
-        () = shutdown_signal() => {
-            info!("shutting down");
-            if let Some(dir) = &state_dir {
-                if let Err(e) = dir.save() {
-                    tracing::warn!(error = %e, "cannot save the boot status");
-                }
-            }
+    // Until a signal, or until a server stops on its own, which is a failure.
+    let failed = tokio::select! {
+        signal = signals.recv() => Err(signal),
+        Some(done) = servers.join_next() => Ok(done),
+    };
+    shutdown.cancel();
+    // Open status pages would otherwise hold the HTTP server for the whole timeout.
+    status().end_streams();
+    let result = match failed {
+        Err(signal) => {
+            info!(
+                signal,
+                timeout = ?drain,
+                "shutting down: no new DHCP, TFTP or HTTP work is taken; \
+                 transfers in flight may finish"
+            );
             Ok(())
         }
+        Ok(Ok((name, Ok(())))) => Err(anyhow::anyhow!("{name} server stopped")),
+        Ok(Ok((name, Err(e)))) => {
+            Err(anyhow::Error::new(e).context(format!("{name} server stopped")))
+        }
+        Ok(Err(e)) => Err(anyhow::anyhow!("a server task failed: {e}")),
+    };
+    // Each server returns once its transfers are done, or after `drain`.
+    tokio::select! {
+        () = async { while servers.join_next().await.is_some() {} } => {}
+        signal = signals.recv() => {
+            info!(signal, "second signal: stopping without waiting for transfers");
+        }
     }
-}
-
-/// Boxes the status server's future, so both arms of its `match` have one type.
-fn boxed_server(
-    f: impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>> {
-    Box::pin(f)
+    if let Some(dir) = &state_dir {
+        if let Err(e) = dir.save() {
+            tracing::warn!(error = %e, "cannot save the boot status");
+        }
+    }
+    if result.is_ok() {
+        info!("stopped");
+    }
+    result
 }
 
 fn bind_dhcp(
@@ -334,14 +383,26 @@ fn port_hint(port: u16) -> &'static str {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+/// SIGTERM and SIGINT, caught from before the first socket is bound, so that once a
+/// client can connect a signal always means a graceful shutdown.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+        let int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+        Ok(Signals { term, int })
+    }
+
+    /// The next signal's name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }

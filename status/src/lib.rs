@@ -81,6 +81,8 @@ struct Inner {
     store: Mutex<Store>,
     metrics: Metrics,
     live: broadcast::Sender<Arc<str>>,
+    /// Set once the server shuts down: live streams end.
+    closing: tokio::sync::watch::Sender<bool>,
     neighbors: Box<dyn Neighbors>,
     /// Bumped on every change; the saver compares it with what it last wrote.
     generation: AtomicU64,
@@ -100,6 +102,7 @@ impl Status {
                 store: Mutex::new(Store::new(cfg)),
                 metrics: Metrics::new(),
                 live,
+                closing: tokio::sync::watch::Sender::new(false),
                 neighbors,
                 generation: AtomicU64::new(0),
             }),
@@ -200,6 +203,21 @@ impl Status {
     /// A receiver of live updates (JSON text, one per applied event).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
         self.inner.live.subscribe()
+    }
+
+    /// Ends every live stream (`/api/v1/events`), now and from now on, so that a
+    /// graceful HTTP shutdown does not wait for open status pages.
+    pub fn end_streams(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Status::end_streams`] was called.
+    pub(crate) fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.closing.subscribe();
+        async move {
+            // The sender lives as long as the store; an error cannot happen then.
+            let _ = rx.wait_for(|c| *c).await;
+        }
     }
 
     /// The HTTP routes: `/`, `/api/v1/machines`, `/api/v1/machines/{mac}`,

@@ -717,3 +717,33 @@ async fn routes_answer_json_html_metrics_and_a_live_stream() {
     assert_eq!(v["event"]["event"], "dhcp.offer");
     assert_eq!(v["machine"]["state"], "offered");
 }
+
+#[tokio::test]
+async fn end_streams_ends_open_live_streams() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let st = status();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = st.router();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    st.end_streams();
+    // The chunked body ends (its last chunk arrives): the stream is over.
+    let mut rest = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !rest.ends_with(b"0\r\n\r\n") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .expect("the stream did not end")
+            .unwrap();
+        assert!(n > 0, "closed without ending the body");
+        rest.extend_from_slice(&buf[..n]);
+    }
+}

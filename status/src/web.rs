@@ -77,16 +77,21 @@ async fn metrics(State(st): State<Status>) -> Response {
 }
 
 /// Server-sent events: `boot` with `{mac, event, machine}` for every applied event,
-/// and `resync` when this subscriber fell behind and should reload the list.
+/// and `resync` when this subscriber fell behind and should reload the list. The
+/// stream ends when the server shuts down ([`Status::end_streams`]).
 async fn events(State(st): State<Status>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = st.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let ev = match rx.recv().await {
-            Ok(payload) => Event::default().event("boot").data(&*payload),
-            Err(RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
-            Err(RecvError::Closed) => return None,
+    let closing = Box::pin(st.closing());
+    let stream = futures_util::stream::unfold((rx, closing), |(mut rx, mut closing)| async move {
+        let ev = tokio::select! {
+            r = rx.recv() => match r {
+                Ok(payload) => Event::default().event("boot").data(&*payload),
+                Err(RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
+                Err(RecvError::Closed) => return None,
+            },
+            () = &mut closing => return None,
         };
-        Some((Ok(ev), rx))
+        Some((Ok(ev), (rx, closing)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

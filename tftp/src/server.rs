@@ -25,9 +25,10 @@ use tracing::Instrument;
 /// server"), mail mode ERROR 0, a malformed request ERROR 4, and a request beyond
 /// `cfg.max_transfers` concurrent transfers ERROR 0 ("server busy").
 ///
-/// On shutdown, transfers still running are aborted. Receive errors are logged and
-/// do not stop the server; the only error returned is failing to read the socket's
-/// local address.
+/// On shutdown the listening socket is closed, so no new request is taken, and
+/// transfers still running get `cfg.shutdown_drain` to finish; those still running
+/// then are aborted. Receive errors are logged and do not stop the server; the only
+/// error returned is failing to read the socket's local address.
 pub async fn serve(
     socket: UdpSocket,
     files: Arc<dyn FileSource>,
@@ -57,11 +58,24 @@ pub async fn serve(
             }
         }
     }
+    drop(socket);
     if !tasks.is_empty() {
         tracing::info!(
             running = tasks.len(),
-            "tftp shutting down, aborting transfers"
+            drain = ?cfg.shutdown_drain,
+            "tftp shutting down, letting running transfers finish"
         );
+        let finished = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(cfg.shutdown_drain, finished)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = tasks.len(),
+                "tftp shutdown: transfers still running after {:?}, aborting them",
+                cfg.shutdown_drain
+            );
+        }
     }
     tasks.shutdown().await;
     Ok(())

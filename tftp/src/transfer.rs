@@ -47,6 +47,9 @@ pub struct TftpConfig {
     /// busy" (default 1024; a transfer costs a socket and a few kilobytes, the file
     /// bytes are shared). Used by [`crate::serve`].
     pub max_transfers: usize,
+    /// After shutdown is requested, how long [`crate::serve`] lets transfers still
+    /// running finish before aborting them (default 30 s).
+    pub shutdown_drain: Duration,
 }
 
 impl Default for TftpConfig {
@@ -60,6 +63,7 @@ impl Default for TftpConfig {
             max_retries: 10,
             max_lifetime: Duration::from_secs(600),
             max_transfers: 1024,
+            shutdown_drain: Duration::from_secs(30),
         }
     }
 }

@@ -139,7 +139,12 @@ async fn wrq_mail_and_garbage_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_tid_gets_error_5_and_the_transfer_goes_on() {
-    let srv = Server::start(TftpConfig::default()).await;
+    // The transfer left behind at the end is aborted once the drain is over.
+    let srv = Server::start(TftpConfig {
+        shutdown_drain: Duration::from_millis(200),
+        ..TftpConfig::default()
+    })
+    .await;
     let addr = srv.addr;
     blocking(move || {
         let s = client();
@@ -313,7 +318,12 @@ async fn tftp_root_serves_next_to_builtins_and_stays_confined() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn netascii_is_refused_for_large_files() {
-    let srv = Server::start(TftpConfig::default()).await;
+    // The octet transfer left behind at the end is aborted once the drain is over.
+    let srv = Server::start(TftpConfig {
+        shutdown_drain: Duration::from_millis(200),
+        ..TftpConfig::default()
+    })
+    .await;
     let addr = srv.addr;
     blocking(move || {
         let s = client();
@@ -328,4 +338,79 @@ async fn netascii_is_refused_for_large_files() {
     })
     .await;
     srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_takes_no_new_request_and_lets_a_running_transfer_finish() {
+    use ironpxe_tftp::{serve, MemoryFiles};
+    use std::sync::Arc;
+    let mut files = MemoryFiles::new();
+    files.insert("undionly.kpxe", pattern(100_000)).unwrap();
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let cfg = TftpConfig {
+        shutdown_drain: Duration::from_secs(20),
+        ..TftpConfig::default()
+    };
+    let task = tokio::spawn(serve(sock, Arc::new(files), cfg, async {
+        let _ = rx.await;
+    }));
+
+    let (s, first, tid) = blocking(move || {
+        let s = client();
+        s.send_to(&rrq("undionly.kpxe", Options::default()), addr)
+            .unwrap();
+        let (first, tid) = recv(&s);
+        (s, first, tid)
+    })
+    .await;
+    assert!(matches!(
+        first,
+        Packet::Data {
+            block: BlockNum(1),
+            ..
+        }
+    ));
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let data = blocking(move || {
+        // A new request after shutdown gets no answer.
+        let late = client();
+        late.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        late.send_to(&rrq("undionly.kpxe", Options::default()), addr)
+            .unwrap();
+        let mut buf = [0u8; 600];
+        assert!(late.recv_from(&mut buf).is_err(), "answered after shutdown");
+        // The transfer started before goes on to the last block.
+        let mut data = match first {
+            Packet::Data { payload, .. } => payload.to_vec(),
+            _ => unreachable!(),
+        };
+        let mut block = BlockNum(1);
+        loop {
+            s.send_to(&encode_ack(block), tid).unwrap();
+            let (p, _) = recv(&s);
+            let Packet::Data { block: b, payload } = p else {
+                panic!("{p:?}")
+            };
+            if b == block {
+                continue;
+            }
+            block = b;
+            data.extend_from_slice(&payload);
+            if payload.len() < 512 {
+                s.send_to(&encode_ack(block), tid).unwrap();
+                return data;
+            }
+        }
+    })
+    .await;
+    assert_eq!(data, pattern(100_000).to_vec());
+    let r = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("serve did not stop once the transfer finished");
+    r.unwrap().unwrap();
 }

@@ -327,3 +327,27 @@ fn the_cluster_example_parses() {
         BootDecision::Ignore(_)
     ));
 }
+
+#[test]
+fn server_ports_and_shutdown_timeout() {
+    let c = parse("[server]\nstatus_port = 8081\nshutdown_timeout = \"1m30s\"\n").unwrap();
+    assert_eq!(c.server.status_port, Some(8081));
+    assert_eq!(c.server.http_port, None);
+    assert_eq!(
+        c.server.shutdown_timeout,
+        Some(std::time::Duration::from_secs(90))
+    );
+    let c = parse("[server]\nhttp_port = 8080\n").unwrap();
+    assert_eq!(c.server.shutdown_timeout, None);
+
+    let e = parse("[server]\nhttp_port = 0\nstatus_port = 0\nshutdown_timeout = \"soon\"\n")
+        .unwrap_err();
+    assert_eq!(
+        lines(e),
+        [
+            "/etc/ironpxe/test.toml:2: server.http_port: port 0 is not a port",
+            "/etc/ironpxe/test.toml:3: server.status_port: port 0 is not a port",
+            "/etc/ironpxe/test.toml:4: server.shutdown_timeout: invalid duration \"soon\": use e.g. 5s, 500ms or 1m30s",
+        ]
+    );
+}
