@@ -15,7 +15,8 @@
 //! - [`Status::observe_booter`] wraps the [`Booter`] so the store learns which file
 //!   id is a machine's kernel and which are its initrds.
 //! - [`Status::router`] serves `GET /` (a live HTML page), `GET /api/v1/machines`
-//!   (JSON), `GET /api/v1/events` (server-sent events) and `GET /metrics`
+//!   (JSON), `GET /api/v1/events` (server-sent events), `GET /api/v1/log` (every
+//!   recent event in order, JSON, for tools and the lab) and `GET /metrics`
 //!   (Prometheus text, [`prometheus_client`]).
 //! - [`Status::open_state_dir`] restores a saved store and [`StateDir::run`] saves it
 //!   every few seconds when it changed, so a restart keeps history.
@@ -86,6 +87,18 @@ struct Inner {
     neighbors: Box<dyn Neighbors>,
     /// Bumped on every change; the saver compares it with what it last wrote.
     generation: AtomicU64,
+    /// Every event in arrival order, the last [`FEED_LEN`], for `GET /api/v1/log`.
+    feed: Mutex<Feed>,
+}
+
+/// How many events `GET /api/v1/log` keeps.
+pub const FEED_LEN: usize = 8192;
+
+/// The recent events, numbered from 1 in arrival order.
+#[derive(Default)]
+struct Feed {
+    next: u64,
+    records: std::collections::VecDeque<(u64, Record)>,
 }
 
 impl Status {
@@ -103,6 +116,10 @@ impl Status {
                 metrics: Metrics::new(),
                 live,
                 closing: tokio::sync::watch::Sender::new(false),
+                feed: Mutex::new(Feed {
+                    next: 1,
+                    records: Default::default(),
+                }),
                 neighbors,
                 generation: AtomicU64::new(0),
             }),
@@ -121,6 +138,15 @@ impl Status {
     /// Records one event: attributes it, updates the machine, counts it, and sends
     /// it to live subscribers.
     pub fn record(&self, rec: Record) {
+        {
+            let mut feed = self.inner.feed.lock().unwrap_or_else(|p| p.into_inner());
+            let seq = feed.next;
+            feed.next += 1;
+            if feed.records.len() >= FEED_LEN {
+                feed.records.pop_front();
+            }
+            feed.records.push_back((seq, rec.clone()));
+        }
         let (ingested, payloads) = {
             let mut store = self.store();
             let ingested = store.ingest(rec, self.inner.neighbors.as_ref());
@@ -182,6 +208,24 @@ impl Status {
         })
     }
 
+    /// `GET /api/v1/log?after=N`: the events numbered above `after`, in arrival
+    /// order, as they were recorded (before attribution), and the number the next
+    /// one will get. Poll with `after` set to the last `seq` seen.
+    pub fn log_json(&self, after: u64) -> Value {
+        let feed = self.inner.feed.lock().unwrap_or_else(|p| p.into_inner());
+        let events: Vec<Value> = feed
+            .records
+            .iter()
+            .filter(|(seq, _)| *seq > after)
+            .map(|(seq, r)| {
+                let mut v = web::event_json(r);
+                v["seq"] = json!(seq);
+                v
+            })
+            .collect();
+        json!({ "next": feed.next, "events": events })
+    }
+
     /// One machine as JSON, if known.
     pub fn machine_json(&self, mac: &MacAddr, now_ms: u64) -> Option<Value> {
         let store = self.store();
@@ -221,7 +265,7 @@ impl Status {
     }
 
     /// The HTTP routes: `/`, `/api/v1/machines`, `/api/v1/machines/{mac}`,
-    /// `/api/v1/events` and `/metrics`.
+    /// `/api/v1/events`, `/api/v1/log` and `/metrics`.
     pub fn router(&self) -> axum::Router {
         web::router(self.clone())
     }

@@ -747,3 +747,25 @@ async fn end_streams_ends_open_live_streams() {
         rest.extend_from_slice(&buf[..n]);
     }
 }
+
+#[test]
+fn the_log_feed_returns_events_after_a_sequence_number() {
+    let st = status();
+    st.record(offer(T0, MAC, "tftp", "undionly.kpxe"));
+    st.record(Record::new(T0 + 1, "tftp.start").with("file", "undionly.kpxe"));
+    st.record(offer(T0 + 2, MAC2, "http", "http://x/_/ipxe"));
+    let all = st.log_json(0);
+    assert_eq!(all["next"], 4);
+    let seqs: Vec<u64> = all["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    // Unattributed events are in the feed too, as recorded.
+    assert_eq!(all["events"][1]["event"], "tftp.start");
+    let later = st.log_json(2);
+    assert_eq!(later["events"].as_array().unwrap().len(), 1);
+    assert_eq!(later["events"][0]["details"]["mac"], MAC2);
+}

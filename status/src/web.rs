@@ -26,6 +26,7 @@ pub(crate) fn router(status: Status) -> Router {
         .route("/api/v1/machines", get(machines))
         .route("/api/v1/machines/{mac}", get(machine))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/log", get(log))
         .route("/metrics", get(metrics))
         .with_state(status)
 }
@@ -63,6 +64,24 @@ async fn machine(State(st): State<Status>, Path(mac): Path<String>) -> Response 
         Some(v) => Json(v).into_response(),
         None => (StatusCode::NOT_FOUND, format!("no machine {mac}\n")).into_response(),
     }
+}
+
+async fn log(
+    State(st): State<Status>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let after = match query.as_deref().map(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("after="))
+            .map(str::parse::<u64>)
+    }) {
+        None | Some(None) => 0,
+        Some(Some(Ok(n))) => n,
+        Some(Some(Err(e))) => {
+            return (StatusCode::BAD_REQUEST, format!("after: {e}\n")).into_response()
+        }
+    };
+    Json(st.log_json(after)).into_response()
 }
 
 async fn metrics(State(st): State<Status>) -> Response {

@@ -1,12 +1,17 @@
-//! ironpxe's boot events, read back from its log lines, and where its binary is.
+//! ironpxe's boot events as the lab reads them, and where its binary is.
 //!
-//! ironpxe logs each step of a boot as a tracing event with target `ironpxe::event`
-//! and a field `event=NAME` (`dhcp.offer`, `tftp.done`, `http.booting`, ...), with
-//! further `key=value` fields. Both the text format (values bare or double-quoted,
-//! span fields in `name{k=v}:` prefixes) and the JSON format are understood.
+//! The lab reads the events from ironpxe's own status feed, `GET /api/v1/log`
+//! ([`EventFeed`]): the typed events the status store received, in order, with
+//! their fields. For a process that has exited, the last feed read is kept.
+//!
+//! [`parse_event_line`] reads the same events from a log line instead (text format,
+//! values bare or double-quoted, span fields in `name{k=v}:` prefixes, or JSON), for
+//! people reading logs and for logs kept from elsewhere.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 
@@ -23,7 +28,7 @@ pub struct Event {
     pub name: String,
     /// The other fields, in order, unquoted (span fields last).
     pub fields: Vec<(String, String)>,
-    /// The log line as printed.
+    /// The log line as printed, or for events read from the feed, their summary.
     pub line: String,
 }
 
@@ -48,6 +53,94 @@ impl Event {
         }
         s
     }
+}
+
+/// Reads a running ironpxe's status feed (`GET /api/v1/log`) from inside its
+/// network namespace, keeping every event seen so far.
+#[derive(Debug)]
+pub struct EventFeed {
+    ns: String,
+    url: String,
+    seen: Mutex<(u64, Vec<Event>)>,
+}
+
+impl EventFeed {
+    /// The feed of the ironpxe in namespace `ns` whose status server is at `base`
+    /// (`http://ADDR:PORT`).
+    pub fn new(ns: &str, base: &str) -> Self {
+        EventFeed {
+            ns: ns.to_string(),
+            url: format!("{base}/api/v1/log"),
+            seen: Mutex::new((0, Vec::new())),
+        }
+    }
+
+    /// Every event so far: what was read before, plus what the feed has now. When
+    /// the feed cannot be read (ironpxe has exited), what was read before.
+    pub fn events(&self) -> Vec<Event> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let after = seen.0;
+        if let Some((next, new)) = self.fetch(after) {
+            seen.0 = next.saturating_sub(1).max(after);
+            seen.1.extend(new);
+        }
+        seen.1.clone()
+    }
+
+    fn fetch(&self, after: u64) -> Option<(u64, Vec<Event>)> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "curl", "-sf", "--max-time", "3"])
+            .arg(format!("{}?after={after}", self.url))
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        parse_log_json(&out.stdout, Instant::now(), SystemTime::now())
+    }
+}
+
+/// Reads a `GET /api/v1/log` answer: the next sequence number and the events.
+/// Times are placed on the lab's clock by their distance from `now_wall`.
+pub fn parse_log_json(
+    body: &[u8],
+    now: Instant,
+    now_wall: SystemTime,
+) -> Option<(u64, Vec<Event>)> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let next = v.get("next")?.as_u64()?;
+    let wall_ms = now_wall.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64;
+    let events = v
+        .get("events")?
+        .as_array()?
+        .iter()
+        .filter_map(|e| {
+            let name = e.get("event")?.as_str()?.to_string();
+            let t_ms = e.get("t_ms")?.as_u64()?;
+            let ago = Duration::from_millis(wall_ms.saturating_sub(t_ms));
+            let fields: Vec<(String, String)> = e
+                .get("details")?
+                .as_object()?
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect();
+            let mut ev = Event {
+                at: now.checked_sub(ago).unwrap_or(now),
+                name,
+                fields,
+                line: String::new(),
+            };
+            ev.line = ev.summary();
+            Some(ev)
+        })
+        .collect();
+    Some((next, events))
 }
 
 /// Extracts the events from ironpxe's log lines.
@@ -289,5 +382,25 @@ mod tests {
         assert!(c.contains(&PathBuf::from("/t/release/ironpxe")));
         let c = bin_candidates(Path::new("/t/release/ironpxe-lab"), "ironpxe");
         assert_eq!(c[0], Path::new("/t/release/ironpxe"));
+    }
+
+    #[test]
+    fn the_status_log_feed_is_read_with_times_on_the_lab_clock() {
+        let body = br#"{"next": 3, "events": [
+            {"seq": 1, "t_ms": 1000, "event": "dhcp.offer", "details": {"mac": "52:54:00:00:00:01", "ipxe": false}},
+            {"seq": 2, "t_ms": 1500, "event": "tftp.done", "details": {"bytes": 70000, "file": "undionly.kpxe"}}
+        ]}"#;
+        let now = Instant::now();
+        let wall = UNIX_EPOCH + Duration::from_millis(2000);
+        let (next, evs) = parse_log_json(body, now, wall).unwrap();
+        assert_eq!(next, 3);
+        assert_eq!(evs[0].name, "dhcp.offer");
+        assert_eq!(evs[0].field("ipxe"), Some("false"));
+        assert_eq!(evs[1].field("bytes"), Some("70000"));
+        assert_eq!(now.duration_since(evs[0].at), Duration::from_millis(1000));
+        assert_eq!(
+            evs[1].at.duration_since(evs[0].at),
+            Duration::from_millis(500)
+        );
     }
 }

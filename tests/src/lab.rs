@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::events::{events_from_lines, ironpxe_bin, Event};
+use crate::events::{ironpxe_bin, Event, EventFeed};
 use crate::guest::{Guest, GuestConfig};
 use crate::proc::{create_log, spawn, LineMode, PipeSink, Proc, WaitEnd};
 use crate::timeline::Timeline;
@@ -141,7 +141,7 @@ pub(crate) struct LabInner {
     namespaces: Mutex<Vec<String>>,
     procs: Mutex<Vec<Arc<Proc>>>,
     site: Mutex<Option<Arc<Proc>>>,
-    ironpxe: Mutex<Option<Arc<Proc>>>,
+    ironpxe: Mutex<Option<(Arc<Proc>, Arc<EventFeed>)>>,
     torn_down: AtomicBool,
     /// Held for the whole teardown, so a second caller (Drop racing the Ctrl-C
     /// handler) returns only once everything is gone.
@@ -621,7 +621,9 @@ impl Lab {
             .env("NO_COLOR", "1");
         let log = self.inner.out_dir.join("ironpxe.log");
         let proc = self.spawn_proc("ironpxe", cmd, &log, LineMode::Plain, None)?;
-        *self.inner.ironpxe.lock().unwrap_or_else(|e| e.into_inner()) = Some(proc.clone());
+        let feed = Arc::new(EventFeed::new(ns, &status_base_of(args)));
+        *self.inner.ironpxe.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((proc.clone(), feed.clone()));
 
         let port = http_port_of(args);
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -647,7 +649,7 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(Ironpxe { proc })
+        Ok(Ironpxe { proc, feed })
     }
 
     /// Whether something in `ns` listens on TCP `http_port` (or UDP 67, if `udp67`).
@@ -674,15 +676,17 @@ impl Lab {
         })
     }
 
-    /// The ironpxe events logged so far (empty if ironpxe was not started).
+    /// The boot events of the ironpxe started last, from its status feed (empty if
+    /// ironpxe was not started).
     pub fn ironpxe_events(&self) -> Vec<Event> {
-        self.inner
+        let feed = self
+            .inner
             .ironpxe
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|p| events_from_lines(&p.lines()))
-            .unwrap_or_default()
+            .map(|(_, f)| f.clone());
+        feed.map(|f| f.events()).unwrap_or_default()
     }
 
     pub(crate) fn ironpxe_proc(&self) -> Option<Arc<Proc>> {
@@ -690,7 +694,8 @@ impl Lab {
             .ironpxe
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .as_ref()
+            .map(|(p, _)| p.clone())
     }
 
     /// Creates a tap device on the bridge and starts a QEMU guest on it.
@@ -818,6 +823,7 @@ impl Drop for Lab {
 /// A running ironpxe started by [`Lab::start_ironpxe`].
 pub struct Ironpxe {
     proc: Arc<Proc>,
+    feed: Arc<EventFeed>,
 }
 
 impl Ironpxe {
@@ -836,26 +842,30 @@ impl Ironpxe {
         self.proc.lines()
     }
 
-    /// Its boot events so far.
+    /// Its boot events so far, from its status feed (`GET /api/v1/log`).
     pub fn events(&self) -> Vec<Event> {
-        events_from_lines(&self.proc.lines())
+        self.feed.events()
     }
 
-    /// Waits for an event that `pred` accepts.
+    /// Waits for an event that `pred` accepts, polling the status feed.
     pub fn wait_event(
         &self,
         timeout: Duration,
         mut pred: impl FnMut(&Event) -> bool,
     ) -> Result<Event> {
-        self.proc
-            .log
-            .wait_for(Instant::now() + timeout, |lines| {
-                events_from_lines(lines).into_iter().find(|e| pred(e))
-            })
-            .map_err(|end| match end {
-                WaitEnd::Timeout => anyhow!("no matching ironpxe event within {timeout:?}"),
-                WaitEnd::Closed => anyhow!("ironpxe exited:\n{}", self.proc.tail(20)),
-            })
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.feed.events().into_iter().find(|e| pred(e)) {
+                return Ok(e);
+            }
+            if !self.proc.is_running() {
+                bail!("ironpxe exited:\n{}", self.proc.tail(20));
+            }
+            if Instant::now() >= deadline {
+                bail!("no matching ironpxe event within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Stops it (SIGKILL by PID).
@@ -888,6 +898,32 @@ pub(crate) fn parse_site_ack(line: &str, mac: &str) -> Option<Ipv4Addr> {
 pub(crate) fn parse_udhcpc_lease(line: &str) -> Option<Ipv4Addr> {
     let rest = &line[line.find("lease of ")? + "lease of ".len()..];
     rest.split_whitespace().next()?.parse().ok()
+}
+
+/// `http://ADDR:PORT` of the status server ironpxe starts with `args`: its own
+/// `--status-port`, or the boot HTTP port; on `-l ADDR`, or loopback.
+fn status_base_of<S: AsRef<OsStr>>(args: &[S]) -> String {
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect();
+    let value = |long: &str, short: Option<&str>| {
+        args.iter().enumerate().find_map(|(i, a)| {
+            if let Some(v) = a.strip_prefix(&format!("{long}=")) {
+                return Some(v.to_string());
+            }
+            (a == long || Some(a.as_str()) == short)
+                .then(|| args.get(i + 1).cloned())
+                .flatten()
+        })
+    };
+    let host = value("--listen-addr", Some("-l"))
+        .filter(|a| a != "0.0.0.0")
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port = value("--status-port", None)
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| http_port_of(&args));
+    format!("http://{host}:{port}")
 }
 
 fn http_port_of<S: AsRef<OsStr>>(args: &[S]) -> u16 {
@@ -1081,6 +1117,22 @@ mod tests {
                 "udhcpc: lease of 10.77.5.123 obtained from 10.77.5.1, lease time 3600"
             ),
             Some(Ipv4Addr::new(10, 77, 5, 123))
+        );
+    }
+
+    #[test]
+    fn status_base_from_args() {
+        assert_eq!(
+            status_base_of(&["boot", "k", "-p", "8080"]),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            status_base_of(&["api", "u", "--status-port", "9090", "-l", "10.0.0.2"]),
+            "http://10.0.0.2:9090"
+        );
+        assert_eq!(
+            status_base_of(&["boot", "--status-port=81"]),
+            "http://127.0.0.1:81"
         );
     }
 

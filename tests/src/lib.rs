@@ -54,7 +54,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use assets::{cache_dir, initrd, kernel, workspace_dir, MARKER_PREFIX};
-pub use events::{ironpxe_bin, parse_event_line, Event};
+pub use events::{ironpxe_bin, parse_event_line, parse_log_json, Event, EventFeed};
 pub use guest::{Firmware, Guest, GuestConfig, Marker, DEFAULT_MARKER_TIMEOUT};
 pub use lab::{cleanup_stale, Client, Ironpxe, Lab, LabBuilder, DEFAULT_HTTP_PORT};
 pub use preflight::preflight;
