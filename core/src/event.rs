@@ -67,15 +67,12 @@ pub enum BootEvent {
         /// Why.
         reason: String,
     },
-    /// Packets that needed a booter lookup were dropped: every lookup slot was busy.
-    /// Sent at most every few seconds, with the count since the last one.
+    /// A packet that needed a booter lookup was dropped: every lookup slot was
+    /// busy. One per packet, for the metric; logged only at debug level (the driver
+    /// writes a rate-limited warning with the count).
     DhcpDropped {
-        /// The machine of the packet that triggered this report.
+        /// The machine of the dropped packet.
         mac: MacAddr,
-        /// Dropped since the last report.
-        count: u64,
-        /// Dropped since the start.
-        total: u64,
         /// The number of lookup slots.
         limit: usize,
     },
@@ -316,6 +313,8 @@ fn client(peer: &Option<SocketAddr>) -> FieldValue<'static> {
 /// How loud an event is in the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Loudness {
+    /// Counted, but too frequent to log by default (one per dropped packet).
+    Debug,
     /// Normal progress.
     Info,
     /// Something failed.
@@ -398,8 +397,8 @@ impl BootEvent {
     /// Whether the log shows it as a warning.
     pub fn loudness(&self) -> Loudness {
         match self {
-            BootEvent::DhcpDropped { .. }
-            | BootEvent::TftpFailed { .. }
+            BootEvent::DhcpDropped { .. } => Loudness::Debug,
+            BootEvent::TftpFailed { .. }
             | BootEvent::FileFailed { .. }
             | BootEvent::ApiError { .. }
             | BootEvent::ConfigRejected { .. } => Loudness::Warn,
@@ -444,15 +443,8 @@ impl BootEvent {
                 f("peer", shown(peer));
                 f("reason", text(reason.as_str()));
             }
-            BootEvent::DhcpDropped {
-                mac,
-                count,
-                total,
-                limit,
-            } => {
+            BootEvent::DhcpDropped { mac, limit } => {
                 f("mac", shown(mac));
-                f("count", Number(*count));
-                f("total", Number(*total));
                 f("limit", Number(*limit as u64));
             }
             BootEvent::DhcpClientAddress { mac, ip } => {
@@ -664,6 +656,12 @@ pub fn set_sink(sink: Arc<dyn EventSink>) -> bool {
 pub fn emit(event: BootEvent) {
     let name = event.name();
     match event.loudness() {
+        Loudness::Debug => {
+            if tracing::enabled!(target: EVENT_TARGET, tracing::Level::DEBUG) {
+                let fields = event.render_fields();
+                tracing::debug!(target: EVENT_TARGET, event = name, "{fields}");
+            }
+        }
         Loudness::Info => {
             if tracing::enabled!(target: EVENT_TARGET, tracing::Level::INFO) {
                 let fields = event.render_fields();

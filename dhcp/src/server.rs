@@ -68,8 +68,9 @@ struct Shared {
     dropped: DropLog,
 }
 
-/// Counts packets dropped because every lookup slot was taken, and says so at most
-/// once per [`DropLog::EVERY`].
+/// Counts packets dropped because every lookup slot was taken; each one is an
+/// event (the metric counts them all), and a warning with the count is written at
+/// most once per [`DropLog::EVERY`].
 #[derive(Default)]
 struct DropLog {
     total: AtomicU64,
@@ -81,6 +82,10 @@ impl DropLog {
     const EVERY: Duration = Duration::from_secs(5);
 
     fn drop_one(&self, req: &PxeRequest, limit: usize) {
+        emit(BootEvent::DhcpDropped {
+            mac: req.mac,
+            limit,
+        });
         let total = self.total.fetch_add(1, Ordering::Relaxed) + 1;
         self.unreported.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
@@ -91,12 +96,12 @@ impl DropLog {
         *last = Some(now);
         drop(last);
         let count = self.unreported.swap(0, Ordering::Relaxed);
-        emit(BootEvent::DhcpDropped {
-            mac: req.mac,
+        warn!(
             count,
             total,
             limit,
-        });
+            "dropped DHCP packets: all {limit} booter lookup slots are busy; their clients' retransmits are answered later"
+        );
     }
 }
 

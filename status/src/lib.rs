@@ -381,6 +381,12 @@ impl StateDir {
 
 impl EventSink for Status {
     fn event(&self, event: &BootEvent) {
+        if let BootEvent::DhcpDropped { .. } = event {
+            // One per packet under a flood of lookups: counted, not kept, so a flood
+            // of invented MACs cannot push real machines out of the store.
+            self.inner.metrics.dhcp_dropped();
+            return;
+        }
         self.record(Record::from_event(now_ms(), event));
     }
 }

@@ -67,6 +67,7 @@ pub(crate) struct Metrics {
     offers: Family<DhcpLabels, Counter>,
     acks: Family<DhcpLabels, Counter>,
     ignored: Family<StageLabels, Counter>,
+    dropped: Counter,
     tftp_transfers: Family<OutcomeLabels, Counter>,
     tftp_bytes: Counter,
     http_scripts: Counter,
@@ -80,12 +81,18 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
+    /// One DHCP packet dropped for want of a lookup slot.
+    pub(crate) fn dhcp_dropped(&self) {
+        self.dropped.inc();
+    }
+
     pub(crate) fn new() -> Self {
         let mut registry = Registry::default();
         let m = Metrics {
             offers: Family::default(),
             acks: Family::default(),
             ignored: Family::default(),
+            dropped: Counter::default(),
             tftp_transfers: Family::default(),
             tftp_bytes: Counter::default(),
             http_scripts: Counter::default(),
@@ -112,6 +119,11 @@ impl Metrics {
             "ironpxe_ignored",
             "Machines not booted, by the stage that decided (dhcp, http)",
             m.ignored.clone(),
+        );
+        registry.register(
+            "ironpxe_dhcp_dropped",
+            "DHCP packets dropped because every booter lookup slot was busy (API mode)",
+            m.dropped.clone(),
         );
         registry.register(
             "ironpxe_tftp_transfers",

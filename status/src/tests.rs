@@ -769,3 +769,20 @@ fn the_log_feed_returns_events_after_a_sequence_number() {
     assert_eq!(later["events"].as_array().unwrap().len(), 1);
     assert_eq!(later["events"][0]["details"]["mac"], MAC2);
 }
+
+#[test]
+fn dropped_dhcp_packets_are_counted_not_stored() {
+    let st = status();
+    for n in 0..3u8 {
+        st.event(&ironpxe_core::BootEvent::DhcpDropped {
+            mac: MacAddr([2, 0, 0, 0, 9, n]),
+            limit: 64,
+        });
+    }
+    assert!(st.store().machines().is_empty());
+    let text = st.metrics_text(T0);
+    assert!(
+        text.contains("ironpxe_dhcp_dropped_total 3"),
+        "{text}"
+    );
+}
