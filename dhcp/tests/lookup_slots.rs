@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, Opcode};
 use dhcproto::Encodable;
-use ironpxe_core::{BootDecision, BootEvent, Booter, ClientArch, EventSink, FileId, FileRef, MacAddr};
+use ironpxe_core::{
+    BootDecision, BootEvent, Booter, ClientArch, EventSink, FileId, FileRef, MacAddr,
+};
 use ironpxe_dhcp::{DhcpSocket, IpxeBinaries, ProxyConfig, ServerPort};
 
 /// Knows nothing at once; asked to wait, it takes `delay` and then declines.
@@ -57,7 +59,9 @@ fn discover(n: u8) -> Vec<u8> {
     o.insert(DhcpOption::ClassIdentifier(
         b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
     ));
-    o.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(0u16)));
+    o.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(
+        0u16,
+    )));
     m.to_vec().unwrap()
 }
 
@@ -65,7 +69,11 @@ fn discover(n: u8) -> Vec<u8> {
 async fn lookups_beyond_the_slots_are_dropped_and_counted() {
     let events = Arc::new(Events::default());
     assert!(ironpxe_core::event::set_sink(events.clone()));
-    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let sock = DhcpSocket::bind(ServerPort::Dhcp, port, None, Ipv4Addr::UNSPECIFIED).unwrap();
     let booter = Arc::new(Slow {
         delay: Duration::from_secs(2),
@@ -123,7 +131,10 @@ async fn lookups_beyond_the_slots_are_dropped_and_counted() {
         if ignored == 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "{ignored} ignore events, expected 2");
+        assert!(
+            Instant::now() < deadline,
+            "{ignored} ignore events, expected 2"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(booter.waits.load(Ordering::SeqCst), 2);

@@ -781,8 +781,5 @@ fn dropped_dhcp_packets_are_counted_not_stored() {
     }
     assert!(st.store().machines().is_empty());
     let text = st.metrics_text(T0);
-    assert!(
-        text.contains("ironpxe_dhcp_dropped_total 3"),
-        "{text}"
-    );
+    assert!(text.contains("ironpxe_dhcp_dropped_total 3"), "{text}");
 }
