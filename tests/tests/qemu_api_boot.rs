@@ -46,34 +46,6 @@ fn api_args(lab: &Lab, url: &str) -> Vec<String> {
     ]
 }
 
-/// The guest's first DISCOVER, and ironpxe's OFFER with the same xid.
-fn first_discover_and_offer(
-    packets: &[CapturedUdp],
-    mac: MacAddr,
-) -> Option<(&CapturedUdp, &CapturedUdp)> {
-    use dhcproto::v4::{Message, MessageType};
-    use dhcproto::{Decodable, Decoder};
-    let decoded: Vec<(&CapturedUdp, Message)> = packets
-        .iter()
-        .filter_map(|p| Some((p, Message::decode(&mut Decoder::new(&p.payload)).ok()?)))
-        .collect();
-    let (first, msg) = decoded.iter().find(|(p, m)| {
-        p.dst.port() == 67
-            && m.chaddr().get(..6) == Some(&mac.octets()[..])
-            && m.opts().msg_type() == Some(MessageType::Discover)
-    })?;
-    let offer = decoded.iter().find(|(p, m)| {
-        p.src.port() == 67
-            && m.xid() == msg.xid()
-            && m.opts().msg_type() == Some(MessageType::Offer)
-            && m.opts()
-                .get(dhcproto::v4::OptionCode::ClassIdentifier)
-                .is_some()
-            && m.yiaddr().is_unspecified()
-    })?;
-    Some((first, offer.0))
-}
-
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
@@ -193,8 +165,14 @@ fn qemu_api_http_server_boot_with_templated_url() {
     // The API answers at once, so the guest's very first DISCOVER gets the offer,
     // within the one-second lookup wait (firmware would retransmit after 4 s).
     let packets = capture.finish().expect("capture");
-    let (discover, offer) = first_discover_and_offer(&packets, API_MAC)
-        .expect("a DISCOVER and its OFFER in the capture");
+    let (discovers, offers) = discovers_and_offers(&packets, API_MAC);
+    let discover = discovers
+        .first()
+        .expect("no DISCOVER from the guest in the capture");
+    let offer = offers
+        .first()
+        .expect("no ProxyDHCP offer to the guest in the capture");
+    // Firmware retransmits only after 4 s, so an offer within 1 s answers the first.
     let gap = offer.at.saturating_sub(discover.at);
     println!("first DISCOVER to ProxyDHCP OFFER: {gap:?}");
     assert!(
@@ -252,4 +230,156 @@ fn qemu_api_file_tree_boot() {
     let events = ironpxe.events();
     let first_offer = events.iter().find(|e| e.name == "dhcp.offer");
     assert!(first_offer.is_some(), "no dhcp.offer");
+}
+
+/// A small HTTP API in python3: serves `root` like http.server, but answers
+/// `/v1/boot/...` only after `delay_s` seconds.
+const SLOW_API: &str = r#"
+import http.server, sys, time
+root, port, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+class H(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *a, **k):
+        super().__init__(*a, directory=root, **k)
+    def do_GET(self):
+        if self.path.startswith("/v1/boot/"):
+            time.sleep(delay)
+        super().do_GET()
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+/// The API takes 3 s, longer than the one-second DHCP wait: the guest's first
+/// DISCOVER goes unanswered, the answer is cached, and the firmware's retransmit
+/// gets the offer; the guest boots. The guest is OVMF's native PXE, which
+/// retransmits after about 4 s, as PXE ROMs do. (iPXE's own DHCP gives ProxyDHCP
+/// only about 3 s, DISCOVERs at 0, 1 and 3 s, so an API slower than that misses
+/// one iPXE boot attempt; its answer is cached for the next.)
+#[test]
+fn qemu_api_slower_than_the_wait_boots_on_the_retransmit() {
+    const SLOW_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0xa9, 0x00, 0x03]);
+    let lab = Lab::new("qemu_api_slow").expect("build lab");
+    let kernel = ironpxe_lab::kernel().expect("test kernel");
+    let initrd = lab.initrd().expect("initrd");
+    let root = lab.tmp_dir().join("slow-api");
+    let answer = format!(
+        r#"{{"kernel": "file://{}", "initrd": ["file://{}"], "cmdline": "console=ttyS0 role=slow"}}"#,
+        kernel.display(),
+        initrd.display()
+    );
+    write(&root.join(format!("v1/boot/{SLOW_MAC}")), &answer);
+    let log = std::fs::File::create(lab.out_dir().join("slow-api.log")).unwrap();
+    let port = API_PORT + 1;
+    let server = Owned(
+        Command::new("ip")
+            .args(["netns", "exec", &lab.pxe_ns(), "python3", "-c", SLOW_API])
+            .arg(&root)
+            .arg(port.to_string())
+            .arg("3")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("python3 (apt-get install python3)"),
+    );
+    let api = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // The root answers at once; only boot answers are slow.
+        let out = lab
+            .run_in(
+                &lab.pxe_ns(),
+                "curl",
+                &["-sf", "-o", "/dev/null", &format!("{api}/")],
+            )
+            .expect("curl");
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slow API server did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut args = api_args(&lab, &api);
+    args[3] = "5s".into(); // --api-request-timeout: longer than the API's 3 s.
+    let _ironpxe = lab.start_ironpxe(&args).expect("start ironpxe");
+    let capture = lab
+        .capture(
+            "dhcp",
+            &lab.pxe_ns(),
+            &lab.pxe_ifname(),
+            "udp port 67 or udp port 68",
+        )
+        .expect("tcpdump");
+    let outcome = boot_once(
+        &lab,
+        GuestConfig {
+            mac: Some(SLOW_MAC),
+            ..GuestConfig::uefi_native_pxe()
+        },
+        Duration::from_secs(240),
+    )
+    .expect("guest");
+    let marker = outcome.expect_marker(&lab, "the OVMF guest behind a slow API");
+    let image = kernel.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(
+        marker.user_cmdline_for_image(&image),
+        "console=ttyS0 role=slow"
+    );
+
+    let packets = capture.finish().expect("capture");
+    let (discovers, offers) = discovers_and_offers(&packets, SLOW_MAC);
+    let first_discover = discovers
+        .first()
+        .expect("no DISCOVER from the guest in the capture");
+    let first_offer = offers.first().expect("no ProxyDHCP offer at all");
+    println!(
+        "DISCOVERs at {:?} after the first, first ProxyDHCP offer after {:?}",
+        discovers
+            .iter()
+            .map(|d| d.at.saturating_sub(first_discover.at))
+            .collect::<Vec<_>>(),
+        first_offer.at.saturating_sub(first_discover.at)
+    );
+    // The first DISCOVER got nothing from ironpxe; a later one did.
+    assert!(
+        first_offer.at > first_discover.at + Duration::from_secs(1),
+        "the first DISCOVER was answered although the API took 3 s"
+    );
+    assert!(
+        discovers.len() >= 2,
+        "the offer came without a retransmit: {} DISCOVERs",
+        discovers.len()
+    );
+    drop(server);
+}
+
+/// The guest's DISCOVERs, and ironpxe's ProxyDHCP OFFERs to it, in capture order.
+fn discovers_and_offers(
+    packets: &[CapturedUdp],
+    mac: MacAddr,
+) -> (Vec<&CapturedUdp>, Vec<&CapturedUdp>) {
+    use dhcproto::v4::{Message, MessageType, OptionCode};
+    use dhcproto::{Decodable, Decoder};
+    let mut discovers = Vec::new();
+    let mut offers = Vec::new();
+    for p in packets {
+        let Ok(m) = Message::decode(&mut Decoder::new(&p.payload)) else {
+            continue;
+        };
+        if m.chaddr().get(..6) != Some(&mac.octets()[..]) {
+            continue;
+        }
+        match m.opts().msg_type() {
+            Some(MessageType::Discover) if p.dst.port() == 67 => discovers.push(p),
+            Some(MessageType::Offer)
+                if p.src.port() == 67
+                    && m.yiaddr().is_unspecified()
+                    && m.opts().get(OptionCode::ClassIdentifier).is_some() =>
+            {
+                offers.push(p)
+            }
+            _ => {}
+        }
+    }
+    (discovers, offers)
 }
