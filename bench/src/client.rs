@@ -15,7 +15,7 @@ use tokio::net::UdpSocket;
 use crate::env::{median, sha256_hex};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[arg(long)]
     server: Ipv4Addr,
     #[arg(long)]
@@ -122,7 +122,7 @@ async fn fetch(
     }
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub(crate) fn run(a: Args) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -10,7 +10,7 @@ use crate::env::{machine_notes, sha256_file, Env};
 use crate::servers;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Simultaneous transfers.
     #[arg(long, default_value_t = 500)]
     clients: usize,
@@ -55,7 +55,7 @@ fn clock_ticks_per_sec() -> f64 {
         .unwrap_or(100.0)
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub(crate) fn run(a: Args) -> Result<()> {
     let notes = machine_notes();
     let env = Env::new("bench-concurrent", !a.no_shape)?;
     let ironpxe = servers::ironpxe(&env)?;

@@ -258,6 +258,7 @@ pub struct Classified {
 }
 
 /// Says whether ProxyDHCP answers a parsed PXE request at all, and how.
+#[must_use = "the classification says whether and how to answer the packet"]
 pub fn classify(request: PxeRequest, meta: &RecvMeta) -> Result<Classified, Ignored> {
     let reply_type = match (meta.port, request.msg_type) {
         (ServerPort::Dhcp, MessageType::Discover) => MessageType::Offer,
@@ -283,6 +284,7 @@ pub fn classify(request: PxeRequest, meta: &RecvMeta) -> Result<Classified, Igno
 }
 
 /// Builds the reply to a classified packet, given what the booter decided for it.
+#[must_use = "the reply must be sent, or the reason for none logged"]
 pub fn answer(
     cfg: &ProxyConfig,
     msg: &Message,
@@ -331,6 +333,7 @@ pub fn answer(
 
 /// [`classify`], then the booter without waiting, then [`answer`]: the whole decision
 /// for a booter that knows its answers locally (and for tests).
+#[must_use = "the reply must be sent, or the reason for none logged"]
 pub fn decide(
     cfg: &ProxyConfig,
     booter: &dyn Booter,

@@ -17,7 +17,7 @@ enum Type {
 
 /// A downloaded image.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Image {
+pub(crate) struct Image {
     pub name: String,
     pub url: String,
     /// The words after the URL joined with single spaces, as iPXE builds a cmdline.
@@ -26,7 +26,7 @@ pub struct Image {
 
 /// What happened when a script ran.
 #[derive(Debug, Default)]
-pub struct Run {
+pub(crate) struct Run {
     /// Everything `echo` printed.
     pub console: Vec<u8>,
     /// The kernel (the image `kernel` selected), if any.
@@ -46,7 +46,7 @@ pub struct Run {
 }
 
 /// Runs `script`. A fetch of a URL for which `fails` returns true fails.
-pub fn run(script: &str, mut fails: impl FnMut(&str) -> bool) -> Run {
+pub(crate) fn run(script: &str, mut fails: impl FnMut(&str) -> bool) -> Run {
     assert!(script.starts_with("#!ipxe\n"), "missing #!ipxe header");
     let mut lines: Vec<&str> = Vec::new();
     for line in script.split('\n') {

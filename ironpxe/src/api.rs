@@ -12,7 +12,7 @@ use crate::cli::ApiArgs;
 
 /// `ironpxe api URL`: starts the lookup thread and returns the runtime configuration
 /// and the booter for [`crate::run::serve`].
-pub fn run(args: ApiArgs) -> Result<(crate::server_config::ServerConfig, Arc<dyn Booter>)> {
+pub(crate) fn run(args: ApiArgs) -> Result<(crate::server_config::ServerConfig, Arc<dyn Booter>)> {
     let source = Source::parse(&args.url)?;
     info!(api = %args.url, timeout = ?args.api_request_timeout, "asking the API what each machine boots");
     let booter = Arc::new(ApiBooter::start(source, args.api_request_timeout)?);

@@ -20,7 +20,7 @@ Run it as root (or with CAP_NET_BIND_SERVICE) on the machine attached to the dat
 network, usually with --interface set to the data NIC.",
     after_help = "Example:\n  ironpxe boot /srv/vmlinuz /srv/initrd.img --cmdline 'console=ttyS0 root=/dev/sda1' --interface eth1"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
 
@@ -29,7 +29,7 @@ pub struct Cli {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct LogArgs {
+pub(crate) struct LogArgs {
     /// Log packet-level decisions (every DHCP packet, including ignored ones).
     #[arg(short = 'd', long, global = true)]
     pub debug: bool,
@@ -46,7 +46,7 @@ pub struct LogArgs {
 
 /// The format of log lines on stderr.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// `LEVEL target: message key=value ...`
     Text,
     /// One JSON object per line: timestamp, level, target, fields, spans.
@@ -54,7 +54,7 @@ pub enum LogFormat {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Boot every PXE client with one kernel, initrds and command line (pixiecore's `boot` mode).
     #[command(
         long_about = "Boot every PXE client that asks with KERNEL and INITRDs.\n\n\
@@ -95,7 +95,7 @@ answer is not cached yet is answered on its next DHCP retry."
 }
 
 #[derive(Args, Debug)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// The TOML configuration file.
     #[arg(short = 'f', long, value_name = "FILE")]
     pub config: PathBuf,
@@ -105,7 +105,7 @@ pub struct ServeArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// The TOML configuration file.
     #[arg(short = 'f', long, value_name = "FILE")]
     pub config: PathBuf,
@@ -117,7 +117,7 @@ pub struct CheckArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct ApiArgs {
+pub(crate) struct ApiArgs {
     /// The API's base URL (http:// or https://), or file:///DIR for a tree of files.
     #[arg(value_name = "URL")]
     pub url: String,
@@ -131,7 +131,7 @@ pub struct ApiArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct BootArgs {
+pub(crate) struct BootArgs {
     /// Kernel image: a local path or an http(s):// URL.
     #[arg(value_name = "KERNEL")]
     pub kernel: String,
@@ -153,7 +153,7 @@ pub struct BootArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// Address the HTTP and TFTP servers listen on, and that ProxyDHCP announces when
     /// not 0.0.0.0 (by default each reply names our address on the receiving NIC)
     /// [default: 0.0.0.0].
@@ -249,7 +249,7 @@ pub struct ServerArgs {
 
 impl ServerArgs {
     /// The field of `role`'s path flag; `None` for a role without one.
-    pub fn ipxe_path_mut(&mut self, role: IpxeRole) -> Option<&mut Option<PathBuf>> {
+    pub(crate) fn ipxe_path_mut(&mut self, role: IpxeRole) -> Option<&mut Option<PathBuf>> {
         match role {
             IpxeRole::Bios => Some(&mut self.ipxe_bios),
             IpxeRole::Efi32 => Some(&mut self.ipxe_efi32),
@@ -261,7 +261,7 @@ impl ServerArgs {
     }
 
     /// The iPXE paths given as flags, by role.
-    pub fn ipxe_paths(&self) -> RoleMap<PathBuf> {
+    pub(crate) fn ipxe_paths(&self) -> RoleMap<PathBuf> {
         let mut args = self.clone();
         IpxeRole::ALL
             .into_iter()

@@ -28,7 +28,7 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// The checks `check` and `serve` run: files exist and are readable, and each boot
 /// script can be rendered.
-pub struct FsChecks {
+pub(crate) struct FsChecks {
     /// Check files (off for `check --no-file-checks`).
     pub files: bool,
 }
@@ -47,7 +47,7 @@ impl Checks for FsChecks {
 }
 
 /// `Ok` if `path` is a regular file we can open, else a short reason.
-pub fn readable(path: &Path) -> Result<(), String> {
+pub(crate) fn readable(path: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(path).map_err(|e| io_reason(&e))?;
     if !meta.is_file() {
         return Err("not a regular file".into());
@@ -111,7 +111,7 @@ fn parse_with_display(
 }
 
 /// `ironpxe check`.
-pub fn check(args: &CheckArgs) -> Result<()> {
+pub(crate) fn check(args: &CheckArgs) -> Result<()> {
     match load(&args.config, !args.no_file_checks) {
         Ok((cfg, _)) => {
             println!("{}: ok: {}", args.config.display(), summary(&cfg));
@@ -153,7 +153,7 @@ fn summary(cfg: &Config) -> String {
 /// `ironpxe serve`: loads the file, starts watching it for reloads, and returns the
 /// runtime configuration (the command line over the file's `[server]` and `[ipxe]`)
 /// and the booter for [`crate::run::serve`].
-pub fn prepare(args: &ServeArgs) -> Result<(ServerConfig, Arc<dyn Booter>)> {
+pub(crate) fn prepare(args: &ServeArgs) -> Result<(ServerConfig, Arc<dyn Booter>)> {
     let (cfg, _) = load(&args.config, true).map_err(|e| match e {
         LoadError::Read(m) => anyhow::anyhow!("{m}"),
         LoadError::Problems(e) => anyhow::anyhow!(
@@ -289,7 +289,7 @@ fn start_watcher(
 
 /// Resolves `{{ URL "x" }}` / `{{ ID "x" }}` in a `boot --cmdline`: `x` is a local
 /// path (which must be readable now) or a URL. Returns the files to serve.
-pub fn resolve_boot_cmdline(spec: &mut BootSpec) -> Result<Vec<FileRef>> {
+pub(crate) fn resolve_boot_cmdline(spec: &mut BootSpec) -> Result<Vec<FileRef>> {
     let (canon, files) = resolve_cmdline(&spec.cmdline, &mut |x: &str| match FileRef::parse(x)
         .map_err(|e| e.to_string())?
     {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use ironpxe_core::ipxe_role::{IpxeBinaries, IpxeRole, RoleMap};
 
 /// Where distributions install iPXE: Debian and Ubuntu, then Fedora.
-pub const SEARCH_DIRS: &[&str] = &["/usr/lib/ipxe", "/usr/share/ipxe"];
+pub(crate) const SEARCH_DIRS: &[&str] = &["/usr/lib/ipxe", "/usr/share/ipxe"];
 
 /// Paths given on the command line, by role (the roles of [`IpxeRole::ALL`] with a
 /// flag), and the `--ipxe-snponly` switch.
@@ -18,7 +18,7 @@ pub const SEARCH_DIRS: &[&str] = &["/usr/lib/ipxe", "/usr/share/ipxe"];
 /// the other binaries (so `tftp://server/snponly.efi` works), given to UEFI HTTP Boot
 /// x64 clients, and with `--ipxe-snponly` also to EFI x64 PXE clients.
 #[derive(Default, Debug, Clone)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     pub paths: RoleMap<PathBuf>,
     /// `--ipxe-snponly`: EFI x64 PXE clients get snponly.efi instead of ipxe.efi.
     pub snponly: bool,
@@ -27,7 +27,7 @@ pub struct Overrides {
 /// The iPXE binaries in use: which file plays which role, and every file's bytes
 /// under its TFTP name.
 #[derive(Debug)]
-pub struct IpxeSet {
+pub(crate) struct IpxeSet {
     pub binaries: IpxeBinaries,
     pub files: BTreeMap<String, Bytes>,
     /// One line per file: role, TFTP name, path, size, for the startup log.
@@ -37,7 +37,7 @@ pub struct IpxeSet {
 impl IpxeSet {
     /// Uses the given paths; for roles without one, looks in [`SEARCH_DIRS`] unless
     /// any path was given explicitly (then only what was asked for is served).
-    pub fn resolve(over: &Overrides, search_dirs: &[&Path]) -> Result<Self> {
+    pub(crate) fn resolve(over: &Overrides, search_dirs: &[&Path]) -> Result<Self> {
         // A path for a role the search could fill means the operator chose the set.
         // arm64, which distributions do not ship next to the x86 binaries (so it has
         // no default names), does not turn the search off.

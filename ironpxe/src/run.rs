@@ -28,7 +28,7 @@ fn status() -> &'static ironpxe_status::Status {
 ///
 /// Boot events (target `ironpxe::event`) also go to the status store, whatever the
 /// log level.
-pub fn init_logging(args: &LogArgs) {
+pub(crate) fn init_logging(args: &LogArgs) {
     use tracing_subscriber::prelude::*;
 
     let default = if args.debug {
@@ -56,7 +56,7 @@ pub fn init_logging(args: &LogArgs) {
 
 /// Runs the command: each serving mode yields its runtime configuration and booter,
 /// and [`serve`] runs them.
-pub fn run(cli: Cli) -> Result<()> {
+pub(crate) fn run(cli: Cli) -> Result<()> {
     let (server, booter) = match cli.command {
         Command::Boot(args) => boot_mode(&args)?,
         Command::Serve(args) => crate::config_mode::prepare(&args)?,

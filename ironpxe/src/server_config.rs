@@ -18,18 +18,18 @@ use crate::cli::ServerArgs;
 use crate::ipxe_files::Overrides;
 
 /// The address listened on when neither `-l` nor `listen_addr` is given.
-pub const DEFAULT_LISTEN_ADDR: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+pub(crate) const DEFAULT_LISTEN_ADDR: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
 
 /// The HTTP port when neither `-p` nor `http_port` is given.
-pub const DEFAULT_HTTP_PORT: u16 = 80;
+pub(crate) const DEFAULT_HTTP_PORT: u16 = 80;
 
 /// How long transfers in flight may take to finish after SIGTERM or SIGINT, when
 /// neither `--shutdown-timeout` nor `shutdown_timeout` is given.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the DHCP, TFTP, HTTP and status servers run with.
 #[derive(Debug, Clone)]
-pub struct ServerConfig {
+pub(crate) struct ServerConfig {
     /// Address the HTTP and TFTP servers listen on; announced when not 0.0.0.0.
     pub listen_addr: Ipv4Addr,
     /// The data NIC DHCP is answered on.
@@ -66,7 +66,7 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// The command line alone (`boot` and `api` modes).
-    pub fn from_args(args: &ServerArgs) -> ServerConfig {
+    pub(crate) fn from_args(args: &ServerArgs) -> ServerConfig {
         ServerConfig::merge(
             args,
             Path::new(""),
@@ -77,7 +77,7 @@ impl ServerConfig {
 
     /// Flags given on the command line win; the file `path` (its `[server]` and
     /// `[ipxe]`) fills in the flags not given; the defaults fill in the rest.
-    pub fn merge(
+    pub(crate) fn merge(
         args: &ServerArgs,
         path: &Path,
         file: &ServerSettings,

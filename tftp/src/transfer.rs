@@ -342,6 +342,7 @@ impl Transfer {
     }
 
     /// When [`Transfer::handle_timeout`] should next be called.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.state == State::Done {
             return None;
@@ -353,6 +354,7 @@ impl Transfer {
     }
 
     /// The next datagram to send to the peer, if any. Call until it returns `None`.
+    #[must_use = "a datagram taken from the transfer and dropped is never sent"]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         if let Some(e) = self.error_queued.take() {
             return Some(e);

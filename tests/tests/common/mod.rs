@@ -10,7 +10,7 @@ use std::time::Duration;
 use ironpxe_lab::{Client, Ironpxe, Lab, DEFAULT_HTTP_PORT};
 
 /// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.
-pub fn random_bytes(len: usize) -> Vec<u8> {
+pub(crate) fn random_bytes(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ len as u64;
     (0..len)
         .map(|_| {
@@ -23,7 +23,7 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
 }
 
 /// The sha256 of a file, by `sha256sum`.
-pub fn sha256(path: &Path) -> String {
+pub(crate) fn sha256(path: &Path) -> String {
     let out = std::process::Command::new("sha256sum")
         .arg(path)
         .output()
@@ -37,7 +37,7 @@ pub fn sha256(path: &Path) -> String {
 }
 
 /// A command's status and output, for assertion messages.
-pub fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "status {}\nstdout: {}\nstderr: {}",
         o.status,
@@ -48,7 +48,7 @@ pub fn text(o: &Output) -> String {
 
 /// Starts ironpxe in the lab serving `root` over TFTP. It needs a kernel to start;
 /// TFTP does not care what it is.
-pub fn serve_tftp_root(lab: &Lab, root: &Path) -> Ironpxe {
+pub(crate) fn serve_tftp_root(lab: &Lab, root: &Path) -> Ironpxe {
     let kernel = lab.tmp_dir().join("vmlinuz");
     std::fs::write(&kernel, b"not a kernel").unwrap();
     let args: Vec<String> = vec![
@@ -66,7 +66,7 @@ pub fn serve_tftp_root(lab: &Lab, root: &Path) -> Ironpxe {
 
 /// A client namespace on the lab bridge with the address the site DHCP server
 /// leased it (udhcpc only reports the lease; this configures it).
-pub fn leased_client(lab: &Lab) -> (Client, Ipv4Addr) {
+pub(crate) fn leased_client(lab: &Lab) -> (Client, Ipv4Addr) {
     let client = lab.add_client().expect("client namespace");
     let addr = lab
         .client_dhcp(&client, Duration::from_secs(20))

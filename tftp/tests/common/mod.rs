@@ -10,14 +10,14 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub struct Server {
+pub(crate) struct Server {
     pub addr: SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
 
 impl Server {
-    pub async fn start(cfg: TftpConfig) -> Server {
+    pub(crate) async fn start(cfg: TftpConfig) -> Server {
         let mut files = MemoryFiles::new();
         files.insert("undionly.kpxe", pattern(100_000)).unwrap();
         files.insert("efi/ipxe.efi", pattern(300_001)).unwrap();
@@ -32,7 +32,7 @@ impl Server {
         Server { addr, stop, task }
     }
 
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.send(()).unwrap();
         let r = tokio::time::timeout(Duration::from_secs(5), self.task)
             .await
@@ -41,17 +41,17 @@ impl Server {
     }
 }
 
-pub fn pattern(len: usize) -> Bytes {
+pub(crate) fn pattern(len: usize) -> Bytes {
     (0..len).map(|i| (i % 253) as u8 ^ (i >> 8) as u8).collect()
 }
 
-pub fn client() -> UdpSocket {
+pub(crate) fn client() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s
 }
 
-pub fn rrq(name: &str, options: Options) -> Vec<u8> {
+pub(crate) fn rrq(name: &str, options: Options) -> Vec<u8> {
     Packet::Rrq(Request {
         filename: name.into(),
         mode: Mode::Octet,
@@ -61,14 +61,14 @@ pub fn rrq(name: &str, options: Options) -> Vec<u8> {
     .unwrap()
 }
 
-pub fn recv(s: &UdpSocket) -> (Packet, SocketAddr) {
+pub(crate) fn recv(s: &UdpSocket) -> (Packet, SocketAddr) {
     let mut buf = vec![0u8; 70_000];
     let (n, from) = s.recv_from(&mut buf).expect("no reply from server");
     (Packet::parse(&buf[..n]).expect("server sent garbage"), from)
 }
 
 #[derive(Debug, PartialEq)]
-pub enum Fetched {
+pub(crate) enum Fetched {
     File {
         data: Vec<u8>,
         oack: Option<Options>,
@@ -77,7 +77,7 @@ pub enum Fetched {
 }
 
 /// Fetches `name` like a real client: ACK 0 after an OACK, then one ACK per window.
-pub fn fetch(server: SocketAddr, name: &str, options: Options) -> Fetched {
+pub(crate) fn fetch(server: SocketAddr, name: &str, options: Options) -> Fetched {
     let s = client();
     s.send_to(&rrq(name, options.clone()), server).unwrap();
     let (first, tid) = recv(&s);
@@ -137,6 +137,6 @@ pub fn fetch(server: SocketAddr, name: &str, options: Options) -> Fetched {
     }
 }
 
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
 }

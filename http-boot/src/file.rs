@@ -1,0 +1,76 @@
+//! The `/_/file` handler: maps a file id back to its file and hands the request to
+//! [`crate::local`] or [`crate::remote`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::header::HeaderMap;
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::Stream;
+use ironpxe_core::event::{emit, BootEvent};
+use ironpxe_core::urls::FileQuery;
+use ironpxe_core::{FileId, FileRef};
+
+use crate::body::Tracked;
+use crate::local::serve_local;
+use crate::remote::serve_remote;
+use crate::{plain, Conn, HttpState, Peer};
+
+pub(crate) async fn file(
+    State(st): State<Arc<HttpState>>,
+    conn: Conn,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let id = match FileQuery::parse(query.as_deref().unwrap_or("")) {
+        Ok(q) => q.id,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, e),
+    };
+    let Some(fref) = st.booter.file(&id) else {
+        tracing::debug!(%id, peer = %Peer(conn.peer), "request for an unknown file id");
+        return plain(StatusCode::NOT_FOUND, "unknown file");
+    };
+    let req = FileRequest {
+        id,
+        fref: &fref,
+        head: method == Method::HEAD,
+        peer: conn.peer,
+    };
+    match &fref {
+        FileRef::Local(path) => serve_local(req, path, &headers).await,
+        FileRef::Remote(url) => serve_remote(req, &st.client, url, &headers).await,
+    }
+}
+
+/// One file request, for logging.
+pub(crate) struct FileRequest<'a> {
+    pub(crate) id: FileId,
+    pub(crate) fref: &'a FileRef,
+    pub(crate) head: bool,
+    peer: Option<SocketAddr>,
+}
+
+impl FileRequest<'_> {
+    /// Logs the start and wraps the body so its end (or failure) is logged too.
+    pub(crate) fn body(
+        self,
+        bytes: Option<u64>,
+        range: &str,
+        stream: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
+    ) -> Body {
+        emit(BootEvent::FileStart {
+            id: self.id.clone(),
+            file: self.fref.to_string(),
+            bytes,
+            range: range.to_string(),
+            peer: self.peer,
+        });
+        Tracked::body(stream, self.id, self.peer, bytes)
+    }
+}
