@@ -22,6 +22,7 @@ impl ironpxe_core::EventSink for Capture {
             f.insert(k.into(), v.to_string());
         });
         let level = match event.loudness() {
+            ironpxe_core::event::Loudness::Debug => "DEBUG",
             ironpxe_core::event::Loudness::Info => "INFO",
             ironpxe_core::event::Loudness::Warn => "WARN",
         };
