@@ -1,7 +1,9 @@
 //! The `ironpxe` binary as a user meets it: help text, errors for bad input, and a
 //! loopback run that serves TFTP and HTTP (no root, no network namespace needed).
 
-use std::io::{Read, Write};
+mod common;
+use common::{free_tcp, free_udp, get};
+
 use std::net::{TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -89,42 +91,6 @@ impl Drop for Server {
     }
 }
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> (String, Vec<u8>) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("header end");
-    (
-        String::from_utf8_lossy(&buf[..split]).into_owned(),
-        buf[split + 4..].to_vec(),
-    )
-}
-
 /// Minimal lockstep TFTP read with default options.
 fn tftp_get(port: u16, name: &str) -> Vec<u8> {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -159,12 +125,7 @@ fn serves_ipxe_over_tftp_and_boot_files_over_http_on_loopback() {
     let bios_bytes: Vec<u8> = (0..3000u32).map(|i| (i % 256) as u8).collect();
     std::fs::write(&bios, &bios_bytes).unwrap();
 
-    let (http, tftp, dhcp, pxe) = (
-        free_tcp_port(),
-        free_udp_port(),
-        free_udp_port(),
-        free_udp_port(),
-    );
+    let (http, tftp, dhcp, pxe) = (free_tcp(), free_udp(), free_udp(), free_udp());
     let child = ironpxe()
         .arg("boot")
         .arg(&kernel)
@@ -199,7 +160,7 @@ fn serves_ipxe_over_tftp_and_boot_files_over_http_on_loopback() {
         mac: "52:54:00:00:00:01".parse().unwrap(),
         arch: ClientArch::Bios,
     });
-    let (head, body) = http_get(http, &script.to_string());
+    let (head, body) = get(http, &script.to_string());
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let script = String::from_utf8(body).unwrap();
     assert!(script.starts_with("#!ipxe"), "{script}");
@@ -209,7 +170,7 @@ fn serves_ipxe_over_tftp_and_boot_files_over_http_on_loopback() {
         .map(|rest| rest.split(|c: char| !c.is_ascii_hexdigit()).next().unwrap())
         .collect();
     assert_eq!(ids.len(), 2, "kernel and initrd URLs in:\n{script}");
-    let (head, body) = http_get(http, &format!("/_/file?name={}", ids[0]));
+    let (head, body) = get(http, &format!("/_/file?name={}", ids[0]));
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -217,10 +178,10 @@ fn serves_ipxe_over_tftp_and_boot_files_over_http_on_loopback() {
         "{head}"
     );
     assert_eq!(body, kernel_bytes);
-    let (_, body) = http_get(http, &format!("/_/file?name={}", ids[1]));
+    let (_, body) = get(http, &format!("/_/file?name={}", ids[1]));
     assert_eq!(body, b"initrd bytes");
 
-    let (head, _) = http_get(http, "/_/file?name=00000000000000000000000000000000");
+    let (head, _) = get(http, "/_/file?name=00000000000000000000000000000000");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 }
 

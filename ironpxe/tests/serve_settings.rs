@@ -4,8 +4,11 @@
 //! and SIGTERM lets a download finish, refuses new connections, then exits 0 within
 //! the shutdown timeout.
 
+mod common;
+use common::{free_tcp, free_udp, get};
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -90,22 +93,6 @@ impl Server {
     }
 }
 
-fn free_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn wait_for(what: &str, timeout: Duration, server: &Server, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -116,22 +103,6 @@ fn wait_for(what: &str, timeout: Duration, server: &Server, mut f: impl FnMut() 
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn get(port: u16, path: &str) -> (String, Vec<u8>) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut all = Vec::new();
-    s.read_to_end(&mut all).unwrap();
-    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    (
-        String::from_utf8_lossy(&all[..split]).into_owned(),
-        all[split + 4..].to_vec(),
-    )
 }
 
 const MAC: &str = "52:54:00:00:00:01";

@@ -46,6 +46,21 @@ fn api_args(lab: &Lab, url: &str) -> Vec<String> {
     ]
 }
 
+/// Waits (up to 10 s) until `url` answers 200 inside the ironpxe namespace.
+fn wait_served(lab: &Lab, url: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = lab
+            .run_in(&lab.pxe_ns(), "curl", &["-sf", "-o", "/dev/null", url])
+            .expect("curl");
+        if out.status.success() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
@@ -96,17 +111,7 @@ fn qemu_api_http_server_boot_with_templated_url() {
     );
     let api = format!("http://127.0.0.1:{API_PORT}");
     let probe = format!("{api}/v1/boot/{API_MAC}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = lab
-            .run_in(&lab.pxe_ns(), "curl", &["-sf", "-o", "/dev/null", &probe])
-            .expect("curl");
-        if out.status.success() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the API server did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_served(&lab, &probe, "the API server");
 
     let ironpxe = lab
         .start_ironpxe(&api_args(&lab, &api))
@@ -280,25 +285,8 @@ fn qemu_api_slower_than_the_wait_boots_on_the_retransmit() {
             .expect("python3 (apt-get install python3)"),
     );
     let api = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        // The root answers at once; only boot answers are slow.
-        let out = lab
-            .run_in(
-                &lab.pxe_ns(),
-                "curl",
-                &["-sf", "-o", "/dev/null", &format!("{api}/")],
-            )
-            .expect("curl");
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the slow API server did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The root answers at once; only boot answers are slow.
+    wait_served(&lab, &format!("{api}/"), "the slow API server");
     let mut args = api_args(&lab, &api);
     args[3] = "5s".into(); // --api-request-timeout: longer than the API's 3 s.
     let _ironpxe = lab.start_ironpxe(&args).expect("start ironpxe");
