@@ -155,6 +155,9 @@ in
         ExecStart = "${lib.getExe cfg.package} ${lib.escapeShellArgs args}";
         ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
         Restart = "on-failure";
+        # Each download and TFTP transfer holds a socket; ironpxe also raises its
+        # soft limit to this hard one at start.
+        LimitNOFILE = 65536;
         DynamicUser = true;
         StateDirectory = "ironpxe";
         AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ] ++ lib.optional cfg.dhcpNoBind "CAP_NET_RAW";

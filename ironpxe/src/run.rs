@@ -120,6 +120,7 @@ fn check_readable(p: &Path) -> Result<()> {
 /// Runs the servers with `booter` until SIGTERM or SIGINT, then shuts down (see
 /// [`serve_async`]).
 pub(crate) fn serve(args: &ServerConfig, booter: Arc<dyn Booter>) -> Result<()> {
+    raise_open_file_limit();
     // The status store learns each machine's kernel and initrds from the booter.
     let booter = status().observe_booter(booter);
     // IRONPXE_IPXE_DIR (set by packagers, e.g. the Nix package to pkgs.ipxe) is
@@ -161,6 +162,27 @@ pub(crate) fn serve(args: &ServerConfig, booter: Arc<dyn Booter>) -> Result<()> 
 /// listeners close. Downloads and TFTP transfers in flight get
 /// [`ServerConfig::shutdown_timeout`] to finish; then the boot status is saved and
 /// this returns `Ok`. A second signal stops waiting.
+/// Raises the soft open-file limit to the hard limit. Every HTTP download and TFTP
+/// transfer holds a socket and often a file; the usual soft default of 1024 (also
+/// systemd's) is far below what a rack rebooting at once needs, while the hard limit
+/// (524288 under systemd) is not.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(
+                soft,
+                hard,
+                error = %e,
+                "cannot raise the open-file limit; many clients at once may fail"
+            ),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet) -> Result<()> {
     let mut signals = Signals::new()?;
     let listen = args.listen_addr;

@@ -202,3 +202,47 @@ fn runs_as_pixiecore_under_that_name() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("KERNEL /nonexistent/k"), "{text}");
 }
+
+/// Started with systemd's default soft limit of open files below a higher hard
+/// limit, ironpxe raises the soft limit to the hard one.
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("vmlinuz");
+    let bios = dir.path().join("undionly.kpxe");
+    std::fs::write(&kernel, b"kernel").unwrap();
+    std::fs::write(&bios, [0u8; 512]).unwrap();
+    let (http, tftp, dhcp, pxe) = (free_tcp(), free_udp(), free_udp(), free_udp());
+    // The shell lowers its limits to soft 512, hard 2048, then becomes ironpxe.
+    let child = Command::new("sh")
+        .args([
+            "-c",
+            r#"ulimit -Sn 512 && ulimit -Hn 2048 && exec "$0" "$@""#,
+        ])
+        .arg(env!("CARGO_BIN_EXE_ironpxe"))
+        .arg("boot")
+        .arg(&kernel)
+        .arg("--ipxe-bios")
+        .arg(&bios)
+        .args(["-l", "127.0.0.1", "-p", &http.to_string()])
+        .args(["--tftp-port", &tftp.to_string()])
+        .args(["--dhcp-port", &dhcp.to_string()])
+        .args(["--pxe-port", &pxe.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(Instant::now() < deadline, "ironpxe did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["2048", "2048"], "{line}");
+}
