@@ -201,26 +201,37 @@ async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet
     };
 
     // Bind everything first, so a port in use is reported before anything runs.
-    let dhcp_sockets = vec![
-        if args.dhcp_no_bind {
-            DhcpSocket::no_bind(ServerPort::Dhcp, args.dhcp_port, device, listen).with_context(
-                || {
-                    format!(
-                        "--dhcp-no-bind: cannot open a packet socket for udp {}{}",
-                        args.dhcp_port,
-                        if nix::unistd::geteuid().is_root() {
-                            ""
-                        } else {
-                            " (needs root or CAP_NET_RAW)"
-                        }
-                    )
+    // ProxyDHCP gets a thread and runtime of its own (its sockets belong to that
+    // runtime), so that downloads keeping the main workers busy cannot delay an
+    // offer; it is opened there and reports back before anything else binds.
+    let open_dhcp = {
+        let (device, no_bind) = (device.map(str::to_string), args.dhcp_no_bind);
+        let (dhcp_port, pxe_port) = (args.dhcp_port, args.pxe_port);
+        move || -> Result<Vec<DhcpSocket>> {
+            let device = device.as_deref();
+            Ok(vec![
+                if no_bind {
+                    DhcpSocket::no_bind(ServerPort::Dhcp, dhcp_port, device, listen).with_context(
+                        || {
+                            format!(
+                                "--dhcp-no-bind: cannot open a packet socket for udp {}{}",
+                                dhcp_port,
+                                if nix::unistd::geteuid().is_root() {
+                                    ""
+                                } else {
+                                    " (needs root or CAP_NET_RAW)"
+                                }
+                            )
+                        },
+                    )?
+                } else {
+                    bind_dhcp(ServerPort::Dhcp, dhcp_port, device, listen)?
                 },
-            )?
-        } else {
-            bind_dhcp(ServerPort::Dhcp, args.dhcp_port, device, listen)?
-        },
-        bind_dhcp(ServerPort::Pxe, args.pxe_port, device, listen)?,
-    ];
+                bind_dhcp(ServerPort::Pxe, pxe_port, device, listen)?,
+            ])
+        }
+    };
+    let dhcp_thread = DhcpThread::open(open_dhcp)?;
     let tftp_addr = SocketAddrV4::new(listen, args.tftp_port);
     let tftp_socket = tokio::net::UdpSocket::bind(tftp_addr)
         .await
@@ -334,9 +345,11 @@ async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet
         let r = ironpxe_http::serve(http_listener, router, stop, drain).await;
         ("HTTP", r)
     });
-    let stop = shutdown.clone().cancelled_owned();
+    let done = dhcp_thread.serve(proxy, booter, shutdown.clone().cancelled_owned());
     servers.spawn(async move {
-        let r = ironpxe_dhcp::serve(dhcp_sockets, proxy, booter, stop).await;
+        let r = done
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("the ProxyDHCP thread ended")));
         ("ProxyDHCP", r)
     });
 
@@ -380,6 +393,77 @@ async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet
         info!("stopped");
     }
     result
+}
+
+/// ProxyDHCP's own thread, with a current-thread runtime: its receive loop never
+/// waits behind HTTP or TFTP work on the main runtime's workers.
+struct DhcpThread {
+    jobs: std::sync::mpsc::SyncSender<DhcpJob>,
+}
+
+/// What the DHCP thread is told to run once its sockets are open.
+type DhcpJob = (
+    ProxyConfig,
+    Arc<dyn Booter>,
+    tokio_util::sync::WaitForCancellationFutureOwned,
+    tokio::sync::oneshot::Sender<std::io::Result<()>>,
+);
+
+impl DhcpThread {
+    /// Starts the thread and opens the sockets there with `open`; returns once they
+    /// are open, or with `open`'s error.
+    fn open(open: impl FnOnce() -> Result<Vec<DhcpSocket>> + Send + 'static) -> Result<DhcpThread> {
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<DhcpJob>(1);
+        std::thread::Builder::new()
+            .name("ironpxe-dhcp".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ =
+                            opened_tx
+                                .send(Err(anyhow::Error::new(e)
+                                    .context("cannot start the ProxyDHCP runtime")));
+                        return;
+                    }
+                };
+                let sockets = match rt.block_on(async { open() }) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = opened_tx.send(Ok(()));
+                let Ok((proxy, booter, stop, done)) = job_rx.recv() else {
+                    return;
+                };
+                let r = rt.block_on(ironpxe_dhcp::serve(sockets, proxy, booter, stop));
+                let _ = done.send(r);
+            })
+            .context("cannot start the ProxyDHCP thread")?;
+        opened_rx
+            .recv()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the ProxyDHCP thread ended")))?;
+        Ok(DhcpThread { jobs: job_tx })
+    }
+
+    /// Serves until `stop`; the receiver gets the driver's result.
+    fn serve(
+        self,
+        proxy: ProxyConfig,
+        booter: Arc<dyn Booter>,
+        stop: tokio_util::sync::WaitForCancellationFutureOwned,
+    ) -> tokio::sync::oneshot::Receiver<std::io::Result<()>> {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        // The thread waits for exactly this one job; if it is gone, `done_rx` says so.
+        let _ = self.jobs.send((proxy, booter, stop, done_tx));
+        done_rx
+    }
 }
 
 fn bind_dhcp(
