@@ -22,7 +22,7 @@ pub(crate) async fn serve_local(
     path: &Path,
     headers: &HeaderMap,
 ) -> Response {
-    let mut f = match tokio::fs::File::open(path).await {
+    let mut f = match open_waiting_for_descriptors(path).await {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             tracing::warn!(path = %path.display(), id = %req.id, "served file is missing");
@@ -96,4 +96,29 @@ pub(crate) async fn serve_local(
     }
     let stream = ReaderStream::with_capacity(f.take(count), CHUNK);
     (status, h, req.body(Some(count), &range_text, stream)).into_response()
+}
+
+/// How long a download waits for a file descriptor when the process is at its
+/// open-file limit, before it fails.
+const DESCRIPTOR_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens `path`; at the open-file limit (EMFILE, ENFILE) it waits for transfers to
+/// finish and free descriptors, up to [`DESCRIPTOR_WAIT`], instead of failing the
+/// download at once: backpressure for a rack that boots at once.
+async fn open_waiting_for_descriptors(path: &Path) -> io::Result<tokio::fs::File> {
+    let deadline = tokio::time::Instant::now() + DESCRIPTOR_WAIT;
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match tokio::fs::File::open(path).await {
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+                    && tokio::time::Instant::now() + pause < deadline =>
+            {
+                tracing::debug!(path = %path.display(), "out of file descriptors; waiting");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+            r => return r,
+        }
+    }
 }
