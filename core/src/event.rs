@@ -652,10 +652,116 @@ pub fn set_sink(sink: Arc<dyn EventSink>) -> bool {
     SINK.set(sink).is_ok()
 }
 
+/// Keeps the INFO log at one line per machine and DHCP step, not one per packet:
+/// the first `dhcp.offer` (or ack, ignore, address) of a machine is logged at its
+/// level, repeats within [`LogThrottle::REPEAT`] at debug level, and at most
+/// [`LogThrottle::PER_SECOND`] such lines are written per second. Every event still
+/// reaches the sink.
+#[derive(Debug)]
+pub struct LogThrottle {
+    seen: std::collections::HashMap<(MacAddr, &'static str), std::time::Instant>,
+    second: Option<std::time::Instant>,
+    in_second: u32,
+    quieted: u64,
+}
+
+impl Default for LogThrottle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LogThrottle {
+    /// How long a machine's repeat of the same DHCP step stays at debug level.
+    pub const REPEAT: std::time::Duration = std::time::Duration::from_secs(60);
+    /// DHCP lines logged at their own level per second, at most.
+    pub const PER_SECOND: u32 = 20;
+    /// Machines remembered; past this the memory starts over (a flood of invented
+    /// MACs cannot grow it).
+    const MAX_KEYS: usize = 4096;
+
+    /// An empty throttle.
+    pub fn new() -> Self {
+        LogThrottle {
+            seen: std::collections::HashMap::new(),
+            second: None,
+            in_second: 0,
+            quieted: 0,
+        }
+    }
+
+    /// Whether this DHCP event of `mac` is logged at its own level (`true`) or at
+    /// debug level. Also returns how many were quieted in the second that just
+    /// ended, when one ended, for a summary line.
+    pub fn admit(
+        &mut self,
+        mac: MacAddr,
+        name: &'static str,
+        now: std::time::Instant,
+    ) -> (bool, Option<u64>) {
+        let mut summary = None;
+        match self.second {
+            Some(start)
+                if now.saturating_duration_since(start) < std::time::Duration::from_secs(1) => {}
+            _ => {
+                if self.quieted > 0 {
+                    summary = Some(self.quieted);
+                }
+                self.second = Some(now);
+                self.in_second = 0;
+                self.quieted = 0;
+            }
+        }
+        let repeat = self
+            .seen
+            .get(&(mac, name))
+            .is_some_and(|t| now.saturating_duration_since(*t) < Self::REPEAT);
+        let loud = !repeat && self.in_second < Self::PER_SECOND;
+        if loud {
+            if self.seen.len() >= Self::MAX_KEYS {
+                self.seen.clear();
+            }
+            self.seen.insert((mac, name), now);
+            self.in_second += 1;
+        } else {
+            self.quieted += 1;
+        }
+        (loud, summary)
+    }
+}
+
+static THROTTLE: std::sync::Mutex<Option<LogThrottle>> = std::sync::Mutex::new(None);
+
 /// Reports `event`: logs it and hands it to the installed sink.
 pub fn emit(event: BootEvent) {
     let name = event.name();
-    match event.loudness() {
+    let mut loudness = event.loudness();
+    let per_packet = matches!(
+        event,
+        BootEvent::DhcpAnswered { .. }
+            | BootEvent::DhcpIgnored { .. }
+            | BootEvent::DhcpClientAddress { .. }
+    );
+    if per_packet && tracing::enabled!(target: EVENT_TARGET, tracing::Level::INFO) {
+        if let Some(mac) = event.mac() {
+            let (loud, summary) = {
+                let mut t = THROTTLE.lock().unwrap_or_else(|p| p.into_inner());
+                t.get_or_insert_with(LogThrottle::new)
+                    .admit(mac, name, std::time::Instant::now())
+            };
+            if let Some(n) = summary {
+                tracing::info!(
+                    target: EVENT_TARGET,
+                    quieted = n,
+                    "{n} repeated or surplus DHCP events in the last second were logged at debug level"
+                );
+            }
+            if !loud {
+                loudness = Loudness::Debug;
+            }
+        }
+    }
+    match loudness {
         Loudness::Debug => {
             if tracing::enabled!(target: EVENT_TARGET, tracing::Level::DEBUG) {
                 let fields = event.render_fields();
@@ -730,6 +836,56 @@ mod tests {
             ["mac", "arch", "xid", "ipxe", "path", "boot", "server", "peer", "via"]
         );
         assert!(offer.render_fields().contains("xid=0x00001234"));
+    }
+
+    #[test]
+    fn the_throttle_logs_each_machine_step_once_and_caps_a_flood() {
+        use std::time::{Duration, Instant};
+        let mut t = LogThrottle::new();
+        let t0 = Instant::now();
+        let m = MacAddr([2, 0, 0, 0, 0, 1]);
+        assert_eq!(t.admit(m, "dhcp.offer", t0), (true, None));
+        // The same step again: quiet; another step of the same machine: loud.
+        assert_eq!(
+            t.admit(m, "dhcp.offer", t0 + Duration::from_millis(10)),
+            (false, None)
+        );
+        assert_eq!(
+            t.admit(m, "dhcp.ack", t0 + Duration::from_millis(20)),
+            (true, None)
+        );
+        // A flood of new machines within one second: only PER_SECOND are loud.
+        let loud = (0..100u8)
+            .filter(|n| {
+                t.admit(
+                    MacAddr([2, 0, 0, 0, 1, *n]),
+                    "dhcp.offer",
+                    t0 + Duration::from_millis(30),
+                )
+                .0
+            })
+            .count();
+        assert_eq!(loud as u32, LogThrottle::PER_SECOND - 2);
+        // The next second starts with a summary of what was quieted.
+        let (loud, summary) = t.admit(
+            MacAddr([2, 0, 0, 0, 2, 0]),
+            "dhcp.offer",
+            t0 + Duration::from_secs(1),
+        );
+        assert!(loud);
+        assert_eq!(
+            summary,
+            Some(1 + 100 - (u64::from(LogThrottle::PER_SECOND) - 2))
+        );
+        // After REPEAT, the machine's step is loud again.
+        assert!(
+            t.admit(
+                m,
+                "dhcp.offer",
+                t0 + LogThrottle::REPEAT + Duration::from_secs(2)
+            )
+            .0
+        );
     }
 
     #[test]

@@ -282,12 +282,22 @@ fn qemu_status_page_in_chromium_shows_the_chainloaded_guest_booted() {
     let base = format!("http://{}:{STATUS_PORT}", lab.pxe_addr());
     let m = wait_machine(&lab, &base, &mac, "booted");
 
-    // JSON log lines still carry the events the lab reads.
+    // The lab reads the status feed; the JSON log lines carry the same events.
     let events = lab.ironpxe_events();
     assert!(
         events.iter().any(|e| e.name == "http.booting"),
-        "no http.booting among the JSON log events: {:?}",
+        "no http.booting in the status feed: {:?}",
         events.iter().map(|e| e.summary()).collect::<Vec<_>>()
+    );
+    let logged: Vec<(String, Vec<(String, String)>)> = ironpxe
+        .lines()
+        .iter()
+        .filter_map(|l| ironpxe_lab::parse_event_line(&l.text))
+        .collect();
+    assert!(
+        logged.iter().any(|(name, fields)| name == "http.booting"
+            && fields.iter().any(|(k, v)| k == "mac" && *v == mac)),
+        "no http.booting with mac={mac} among the JSON log lines: {logged:?}"
     );
     // The TFTP chainload has no MAC of its own; it still lands in this timeline.
     assert_eq!(
