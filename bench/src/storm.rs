@@ -155,6 +155,8 @@ pub struct Timings {
     pub total: Duration,
     /// HTTP body bytes received (script, files, callback).
     pub http_bytes: u64,
+    /// DISCOVERs sent until the OFFER came (1 when the first was answered).
+    pub discovers: u32,
 }
 
 /// The end of one simulated client.
@@ -179,18 +181,19 @@ pub enum ClientOutcome {
 }
 
 impl ClientOutcome {
-    /// The line the client process prints: `OK i dhcp tftp script files total bytes`
-    /// (durations in microseconds) or `FAIL i phase reason`.
+    /// The line the client process prints: `OK i dhcp tftp script files total bytes
+    /// discovers` (durations in microseconds) or `FAIL i phase reason`.
     pub fn to_line(&self) -> String {
         match self {
             ClientOutcome::Booted { index, timings: t } => format!(
-                "OK {index} {} {} {} {} {} {}",
+                "OK {index} {} {} {} {} {} {} {}",
                 t.dhcp.as_micros(),
                 t.tftp.as_micros(),
                 t.script.as_micros(),
                 t.files.as_micros(),
                 t.total.as_micros(),
-                t.http_bytes
+                t.http_bytes,
+                t.discovers
             ),
             ClientOutcome::Failed {
                 index,
@@ -206,7 +209,7 @@ impl ClientOutcome {
         match w.next()? {
             "OK" => {
                 let v: Vec<u64> = w.map(|x| x.parse().ok()).collect::<Option<_>>()?;
-                let [index, dhcp, tftp, script, files, total, http_bytes] = v[..] else {
+                let [index, dhcp, tftp, script, files, total, http_bytes, discovers] = v[..] else {
                     return None;
                 };
                 let us = Duration::from_micros;
@@ -219,6 +222,7 @@ impl ClientOutcome {
                         files: us(files),
                         total: us(total),
                         http_bytes,
+                        discovers: u32::try_from(discovers).ok()?,
                     },
                 })
             }
@@ -324,6 +328,18 @@ pub fn parse_head(head: &str) -> Result<(u16, Option<u64>)> {
     Ok((code, length))
 }
 
+/// `RcvbufErrors` of the `Udp:` lines of a `/proc/net/snmp` text: datagrams the
+/// kernel dropped because a socket's receive buffer was full.
+pub fn udp_rcvbuf_errors(snmp: &str) -> Option<u64> {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let names = udp.next()?.split_whitespace();
+    let values = udp.next()?.split_whitespace();
+    names
+        .zip(values)
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+}
+
 /// Everything one storm measured.
 #[derive(Debug)]
 pub struct Report {
@@ -339,6 +355,9 @@ pub struct Report {
     pub peak_rss_kib: u64,
     /// ironpxe's user+system CPU seconds during the storm.
     pub cpu_secs: f64,
+    /// UDP datagrams dropped on full receive buffers during the storm, in the
+    /// ironpxe namespace and in the client namespace.
+    pub udp_drops: (Option<u64>, Option<u64>),
     /// Bytes of the boot file served over TFTP.
     pub tftp_file_bytes: u64,
     /// The ironpxe binary.
@@ -412,6 +431,18 @@ impl fmt::Display for Report {
             "| aggregate HTTP throughput | {:.1} MiB/s ({} MiB in the wall time) |",
             bytes as f64 / self.wall.as_secs_f64() / f64::from(1u32 << 20),
             bytes >> 20
+        )?;
+        let repeated = self.timings().filter(|t| t.discovers > 1).count();
+        writeln!(
+            f,
+            "| booted clients that repeated their DISCOVER | {repeated} |"
+        )?;
+        let show = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
+        writeln!(
+            f,
+            "| UDP receive-buffer drops, ironpxe / client namespace | {} / {} |",
+            show(self.udp_drops.0),
+            show(self.udp_drops.1)
         )?;
         writeln!(f, "| ironpxe VmRSS before | {} KiB |", self.rss_before_kib)?;
         writeln!(
@@ -518,6 +549,14 @@ pub fn run_storm(config: &StormConfig) -> Result<Report> {
     ];
     let client_args: Vec<&str> = client_args.iter().map(String::as_str).collect();
 
+    let drops = |ns: &str| {
+        env.lab
+            .run_in(ns, "cat", &["/proc/net/snmp"])
+            .ok()
+            .and_then(|o| udp_rcvbuf_errors(&String::from_utf8_lossy(&o.stdout)))
+    };
+    let (pxe_ns, client_ns) = (env.lab.pxe_ns(), env.client.ns.clone());
+    let drops0 = (drops(&pxe_ns), drops(&client_ns));
     let (rss_before_kib, _) = memory_kib(pid)?;
     let cpu0 = cpu_ticks(pid)?;
     let t = Instant::now();
@@ -525,6 +564,11 @@ pub fn run_storm(config: &StormConfig) -> Result<Report> {
     let wall = t.elapsed();
     let cpu_secs = (cpu_ticks(pid)? - cpu0) as f64 / clock_ticks_per_sec();
     let (_, peak_rss_kib) = memory_kib(pid)?;
+    let since = |before: Option<u64>, after: Option<u64>| Some(after?.saturating_sub(before?));
+    let udp_drops = (
+        since(drops0.0, drops(&pxe_ns)),
+        since(drops0.1, drops(&client_ns)),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(
@@ -542,6 +586,7 @@ pub fn run_storm(config: &StormConfig) -> Result<Report> {
         rss_before_kib,
         peak_rss_kib,
         cpu_secs,
+        udp_drops,
         tftp_file_bytes,
         binary: ironpxe_lab::ironpxe_bin()?,
         machine,
@@ -687,7 +732,7 @@ async fn dhcp(
     mac: MacAddr,
     index: usize,
     deadline: Instant,
-) -> Result<Message> {
+) -> Result<(Message, u32)> {
     let (tx, mut rx) = oneshot::channel();
     ctx.waiters
         .lock()
@@ -705,7 +750,7 @@ async fn dhcp(
         sent += 1;
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(wait.min(left), &mut rx).await {
-            Ok(Ok(m)) => return Ok(m),
+            Ok(Ok(m)) => return Ok((m, sent)),
             Ok(Err(_)) => bail!("DHCP demultiplexer stopped"),
             Err(_) if Instant::now() >= deadline => {
                 ctx.waiters
@@ -796,7 +841,7 @@ async fn boot(ctx: Arc<Ctx>, index: usize) -> ClientOutcome {
     let mac = MacAddr([0x02, 0x53, 0x54, 0x4f, (index >> 8) as u8, index as u8]);
     let xid = 0x5354_0000 | (index as u32 & 0xffff);
 
-    let offer = match dhcp(&ctx, xid, mac, index, deadline).await {
+    let (offer, discovers) = match dhcp(&ctx, xid, mac, index, deadline).await {
         Ok(m) => m,
         Err(e) => return fail(Phase::Dhcp, e),
     };
@@ -878,6 +923,7 @@ async fn boot(ctx: Arc<Ctx>, index: usize) -> ClientOutcome {
             files: t_files,
             total: start.elapsed(),
             http_bytes: bytes,
+            discovers,
         },
     }
 }
@@ -1010,6 +1056,7 @@ mod tests {
                     files: Duration::ZERO,
                     total: Duration::ZERO,
                     http_bytes: 0,
+                    discovers: 1,
                 },
             },
         ];
@@ -1035,6 +1082,7 @@ mod tests {
                 files: Duration::from_micros(300_000),
                 total: Duration::from_micros(330_000),
                 http_bytes: 12 << 20,
+                discovers: 2,
             },
         };
         let failed = ClientOutcome::Failed {
@@ -1058,6 +1106,17 @@ mod tests {
         }
         assert_eq!(ClientOutcome::parse_line("RESULT ok=1"), None);
         assert_eq!(ClientOutcome::parse_line("OK 1 2 3"), None);
+    }
+
+    #[test]
+    fn udp_receive_buffer_errors_come_from_the_udp_lines() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+            Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+            Udp: 100 2 7 90 5 0\n\
+            UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+            UdpLite: 0 0 0 0 9 0\n";
+        assert_eq!(udp_rcvbuf_errors(snmp), Some(5));
+        assert_eq!(udp_rcvbuf_errors("Ip: a\nIp: 1\n"), None);
     }
 
     #[test]
