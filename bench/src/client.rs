@@ -15,7 +15,7 @@ use tokio::net::UdpSocket;
 use crate::env::{median, sha256_hex};
 
 #[derive(clap::Args)]
-pub(crate) struct Args {
+pub struct Args {
     #[arg(long)]
     server: Ipv4Addr,
     #[arg(long)]
@@ -31,13 +31,21 @@ pub(crate) struct Args {
     deadline_secs: u64,
 }
 
-struct Fetched {
-    data: Vec<u8>,
-    took: Duration,
-    resends: u32,
+/// One finished TFTP read.
+pub struct Fetched {
+    /// The file's bytes.
+    pub data: Vec<u8>,
+    /// From the RRQ to the last DATA.
+    pub took: Duration,
+    /// RRQs and ACKs repeated after silence.
+    pub resends: u32,
+    /// The size the server announced in its OACK, if it sent one.
+    pub tsize: Option<u64>,
 }
 
-async fn fetch(
+/// Reads `file` from `server` with blksize `blksize` and tsize, lockstep, one ACK per
+/// block; fails when `deadline` passes or the server stays silent for 8 s.
+pub async fn fetch(
     server: SocketAddr,
     file: String,
     blksize: u16,
@@ -63,6 +71,7 @@ async fn fetch(
     let mut expected: u16 = 1;
     let mut data = Vec::new();
     let mut resends = 0u32;
+    let mut tsize = None;
     let mut silent = 0u32;
     let mut buf = vec![0u8; 65536];
     loop {
@@ -91,6 +100,7 @@ async fn fetch(
                 tid = Some(from);
                 dest = from;
                 size = o.blksize.map_or(512, usize::from);
+                tsize = o.tsize;
                 last_sent = encode_ack(BlockNum(0));
                 sock.send_to(&last_sent, dest).await?;
             }
@@ -109,6 +119,7 @@ async fn fetch(
                             data,
                             took: start.elapsed(),
                             resends,
+                            tsize,
                         });
                     }
                 } else if block.0 == expected.wrapping_sub(1) {
@@ -122,7 +133,7 @@ async fn fetch(
     }
 }
 
-pub(crate) fn run(a: Args) -> Result<()> {
+pub fn run(a: Args) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -3,14 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use ironpxe_lab::preflight::IPXE_EFI;
 
 use crate::env::{machine_notes, sha256_file, Env};
+use crate::procstat::{clock_ticks_per_sec, cpu_ticks, memory_kib};
 use crate::servers;
 
 #[derive(clap::Args)]
-pub(crate) struct Args {
+pub struct Args {
     /// Simultaneous transfers.
     #[arg(long, default_value_t = 500)]
     clients: usize,
@@ -19,43 +20,7 @@ pub(crate) struct Args {
     no_shape: bool,
 }
 
-/// `VmRSS` and `VmHWM` of a process, in KiB.
-fn memory_kib(pid: u32) -> Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<u64> {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("{name} missing from /proc/{pid}/status"))
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-/// User plus system CPU time of a process, in clock ticks (fields 14 and 15).
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = &stat[stat.rfind(')').context("bad stat")? + 1..];
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    Ok(f.iter().sum())
-}
-
-fn clock_ticks_per_sec() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-pub(crate) fn run(a: Args) -> Result<()> {
+pub fn run(a: Args) -> Result<()> {
     let notes = machine_notes();
     let env = Env::new("bench-concurrent", !a.no_shape)?;
     let ironpxe = servers::ironpxe(&env)?;

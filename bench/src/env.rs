@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use ironpxe_lab::{Client, Lab};
 use sha2::{Digest, Sha256};
 
-pub(crate) struct Env {
+pub struct Env {
     pub lab: Lab,
     pub client: Client,
     /// The TFTP root every server serves (mode 0755, files 0644).
@@ -20,7 +20,7 @@ pub(crate) struct Env {
 }
 
 /// The tbf shaping the issue asks for: 1 Gbit/s, 64 KiB burst, 20 ms queue.
-pub(crate) const SHAPE: &[&str] = &[
+pub const SHAPE: &[&str] = &[
     "root", "tbf", "rate", "1gbit", "burst", "64k", "latency", "20ms",
 ];
 
@@ -29,7 +29,7 @@ impl Env {
     /// `10.77.N.50`. With `shape`, both directions of the client's link go through
     /// `tbf rate 1gbit`: the client interface (ACKs) and the bridge port facing it
     /// (DATA).
-    pub(crate) fn new(name: &str, shape: bool) -> Result<Env> {
+    pub fn new(name: &str, shape: bool) -> Result<Env> {
         let lab = Lab::builder(name).site_dhcp(false).build()?;
         let client = lab.add_client()?;
         let o = lab.pxe_addr().octets();
@@ -61,7 +61,7 @@ impl Env {
     }
 
     /// The bridge port (in the switch namespace) whose peer is the client interface.
-    pub(crate) fn bridge_port(&self) -> String {
+    pub fn bridge_port(&self) -> String {
         // add_client names them <id>-c<n> (client side) and <id>-vc<n> (bridge side).
         let n = self
             .client
@@ -73,7 +73,7 @@ impl Env {
     }
 
     /// `10.77.N.<host>` on ironpxe's interface, for another server to listen on.
-    pub(crate) fn add_server_addr(&self, host: u8) -> Result<Ipv4Addr> {
+    pub fn add_server_addr(&self, host: u8) -> Result<Ipv4Addr> {
         let o = self.lab.pxe_addr().octets();
         let addr = Ipv4Addr::new(o[0], o[1], o[2], host);
         self.ip(
@@ -94,7 +94,7 @@ impl Env {
     }
 
     /// Runs a program in `ns` and insists that it succeeds.
-    pub(crate) fn run_ok(&self, ns: &str, program: &str, args: &[&str]) -> Result<String> {
+    pub fn run_ok(&self, ns: &str, program: &str, args: &[&str]) -> Result<String> {
         let out = self.lab.run_in(ns, program, args)?;
         if !out.status.success() {
             bail!(
@@ -107,7 +107,7 @@ impl Env {
     }
 
     /// Starts a long-running program in `ns`, logging to `<out_dir>/<name>.log`.
-    pub(crate) fn spawn(
+    pub fn spawn(
         &mut self,
         name: &str,
         ns: &str,
@@ -132,7 +132,7 @@ impl Env {
     }
 
     /// Fails if a process started with [`Env::spawn`] has exited.
-    pub(crate) fn check_running(&mut self) -> Result<()> {
+    pub fn check_running(&mut self) -> Result<()> {
         for (name, child) in &mut self.procs {
             if let Some(st) = child.try_wait()? {
                 bail!(
@@ -160,7 +160,7 @@ fn qdisc(dev: &str) -> Vec<&str> {
     v
 }
 
-pub(crate) fn set_mode(p: &Path, mode: u32) -> Result<()> {
+pub fn set_mode(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {}", p.display()))
@@ -168,7 +168,7 @@ pub(crate) fn set_mode(p: &Path, mode: u32) -> Result<()> {
 
 /// Writes `len` pseudo-random bytes (xorshift, fixed seed) to `root/name`, mode 0644,
 /// and returns their sha256.
-pub(crate) fn random_file(root: &Path, name: &str, len: usize) -> Result<String> {
+pub fn random_file(root: &Path, name: &str, len: usize) -> Result<String> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let data: Vec<u8> = (0..len)
         .map(|_| {
@@ -184,21 +184,21 @@ pub(crate) fn random_file(root: &Path, name: &str, len: usize) -> Result<String>
     Ok(sha256_hex(&data))
 }
 
-pub(crate) fn sha256_hex(data: &[u8]) -> String {
+pub fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
 }
 
-pub(crate) fn sha256_file(p: &Path) -> Result<String> {
+pub fn sha256_file(p: &Path) -> Result<String> {
     Ok(sha256_hex(
         &std::fs::read(p).with_context(|| format!("read {}", p.display()))?,
     ))
 }
 
 /// Median of a non-empty slice (mean of the middle two for even lengths).
-pub(crate) fn median(v: &[f64]) -> f64 {
+pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     let n = s.len();
@@ -213,7 +213,7 @@ pub(crate) fn median(v: &[f64]) -> f64 {
 }
 
 /// Runs `f` until it succeeds or `timeout` passes.
-pub(crate) fn retry<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+pub fn retry<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         match f() {
@@ -225,7 +225,7 @@ pub(crate) fn retry<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> R
 }
 
 /// One line about the machine, for the report.
-pub(crate) fn machine_notes() -> String {
+pub fn machine_notes() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -249,7 +249,7 @@ pub(crate) fn machine_notes() -> String {
 }
 
 /// First line of `program args` (stdout or stderr), for version notes.
-pub(crate) fn version_of(program: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+pub fn version_of(program: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     Command::new(program)
         .args(args)
         .envs(env.iter().copied())

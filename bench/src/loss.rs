@@ -10,7 +10,7 @@ use crate::env::{machine_notes, random_file, retry, sha256_file, Env};
 use crate::servers;
 
 #[derive(clap::Args)]
-pub(crate) struct Args {
+pub struct Args {
     /// File size in MiB.
     #[arg(long, default_value_t = 3)]
     size_mib: usize,
@@ -19,7 +19,7 @@ pub(crate) struct Args {
     timeout_secs: u64,
 }
 
-pub(crate) fn run(a: Args) -> Result<()> {
+pub fn run(a: Args) -> Result<()> {
     let notes = machine_notes();
     let mut env = Env::new("bench-tftp-loss", false)?;
     let want = random_file(&env.root, "loss.bin", a.size_mib << 20)?;

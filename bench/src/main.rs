@@ -10,19 +10,17 @@
 //!   client dropped, ironpxe against dnsmasq and in.tftpd.
 //! - `ironpxe-bench concurrent`: N simultaneous transfers of ipxe.efi from ironpxe (a
 //!   tokio client in a client namespace); failures, timings, peak RSS and CPU.
+//! - `ironpxe-bench storm`: N simulated BIOS PXE clients running the whole boot flow
+//!   at once (ProxyDHCP, TFTP of undionly.kpxe, the iPXE script, kernel and initrd
+//!   over HTTP, the booting callback); failures by phase, per-phase latencies, peak
+//!   RSS and CPU per booted client.
 //!
 //! Results are printed as Markdown; BENCHMARKS.md records them. Benchmarks are never
 //! run by CI and assert nothing about timing.
 
-mod client;
-mod concurrent;
-mod env;
-mod loss;
-mod servers;
-mod speed;
-
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use ironpxe_bench::{client, concurrent, loss, speed, storm};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +40,11 @@ enum Cmd {
     TftpLoss(loss::Args),
     /// Many simultaneous transfers of one iPXE binary from ironpxe.
     Concurrent(concurrent::Args),
+    /// Many simulated PXE clients booting at once: DHCP, TFTP, script, kernel and initrd.
+    Storm(storm::Args),
+    /// (internal) The storm's clients, run inside the lab's client namespace.
+    #[command(hide = true)]
+    StormClients(storm::ClientArgs),
     /// (internal) The many-transfer client, run inside the lab's client namespace.
     #[command(hide = true)]
     ManyClients(client::Args),
@@ -52,6 +55,8 @@ fn main() -> Result<()> {
         Cmd::Tftp(a) => speed::run(a),
         Cmd::TftpLoss(a) => loss::run(a),
         Cmd::Concurrent(a) => concurrent::run(a),
+        Cmd::Storm(a) => storm::run(a),
+        Cmd::StormClients(a) => storm::run_clients(a),
         Cmd::ManyClients(a) => client::run(a),
     }
 }

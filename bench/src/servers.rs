@@ -12,7 +12,7 @@ use ironpxe_lab::{Ironpxe, DEFAULT_HTTP_PORT};
 use crate::env::Env;
 
 /// in.tftpd and the libwrap it links against, unpacked from the Debian packages.
-pub(crate) struct Tftpd {
+pub struct Tftpd {
     pub bin: PathBuf,
     pub lib_dir: PathBuf,
 }
@@ -20,7 +20,7 @@ pub(crate) struct Tftpd {
 /// Unpacks tftpd-hpa and libwrap0 into `<lab cache>/tftpd-hpa/` with `apt-get
 /// download` and `dpkg-deb -x`. Installing tftpd-hpa would start a daemon on the
 /// host, so it is never installed.
-pub(crate) fn tftpd_hpa() -> Result<Tftpd> {
+pub fn tftpd_hpa() -> Result<Tftpd> {
     let dir = ironpxe_lab::cache_dir().join("tftpd-hpa");
     let root = dir.join("root");
     let t = Tftpd {
@@ -60,7 +60,7 @@ pub(crate) fn tftpd_hpa() -> Result<Tftpd> {
 }
 
 /// ironpxe on `addr` (the lab's ironpxe address), serving `env.root`.
-pub(crate) fn ironpxe(env: &Env) -> Result<Ironpxe> {
+pub fn ironpxe(env: &Env) -> Result<Ironpxe> {
     let kernel = env.lab.tmp_dir().join("vmlinuz");
     std::fs::write(&kernel, b"not a kernel: TFTP only")?;
     let args: Vec<String> = vec![
@@ -79,7 +79,7 @@ pub(crate) fn ironpxe(env: &Env) -> Result<Ironpxe> {
 }
 
 /// dnsmasq's TFTP server only (`--port=0` disables DNS; no DHCP range).
-pub(crate) fn dnsmasq(env: &mut Env, addr: Ipv4Addr) -> Result<u32> {
+pub fn dnsmasq(env: &mut Env, addr: Ipv4Addr) -> Result<u32> {
     let ns = env.lab.pxe_ns();
     let root = env.root.display().to_string();
     env.spawn(
@@ -105,7 +105,7 @@ pub(crate) fn dnsmasq(env: &mut Env, addr: Ipv4Addr) -> Result<u32> {
 }
 
 /// tftp-hpa's in.tftpd in the foreground (`-L`), chrooted to the root (`-s`).
-pub(crate) fn in_tftpd(env: &mut Env, t: &Tftpd, addr: Ipv4Addr) -> Result<u32> {
+pub fn in_tftpd(env: &mut Env, t: &Tftpd, addr: Ipv4Addr) -> Result<u32> {
     let ns = env.lab.pxe_ns();
     let root = env.root.display().to_string();
     let lib = t.lib_dir.display().to_string();

@@ -14,7 +14,7 @@ use crate::env::{machine_notes, median, random_file, retry, sha256_file, version
 use crate::servers;
 
 #[derive(clap::Args)]
-pub(crate) struct Args {
+pub struct Args {
     /// Rounds; each runs every case once, in a rotating order.
     #[arg(long, default_value_t = 7)]
     rounds: usize,
@@ -35,7 +35,7 @@ struct Case {
 
 /// Fetches `remote` with atftp at blksize 1468 (and `windowsize` if given) into
 /// `out`; returns the wall time of the client process.
-pub(crate) fn atftp(
+pub fn atftp(
     env: &Env,
     server: Ipv4Addr,
     remote: &str,
@@ -63,7 +63,7 @@ pub(crate) fn atftp(
     Ok(took)
 }
 
-pub(crate) fn run(a: Args) -> Result<()> {
+pub fn run(a: Args) -> Result<()> {
     let notes = machine_notes();
     let mut env = Env::new("bench-tftp", !a.no_shape)?;
     let size = a.size_mib << 20;
