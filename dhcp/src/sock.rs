@@ -49,6 +49,7 @@ impl DhcpSocket {
             sock.bind_device(Some(dev.as_bytes()))?;
         }
         setsockopt(&sock, sockopt::Ipv4PacketInfo, &true).map_err(io::Error::from)?;
+        grow_receive_buffer(&sock);
         sock.set_nonblocking(true)?;
         sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
         Ok(DhcpSocket {
@@ -153,4 +154,22 @@ impl DhcpSocket {
         })
         .await
     }
+}
+
+/// The DHCP receive buffer asked for: a rack powering on sends its DISCOVERs within
+/// milliseconds, and the default buffer (about 200 KiB, some 300 DISCOVERs with
+/// their kernel overhead) overflows before the receive loop drains it.
+const RECEIVE_BUFFER: usize = 8 << 20;
+
+/// Asks for [`RECEIVE_BUFFER`], past `net.core.rmem_max` where the process may
+/// (root or CAP_NET_ADMIN), else up to that limit. Best effort: a smaller buffer
+/// only means more retransmits in a burst.
+fn grow_receive_buffer(sock: &Socket) {
+    if setsockopt(sock, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+        let _ = sock.set_recv_buffer_size(RECEIVE_BUFFER);
+    }
+    tracing::debug!(
+        bytes = sock.recv_buffer_size().unwrap_or(0),
+        "DHCP receive buffer"
+    );
 }
