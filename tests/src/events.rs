@@ -15,8 +15,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 
-use crate::proc::LogLine;
-
 pub use ironpxe_core::EVENT_TARGET;
 
 /// One boot event logged by ironpxe.
@@ -141,21 +139,6 @@ pub fn parse_log_json(
         })
         .collect();
     Some((next, events))
-}
-
-/// Extracts the events from ironpxe's log lines.
-pub fn events_from_lines(lines: &[LogLine]) -> Vec<Event> {
-    lines
-        .iter()
-        .filter_map(|l| {
-            parse_event_line(&l.text).map(|(name, fields)| Event {
-                at: l.at,
-                name,
-                fields,
-                line: l.text.clone(),
-            })
-        })
-        .collect()
 }
 
 /// Parses one log line; `None` unless it is an `ironpxe::event` with an `event` field.

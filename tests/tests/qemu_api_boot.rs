@@ -46,6 +46,17 @@ fn api_args(lab: &Lab, url: &str) -> Vec<String> {
     ]
 }
 
+/// tcpdump of DHCP on ironpxe's interface.
+fn capture_dhcp(lab: &Lab) -> ironpxe_lab::Capture {
+    lab.capture(
+        "dhcp",
+        &lab.pxe_ns(),
+        &lab.pxe_ifname(),
+        "udp port 67 or udp port 68",
+    )
+    .expect("tcpdump")
+}
+
 /// Waits (up to 10 s) until `url` answers 200 inside the ironpxe namespace.
 fn wait_served(lab: &Lab, url: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -116,14 +127,7 @@ fn qemu_api_http_server_boot_with_templated_url() {
     let ironpxe = lab
         .start_ironpxe(&api_args(&lab, &api))
         .expect("start ironpxe");
-    let capture = lab
-        .capture(
-            "dhcp",
-            &lab.pxe_ns(),
-            &lab.pxe_ifname(),
-            "udp port 67 or udp port 68",
-        )
-        .expect("tcpdump");
+    let capture = capture_dhcp(&lab);
     let outcome = boot_once(
         &lab,
         GuestConfig {
@@ -290,14 +294,7 @@ fn qemu_api_slower_than_the_wait_boots_on_the_retransmit() {
     let mut args = api_args(&lab, &api);
     args[3] = "5s".into(); // --api-request-timeout: longer than the API's 3 s.
     let _ironpxe = lab.start_ironpxe(&args).expect("start ironpxe");
-    let capture = lab
-        .capture(
-            "dhcp",
-            &lab.pxe_ns(),
-            &lab.pxe_ifname(),
-            "udp port 67 or udp port 68",
-        )
-        .expect("tcpdump");
+    let capture = capture_dhcp(&lab);
     let outcome = boot_once(
         &lab,
         GuestConfig {
