@@ -1,5 +1,7 @@
-//! The [`Tracked`] response body, which emits `http.file.done` when a file has been
-//! sent to its end and `http.file.failed` when it has not.
+//! How a file transfer is accounted for: [`Transfer`] emits `http.file.done` when a
+//! file has been sent to its end and `http.file.failed` when it has not, whichever
+//! way it is sent; [`Tracked`] is the response body that drives a transfer from a
+//! stream of chunks.
 
 use std::fmt;
 use std::io;
@@ -14,9 +16,9 @@ use futures_util::Stream;
 use ironpxe_core::event::{emit, BootEvent};
 use ironpxe_core::FileId;
 
-/// A response body that logs when it has been sent to the end, or why not.
-pub(crate) struct Tracked {
-    inner: Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>,
+/// One file on its way to one client. Dropped before [`Transfer::done`] or
+/// [`Transfer::failed`], it reports that the client went away.
+pub(crate) struct Transfer {
     id: FileId,
     peer: Option<SocketAddr>,
     expected: Option<u64>,
@@ -25,32 +27,33 @@ pub(crate) struct Tracked {
     finished: bool,
 }
 
-impl Tracked {
-    /// Wraps `stream`, the body of file `id` sent to `peer`, `expected` bytes long
-    /// when known.
-    pub(crate) fn body(
-        stream: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
-        id: FileId,
-        peer: Option<SocketAddr>,
-        expected: Option<u64>,
-    ) -> Body {
-        let mut tracked = Tracked {
-            inner: Box::pin(stream),
+impl Transfer {
+    /// File `id` to `peer`, `expected` bytes long when known.
+    pub(crate) fn new(id: FileId, peer: Option<SocketAddr>, expected: Option<u64>) -> Self {
+        Transfer {
             id,
             peer,
             expected,
             sent: 0,
             started: Instant::now(),
             finished: false,
-        };
-        // hyper never polls a body whose Content-Length is 0.
-        if expected == Some(0) {
-            tracked.done();
         }
-        Body::from_stream(tracked)
     }
 
-    fn failed(&mut self, reason: &dyn fmt::Display) {
+    /// Counts `n` more bytes handed to the socket.
+    pub(crate) fn sent(&mut self, n: u64) {
+        self.sent += n;
+    }
+
+    /// Bytes sent so far.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.sent
+    }
+
+    pub(crate) fn failed(&mut self, reason: &dyn fmt::Display) {
+        if self.finished {
+            return;
+        }
         self.finished = true;
         emit(BootEvent::FileFailed {
             id: self.id.clone(),
@@ -62,7 +65,10 @@ impl Tracked {
         });
     }
 
-    fn done(&mut self) {
+    pub(crate) fn done(&mut self) {
+        if self.finished {
+            return;
+        }
         self.finished = true;
         emit(BootEvent::FileDone {
             id: self.id.clone(),
@@ -73,41 +79,72 @@ impl Tracked {
     }
 }
 
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.failed(&"client went away before the end");
+        }
+    }
+}
+
+/// A response body that logs when it has been sent to the end, or why not.
+pub(crate) struct Tracked {
+    inner: Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>,
+    t: Transfer,
+}
+
+impl Tracked {
+    /// Wraps `stream`, the body of transfer `t`.
+    pub(crate) fn new(
+        stream: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
+        mut t: Transfer,
+    ) -> Self {
+        // A body whose Content-Length is 0 is never polled.
+        if t.expected == Some(0) {
+            t.done();
+        }
+        Tracked {
+            inner: Box::pin(stream),
+            t,
+        }
+    }
+
+    /// [`Tracked::new`] as a response body.
+    pub(crate) fn body(
+        stream: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
+        t: Transfer,
+    ) -> Body {
+        Body::from_stream(Tracked::new(stream, t))
+    }
+}
+
 impl Stream for Tracked {
     type Item = io::Result<Bytes>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let item = std::task::ready!(self.inner.as_mut().poll_next(cx));
+        let t = &mut self.t;
         match &item {
             Some(Ok(chunk)) => {
-                self.sent += chunk.len() as u64;
-                // hyper stops polling once Content-Length bytes are out, so the end of
-                // a body of known length is the chunk that completes it.
-                if self.expected == Some(self.sent) {
-                    self.done();
+                t.sent(chunk.len() as u64);
+                // The writer stops polling once Content-Length bytes are out, so the
+                // end of a body of known length is the chunk that completes it.
+                if t.expected == Some(t.sent) {
+                    t.done();
                 }
             }
             Some(Err(e)) => {
                 let reason = format!("read error: {e}");
-                self.failed(&reason);
+                t.failed(&reason);
             }
-            None if self.finished => {}
-            None => match self.expected {
-                Some(n) if n != self.sent => {
-                    let reason = format!("source ended after {} of {n} bytes", self.sent);
-                    self.failed(&reason);
+            None => match t.expected {
+                Some(n) if n != t.sent => {
+                    let reason = format!("source ended after {} of {n} bytes", t.sent);
+                    t.failed(&reason);
                 }
-                _ => self.done(),
+                _ => t.done(),
             },
         }
         Poll::Ready(item)
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.failed(&"client went away before the end");
-        }
     }
 }

@@ -16,7 +16,7 @@ use ironpxe_core::event::{emit, BootEvent};
 use ironpxe_core::urls::FileQuery;
 use ironpxe_core::{FileId, FileRef};
 
-use crate::body::Tracked;
+use crate::body::{Tracked, Transfer};
 use crate::local::serve_local;
 use crate::remote::serve_remote;
 use crate::{plain, Conn, HttpState, Peer};
@@ -57,13 +57,8 @@ pub(crate) struct FileRequest<'a> {
 }
 
 impl FileRequest<'_> {
-    /// Logs the start and wraps the body so its end (or failure) is logged too.
-    pub(crate) fn body(
-        self,
-        bytes: Option<u64>,
-        range: &str,
-        stream: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
-    ) -> Body {
+    /// Logs the start and returns the transfer that logs the end (or failure).
+    pub(crate) fn start(self, bytes: Option<u64>, range: &str) -> Transfer {
         emit(BootEvent::FileStart {
             id: self.id.clone(),
             file: self.fref.to_string(),
@@ -71,6 +66,16 @@ impl FileRequest<'_> {
             range: range.to_string(),
             peer: self.peer,
         });
-        Tracked::body(stream, self.id, self.peer, bytes)
+        Transfer::new(self.id, self.peer, bytes)
+    }
+
+    /// Logs the start and wraps the body so its end (or failure) is logged too.
+    pub(crate) fn body(
+        self,
+        bytes: Option<u64>,
+        range: &str,
+        stream: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
+    ) -> Body {
+        Tracked::body(stream, self.start(bytes, range))
     }
 }

@@ -14,7 +14,7 @@
 //!    answers 404. The booter is asked with [`Booter::decide`] with the script wait, off the async
 //!    workers, so an API booter may wait for its source here.
 //! 2. `GET|HEAD /_/file?name=ID`: the booter maps the [`FileId`] back to a [`FileRef`].
-//!    A local file is streamed from disk in 64 KiB chunks, never read whole. It
+//!    A local file is sent with sendfile(2), never read whole. It
 //!    always has a `Content-Length` and accepts a single `Range`. A remote file is
 //!    streamed through from its http(s) URL.
 //! 3. `GET /_/booting?mac=M&arch=N`: the script's last call before `boot`. It is only
@@ -41,7 +41,9 @@
 //! - `file`: the `/_/file` handler, which maps the id to a [`FileRef`] and hands the
 //!   request to `local` (files on disk, with `range` parsing the `Range` header) or
 //!   `remote` (http(s) files streamed through);
-//! - `body`: the response body that emits `http.file.done` or `http.file.failed`;
+//! - `body`: the transfer accounting that emits `http.file.done` or `http.file.failed`;
+//! - `conn`: the HTTP/1.1 connection driver [`serve`] runs, with sendfile for local
+//!   files;
 //! - `binaries`: the `/_/bin/` iPXE binaries.
 //!
 //! [`FileId`]: ironpxe_core::FileId
@@ -72,11 +74,14 @@ use tokio::net::TcpListener;
 
 mod binaries;
 mod body;
+mod conn;
 mod file;
 mod local;
 mod range;
 mod remote;
 mod script;
+
+pub use conn::{HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_HEAD, MAX_HEADERS, SEND_STALL};
 
 /// What the HTTP handlers share: the booter, and a client for remote files.
 #[derive(Clone)]
@@ -169,6 +174,10 @@ async fn client_span(
 
 /// Serves `router` on `listener` until `shutdown` completes.
 ///
+/// Connections are served by ironpxe's own HTTP/1.1 driver (see [`conn`]), which
+/// sends local files with sendfile(2); its limits are [`MAX_HEAD`], [`HEAD_TIMEOUT`],
+/// [`IDLE_TIMEOUT`] and [`SEND_STALL`].
+///
 /// After the shutdown signal the listener is closed, so new connections are refused,
 /// and idle connections are closed. Running requests (downloads) get `drain` to
 /// finish, then this returns and those still running are abandoned.
@@ -183,26 +192,7 @@ pub async fn serve(
         shutdown.await;
         let _ = tx.send(true);
     });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        // An error means the sender is gone without a signal: never stop for that.
-        if rx.wait_for(|s| *s).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<ConnAddrs>(),
-    )
-    .with_graceful_shutdown(stopped(rx.clone()));
-    tokio::select! {
-        r = server => r,
-        () = async { stopped(rx).await; tokio::time::sleep(drain).await } => {
-            tracing::warn!(
-                "HTTP shutdown: transfers still running after {drain:?}, stopping anyway"
-            );
-            Ok(())
-        }
-    }
+    conn::accept_loop(listener, router, rx, drain).await
 }
 
 /// The two ends of a client's TCP connection, recorded by [`serve`].

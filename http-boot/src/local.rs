@@ -1,4 +1,5 @@
-//! Local files, streamed from disk in chunks, with a single `Range` honoured.
+//! Local files, sent with sendfile(2) by ironpxe's connection driver (or streamed
+//! from disk in chunks by any other server), with a single `Range` honoured.
 
 use std::io::{self, SeekFrom};
 use std::path::Path;
@@ -6,9 +7,16 @@ use std::path::Path;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use std::io::Seek;
+
+use axum::body::Body;
+use futures_util::future::Either;
+use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
+use crate::body::Tracked;
+use crate::conn::{LocalSend, SendSlot};
 use crate::file::FileRequest;
 use crate::plain;
 use crate::range::{parse_range, ByteRange};
@@ -22,7 +30,7 @@ pub(crate) async fn serve_local(
     path: &Path,
     headers: &HeaderMap,
 ) -> Response {
-    let mut f = match open_waiting_for_descriptors(path).await {
+    let f = match open_waiting_for_descriptors(path).await {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             tracing::warn!(path = %path.display(), id = %req.id, "served file is missing");
@@ -88,14 +96,46 @@ pub(crate) async fn serve_local(
         tracing::debug!(id = %req.id, file = %req.fref, bytes = count, "HEAD");
         return (status, h).into_response();
     }
-    if start > 0 {
-        if let Err(e) = f.seek(SeekFrom::Start(start)).await {
-            tracing::error!(path = %path.display(), error = %e, "cannot seek in served file");
-            return plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot read file");
-        }
+    if count == 0 {
+        let empty = futures_util::stream::empty();
+        return (status, h, req.body(Some(0), &range_text, empty)).into_response();
     }
-    let stream = ReaderStream::with_capacity(f.take(count), CHUNK);
-    (status, h, req.body(Some(count), &range_text, stream)).into_response()
+    let file = f.into_std().await;
+    let transfer = req.start(Some(count), &range_text);
+    let slot = SendSlot::new(LocalSend {
+        file,
+        start,
+        count,
+        transfer,
+    });
+    let mut resp = (status, h, fallback_body(slot.clone())).into_response();
+    // ironpxe's own connection driver takes the file from here and sends it with
+    // sendfile(2); any other server polls the body, which reads it in chunks.
+    resp.extensions_mut().insert(slot);
+    resp
+}
+
+/// The body of a local file for a server that does not use [`SendSlot`]: chunks read
+/// through `tokio::fs`, started only when polled, so a body dropped unpolled (the
+/// file went out through sendfile) costs nothing.
+fn fallback_body(slot: SendSlot) -> Body {
+    let stream = futures_util::stream::once(async move { slot.take() }).flat_map(|send| {
+        let Some(LocalSend {
+            mut file,
+            start,
+            count,
+            transfer,
+        }) = send
+        else {
+            return Either::Right(futures_util::stream::empty());
+        };
+        let seeked = file.seek(SeekFrom::Start(start));
+        let reader = tokio::fs::File::from_std(file).take(count);
+        let stream = ReaderStream::with_capacity(reader, CHUNK);
+        let stream = futures_util::stream::iter(seeked.err().map(Err)).chain(stream);
+        Either::Left(Tracked::new(stream, transfer))
+    });
+    Body::from_stream(stream)
 }
 
 /// How long a download waits for a file descriptor when the process is at its

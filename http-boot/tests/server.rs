@@ -632,3 +632,124 @@ async fn shutdown_abandons_a_stalled_download_after_the_drain() {
     assert!(asked.elapsed() >= Duration::from_millis(500));
     drop(dl);
 }
+
+// ---- the connection driver ------------------------------------------------------
+
+/// Reads one answer with a Content-Length body from `s`: (head, body).
+async fn read_answer(s: &mut TcpStream, pending: &mut Vec<u8>) -> (String, Vec<u8>) {
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("no answer within 5 s")
+            .unwrap();
+        assert!(n > 0, "connection closed before a full head: {pending:?}");
+        pending.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(pending[..head_end].to_vec()).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .expect("answer without content-length")
+        .trim()
+        .parse()
+        .unwrap();
+    pending.drain(..head_end);
+    while pending.len() < len {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed inside a body");
+        pending.extend_from_slice(&chunk[..n]);
+    }
+    let body = pending.drain(..len).collect();
+    (head, body)
+}
+
+#[tokio::test]
+async fn pipelined_requests_on_one_connection_are_answered_in_order() {
+    let f = files();
+    let base = start(static_booter(&f, "quiet")).await;
+    let addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let kernel = file_url(&base, &f.kernel);
+    let kernel_path = kernel.trim_start_matches(&base);
+    let script = BootRoute::Script(MachineQuery {
+        mac: mac(MAC),
+        arch: ClientArch::Bios,
+    })
+    .to_string();
+    // Three requests in one write: script, a kernel range, the whole kernel.
+    let reqs = format!(
+        "GET {script} HTTP/1.1\r\nHost: {addr}\r\n\r\n\
+         GET {kernel_path} HTTP/1.1\r\nHost: {addr}\r\nRange: bytes=10-19\r\n\r\n\
+         GET {kernel_path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    );
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(reqs.as_bytes()).await.unwrap();
+    let mut pending = Vec::new();
+    let (h1, b1) = read_answer(&mut s, &mut pending).await;
+    assert!(h1.starts_with("HTTP/1.1 200"), "{h1}");
+    assert!(String::from_utf8(b1).unwrap().starts_with("#!ipxe"));
+    let (h2, b2) = read_answer(&mut s, &mut pending).await;
+    assert!(h2.starts_with("HTTP/1.1 206"), "{h2}");
+    assert_eq!(b2, f.kernel_bytes[10..20]);
+    let (h3, b3) = read_answer(&mut s, &mut pending).await;
+    assert!(h3.starts_with("HTTP/1.1 200"), "{h3}");
+    assert_eq!(
+        b3, f.kernel_bytes,
+        "the sendfile body differs from the file"
+    );
+    assert!(pending.is_empty());
+}
+
+#[tokio::test]
+async fn oversized_head_is_431_and_closed() {
+    let f = files();
+    let base = start(static_booter(&f, "")).await;
+    let big = "x".repeat(ironpxe_http::MAX_HEAD);
+    let resp = raw(
+        &base,
+        &format!("GET /_/ipxe HTTP/1.1\r\nX-Big: {big}\r\n\r\n"),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+}
+
+#[tokio::test]
+async fn too_many_headers_and_garbage_are_refused() {
+    let f = files();
+    let base = start(static_booter(&f, "")).await;
+    let many: String = (0..=ironpxe_http::MAX_HEADERS)
+        .map(|i| format!("X-{i}: y\r\n"))
+        .collect();
+    let resp = raw(&base, &format!("GET /_/ipxe HTTP/1.1\r\n{many}\r\n")).await;
+    assert!(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 431"));
+    let resp = raw(&base, "\x00\x01 garbage\r\n\r\n").await;
+    assert!(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 400"));
+    let resp = raw(
+        &base,
+        "POST /_/booting HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 501"));
+}
+
+#[tokio::test]
+async fn connection_close_is_honoured() {
+    let f = files();
+    let base = start(static_booter(&f, "")).await;
+    let kernel = file_url(&base, &f.kernel);
+    let path = kernel.trim_start_matches(&base);
+    // `raw` fails unless the server closes after the answer.
+    let resp = raw(
+        &base,
+        &format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(resp.ends_with(&f.kernel_bytes));
+}
