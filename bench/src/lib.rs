@@ -6,6 +6,7 @@
 pub mod client;
 pub mod concurrent;
 pub mod env;
+pub mod http;
 pub mod loss;
 pub mod procstat;
 pub mod servers;

@@ -10,6 +10,9 @@
 //!   client dropped, ironpxe against dnsmasq and in.tftpd.
 //! - `ironpxe-bench concurrent`: N simultaneous transfers of ipxe.efi from ironpxe (a
 //!   tokio client in a client namespace); failures, timings, peak RSS and CPU.
+//! - `ironpxe-bench http`: 16 concurrent downloads of a 256 MiB initrd from ironpxe
+//!   (the URL of its own script) and from nginx with `sendfile on`, in alternating
+//!   rounds; wall time, server CPU per GB and ironpxe's peak RSS.
 //! - `ironpxe-bench storm`: N simulated BIOS PXE clients running the whole boot flow
 //!   at once (ProxyDHCP, TFTP of undionly.kpxe, the iPXE script, kernel and initrd
 //!   over HTTP, the booting callback); failures by phase, per-phase latencies, peak
@@ -20,7 +23,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use ironpxe_bench::{client, concurrent, loss, speed, storm};
+use ironpxe_bench::{client, concurrent, http, loss, speed, storm};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +43,8 @@ enum Cmd {
     TftpLoss(loss::Args),
     /// Many simultaneous transfers of one iPXE binary from ironpxe.
     Concurrent(concurrent::Args),
+    /// Concurrent downloads of a large initrd: ironpxe against nginx with sendfile.
+    Http(http::Args),
     /// Many simulated PXE clients booting at once: DHCP, TFTP, script, kernel and initrd.
     Storm(storm::Args),
     /// (internal) The storm's clients, run inside the lab's client namespace.
@@ -55,6 +60,7 @@ fn main() -> Result<()> {
         Cmd::Tftp(a) => speed::run(a),
         Cmd::TftpLoss(a) => loss::run(a),
         Cmd::Concurrent(a) => concurrent::run(a),
+        Cmd::Http(a) => http::run(a),
         Cmd::Storm(a) => storm::run(a),
         Cmd::StormClients(a) => storm::run_clients(a),
         Cmd::ManyClients(a) => client::run(a),

@@ -434,6 +434,11 @@ async fn write_response(
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    } else if version == Version::HTTP_10 {
+        // An HTTP/1.0 client assumes the connection closes unless told otherwise.
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
     }
     put_head(out, version, parts.status, &parts.headers);
     out.extend_from_slice(b"\r\n");
