@@ -17,13 +17,16 @@
 //!   at once (ProxyDHCP, TFTP of undionly.kpxe, the iPXE script, kernel and initrd
 //!   over HTTP, the booting callback); failures by phase, per-phase latencies, peak
 //!   RSS and CPU per booted client.
+//! - `ironpxe-bench dhcp`: ProxyDHCP answering of ironpxe against dnsmasq in proxy
+//!   mode, driven by perfdhcp (PXE DISCOVERs only) at a sweep of rates; answered
+//!   share, delays and server CPU per answer.
 //!
 //! Results are printed as Markdown; BENCHMARKS.md records them. Benchmarks are never
 //! run by CI and assert nothing about timing.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use ironpxe_bench::{client, concurrent, http, loss, speed, storm};
+use ironpxe_bench::{client, concurrent, dhcp, http, loss, speed, storm};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +50,8 @@ enum Cmd {
     Http(http::Args),
     /// Many simulated PXE clients booting at once: DHCP, TFTP, script, kernel and initrd.
     Storm(storm::Args),
+    /// ProxyDHCP under perfdhcp at a sweep of rates: ironpxe against dnsmasq in proxy mode.
+    Dhcp(dhcp::Args),
     /// (internal) The storm's clients, run inside the lab's client namespace.
     #[command(hide = true)]
     StormClients(storm::ClientArgs),
@@ -62,6 +67,7 @@ fn main() -> Result<()> {
         Cmd::Concurrent(a) => concurrent::run(a),
         Cmd::Http(a) => http::run(a),
         Cmd::Storm(a) => storm::run(a),
+        Cmd::Dhcp(a) => dhcp::run(a),
         Cmd::StormClients(a) => storm::run_clients(a),
         Cmd::ManyClients(a) => client::run(a),
     }
