@@ -783,3 +783,21 @@ fn dropped_dhcp_packets_are_counted_not_stored() {
     let text = st.metrics_text(T0);
     assert!(text.contains("ironpxe_dhcp_dropped_total 3"), "{text}");
 }
+
+#[test]
+fn a_full_store_evicts_its_oldest_eighth_at_once() {
+    let cfg = StoreConfig {
+        max_machines: 16,
+        ..StoreConfig::default()
+    };
+    let st = Status::with_neighbors(cfg, Box::new(NoNeighbors));
+    for i in 0..17u64 {
+        st.record(offer(T0 + i, &format!("52:54:00:00:01:{i:02x}"), "http", "u"));
+    }
+    let store = st.store();
+    let macs: Vec<String> = store.machines().iter().map(|m| m.mac.to_string()).collect();
+    assert_eq!(macs.len(), 15, "{macs:?}");
+    assert!(!macs.contains(&"52:54:00:00:01:00".to_string()));
+    assert!(!macs.contains(&"52:54:00:00:01:01".to_string()));
+    assert!(macs.contains(&"52:54:00:00:01:10".to_string()));
+}
