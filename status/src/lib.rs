@@ -152,8 +152,12 @@ impl Status {
             let ingested = store.ingest(rec, self.inner.neighbors.as_ref());
             let now = now_ms();
             let stuck_after = store.config().stuck_after_ms;
+            // The live payloads are only built for someone listening: under a DHCP
+            // flood with no status page open, each answer costs no JSON.
+            let listening = self.inner.live.receiver_count() > 0;
             let payloads: Vec<String> = ingested
                 .iter()
+                .filter(|_| listening)
                 .map(|i| {
                     let machine = i
                         .mac
