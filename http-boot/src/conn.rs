@@ -31,6 +31,7 @@ use axum::http::header::{self, HeaderName, HeaderValue};
 use axum::http::{Method, Request, Response, StatusCode, Version};
 use axum::Router;
 use bytes::{Buf, BytesMut};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
@@ -476,7 +477,21 @@ async fn write_response(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let mut written = 0u64;
     let mut body = body;
-    while let Some(frame) = body.frame().await {
+    loop {
+        // Whatever is gathered goes out before waiting for a body that is not ready:
+        // a live stream (server-sent events) must show its head and each event at
+        // once, not when 16 KiB have piled up.
+        let frame = match body.frame().now_or_never() {
+            Some(f) => f,
+            None => {
+                if !out.is_empty() {
+                    send(io, out).await?;
+                    out.clear();
+                }
+                body.frame().await
+            }
+        };
+        let Some(frame) = frame else { break };
         let Ok(data) = frame.map_err(io::Error::other)?.into_data() else {
             continue;
         };

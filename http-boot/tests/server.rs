@@ -753,3 +753,61 @@ async fn connection_close_is_honoured() {
     assert!(text.contains("connection: close"), "{text}");
     assert!(resp.ends_with(&f.kernel_bytes));
 }
+
+/// A body that is not ready (a live event stream) gets its head and every piece
+/// written at once, not when enough bytes have gathered to fill a segment.
+#[tokio::test]
+async fn a_streaming_body_is_flushed_before_it_waits() {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let app = axum::Router::new().route(
+        "/live",
+        axum::routing::get(move || {
+            let rx = rx.lock().unwrap().take().expect("one request");
+            async move {
+                let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|item| (item, rx))
+                });
+                axum::body::Body::from_stream(stream)
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(
+        listener,
+        app,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let steps: [(Option<&'static [u8]>, &[u8]); 2] =
+        [(None, b"\r\n\r\n"), (Some(b"first-event"), b"first-event")];
+    for (send, needle) in steps {
+        if let Some(piece) = send {
+            tx.send(Ok(bytes::Bytes::from_static(piece))).await.unwrap();
+        }
+        while !got.windows(needle.len()).any(|w| w == needle) {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "waited 5 s for {:?}; got {:?}",
+                        String::from_utf8_lossy(needle),
+                        String::from_utf8_lossy(&got)
+                    )
+                })
+                .unwrap();
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+}
