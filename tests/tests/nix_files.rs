@@ -48,6 +48,20 @@ fn require_nix() {
         ok,
         "nix-instantiate is missing: install Debian's nix-bin (scripts/setup-debian does)"
     );
+    // The first evaluation on a fresh machine creates /nix/var/nix; two at once race
+    // on its symlinks ("File exists"). One evaluation runs alone before any other.
+    static STORE_READY: std::sync::Once = std::sync::Once::new();
+    STORE_READY.call_once(|| {
+        let out = nix_instantiate()
+            .args(["--eval", "--expr", "1"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nix-instantiate cannot evaluate `1`:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
 }
 
 #[test]
