@@ -14,13 +14,30 @@
 //! when their length is not known, chunked (HTTP/1.1) or ended by closing the
 //! connection (HTTP/1.0). Request heads are parsed with `httparse`.
 //!
-//! Limits, each closing the connection: a head larger than [`MAX_HEAD`] bytes or with
-//! more than [`MAX_HEADERS`] headers (431), a head not complete within
-//! [`HEAD_TIMEOUT`] of its first byte (408), no new request within [`IDLE_TIMEOUT`]
-//! on a kept-alive connection, and an answer that makes no progress for
-//! [`SEND_STALL`]. A slow download that keeps moving is never cut.
+//! Limits, each closing the connection (the durations and caps are [`HttpLimits`]):
+//!
+//! - a head larger than [`MAX_HEAD`] bytes or with more than [`MAX_HEADERS`] headers
+//!   (431);
+//! - a head not complete within the head timeout (408). On a new connection the
+//!   clock starts at accept, so a connection that sends nothing is closed then; on a
+//!   kept-alive one it starts at the request's first byte;
+//! - no new request within the idle timeout on a kept-alive connection;
+//! - an answer the client takes nothing of for the send-stall limit. That limit is
+//!   the kernel's `TCP_USER_TIMEOUT`: sent data unacknowledged, or the client's
+//!   receive window kept shut, for that long. It measures the client's own progress,
+//!   so a slow download that keeps moving is never cut, however much of it the
+//!   socket buffers hold. (A timer on our writes could not tell: with a few MiB in
+//!   the send buffer, a slow client frees space for a write only every few seconds.)
+//!
+//! Connections are capped ([`HttpLimits::max_connections`]), and one address gets a
+//! share ([`HttpLimits::max_connections_per_addr`]): it may always hold that many,
+//! and more only while fewer than half of the cap are in use, so one address cannot
+//! take the connections every other client needs. A connection over the cap is
+//! answered `503` at once, without reading from it, and closed.
 
+use std::collections::HashMap;
 use std::io::{self, Write as _};
+use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,12 +64,142 @@ pub const MAX_HEAD: usize = 16 * 1024;
 pub const MAX_HEADERS: usize = 64;
 /// Largest request body accepted (ironpxe's routes take none).
 pub const MAX_BODY: usize = 64 * 1024;
-/// Time from a request's first byte to the end of its head.
+/// Time from accept (or, on a kept-alive connection, from a request's first byte) to
+/// the end of the request's head, by default.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(20);
-/// Time a kept-alive connection may sit between requests.
+/// Time a kept-alive connection may sit between requests, by default.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Time a write may make no progress before the client is given up.
+/// Time a client may take none of an answer before it is given up, by default.
 pub const SEND_STALL: Duration = Duration::from_secs(60);
+
+/// The connection limits of one server: timeouts and caps.
+///
+/// [`HttpLimits::default`] derives the caps from the process's open-file limit (read
+/// when called; ironpxe raises it first): a quarter of it for connections (each may
+/// also hold an open file), between 64 and 16,384, and for one address a
+/// thirty-second of that, at least 8.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// From accept, or from a request's first byte on a kept-alive connection, to
+    /// the end of the request's head.
+    pub head_timeout: Duration,
+    /// Between requests on a kept-alive connection.
+    pub idle_timeout: Duration,
+    /// How long a client may take none of an answer (`TCP_USER_TIMEOUT`).
+    pub send_stall: Duration,
+    /// Connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Connections one address may always hold; it gets more only while fewer than
+    /// half of `max_connections` are open.
+    pub max_connections_per_addr: usize,
+}
+
+impl HttpLimits {
+    /// The default limits for a process allowed `open_files` descriptors.
+    pub fn for_open_files(open_files: u64) -> Self {
+        let max = (open_files / 4).clamp(64, 16_384) as usize;
+        HttpLimits {
+            head_timeout: HEAD_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            send_stall: SEND_STALL,
+            max_connections: max,
+            max_connections_per_addr: (max / 32).max(8),
+        }
+    }
+}
+
+impl Default for HttpLimits {
+    /// [`HttpLimits::for_open_files`] with the current soft open-file limit.
+    fn default() -> Self {
+        use nix::sys::resource::{getrlimit, Resource};
+        let soft = getrlimit(Resource::RLIMIT_NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(1024);
+        Self::for_open_files(soft)
+    }
+}
+
+/// The answer to a connection over the cap, written without reading the request.
+const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+content-length: 28\r\nretry-after: 2\r\nconnection: close\r\n\r\ntoo many connections, retry\n";
+
+/// How often, at most, refusals are summarised in a warning.
+const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Open connections, in all and per address.
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    by_addr: HashMap<IpAddr, usize>,
+}
+
+/// The connection counts a server shares with its connection tasks.
+#[derive(Clone)]
+struct Tally {
+    counts: Arc<Mutex<Counts>>,
+    max: usize,
+    per_addr: usize,
+}
+
+/// One open connection, counted until dropped.
+struct Permit {
+    tally: Tally,
+    addr: IpAddr,
+}
+
+impl Tally {
+    fn new(limits: &HttpLimits) -> Self {
+        Tally {
+            counts: Arc::default(),
+            max: limits.max_connections.max(1),
+            per_addr: limits.max_connections_per_addr.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a new connection from `addr`, or says why it is refused.
+    fn admit(&self, addr: IpAddr) -> Result<Permit, &'static str> {
+        let mut c = self.lock();
+        if c.total >= self.max {
+            return Err("connection limit reached");
+        }
+        let mine = c.by_addr.get(&addr).copied().unwrap_or(0);
+        if mine >= self.per_addr && c.total >= self.max / 2 {
+            return Err("per-address connection share reached");
+        }
+        c.total += 1;
+        *c.by_addr.entry(addr).or_insert(0) += 1;
+        Ok(Permit {
+            tally: self.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut c = self.tally.lock();
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.by_addr.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_addr.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// The address a connection is counted under: IPv4-mapped IPv6 as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
 
 /// Largest piece handed to one sendfile(2) call, so one fast client cannot hold a
 /// runtime worker for long.
@@ -91,9 +238,14 @@ pub(crate) async fn accept_loop(
     router: Router,
     stop: watch::Receiver<bool>,
     drain: Duration,
+    limits: HttpLimits,
 ) -> io::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut stopped = stop.clone();
+    let tally = Tally::new(&limits);
+    let limits = Arc::new(limits);
+    let mut refused = 0u64;
+    let mut last_warn: Option<tokio::time::Instant> = None;
     loop {
         while tasks.try_join_next().is_some() {}
         let accepted = tokio::select! {
@@ -110,12 +262,56 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
+        let permit = match tally.admit(canonical(peer.ip())) {
+            Ok(p) => p,
+            Err(why) => {
+                // Answered without reading, so it costs no more than the accept.
+                let _ = stream.try_write(BUSY);
+                drop(stream);
+                tracing::debug!(%peer, why, "HTTP connection refused");
+                refused += 1;
+                let now = tokio::time::Instant::now();
+                if last_warn.is_none_or(|t| now.duration_since(t) >= REFUSAL_WARN_EVERY) {
+                    tracing::warn!(
+                        refused,
+                        last_peer = %peer,
+                        why,
+                        max_connections = limits.max_connections,
+                        max_connections_per_addr = limits.max_connections_per_addr,
+                        "HTTP connections refused (answered 503)"
+                    );
+                    last_warn = Some(now);
+                    refused = 0;
+                }
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
+        // The kernel gives up on a client that takes nothing for the stall limit;
+        // where it cannot, the driver times its own writes instead.
+        let ms = u32::try_from(limits.send_stall.as_millis()).unwrap_or(u32::MAX);
+        let kernel_stall = nix::sys::socket::setsockopt(
+            &stream,
+            nix::sys::socket::sockopt::TcpUserTimeout,
+            &ms.max(1),
+        )
+        .is_ok();
         let addrs = ConnAddrs {
             peer,
             local: stream.local_addr().ok(),
         };
-        tasks.spawn(connection(stream, addrs, router.clone(), stop.clone()));
+        let ctx = ConnCtx {
+            limits: limits.clone(),
+            write_timeout: (!kernel_stall).then_some(limits.send_stall),
+        };
+        tasks.spawn(connection(
+            stream,
+            addrs,
+            router.clone(),
+            stop.clone(),
+            ctx,
+            permit,
+        ));
     }
     drop(listener);
     let all = async { while tasks.join_next().await.is_some() {} };
@@ -141,22 +337,37 @@ impl From<io::Error> for Close {
     }
 }
 
-/// Serves one connection's requests in order.
+/// What a connection task needs besides its socket.
+struct ConnCtx {
+    limits: Arc<HttpLimits>,
+    /// The driver's own limit on a write making no progress, when the kernel's
+    /// (`TCP_USER_TIMEOUT`) could not be set.
+    write_timeout: Option<Duration>,
+}
+
+/// Serves one connection's requests in order. `_permit` counts it while it lives.
 async fn connection(
     mut io: TcpStream,
     addrs: ConnAddrs,
     router: Router,
     mut stop: watch::Receiver<bool>,
+    ctx: ConnCtx,
+    _permit: Permit,
 ) {
     let mut buf = BytesMut::with_capacity(2048);
     let mut out = Vec::with_capacity(1024);
+    // The first request's head is due within the head timeout of accept.
+    let mut first = Some(tokio::time::Instant::now() + ctx.limits.head_timeout);
     loop {
-        let req = match read_request(&mut io, &mut buf, &mut stop).await {
+        let req = match read_request(&mut io, &mut buf, &mut stop, &ctx, first.take()).await {
             Ok(Some(r)) => r,
             Ok(None) | Err(Close::Quiet) => return,
             Err(Close::Refuse(status, why)) => {
                 tracing::debug!(peer = %addrs.peer, %status, why, "HTTP request refused");
-                if write_refusal(&mut io, &mut out, status, why).await.is_ok() {
+                if write_refusal(&mut io, &mut out, status, why, &ctx)
+                    .await
+                    .is_ok()
+                {
                     linger(&mut io).await;
                 }
                 return;
@@ -168,7 +379,7 @@ async fn connection(
         let mut req = req;
         req.extensions_mut().insert(ConnectInfo(addrs));
         let Ok(resp) = router.clone().oneshot(req).await;
-        match write_response(&mut io, &mut out, resp, head, version, keep_alive).await {
+        match write_response(&mut io, &mut out, resp, head, version, keep_alive, &ctx).await {
             Ok(true) if keep_alive => {}
             Ok(_) => return,
             Err(e) => {
@@ -180,13 +391,17 @@ async fn connection(
 }
 
 /// Reads one request: its head (parsed with httparse) and its body. `None` when the
-/// peer closed between requests, or `stop` came while idle.
+/// peer closed between requests, or `stop` came while idle, or a new connection
+/// sent nothing by `first` (the first request's deadline).
 async fn read_request(
     io: &mut TcpStream,
     buf: &mut BytesMut,
     stop: &mut watch::Receiver<bool>,
+    ctx: &ConnCtx,
+    first: Option<tokio::time::Instant>,
 ) -> Result<Option<Request<Body>>, Close> {
-    let mut deadline = None;
+    let limits = &ctx.limits;
+    let mut deadline = first;
     let (builder, head_len) = loop {
         if !buf.is_empty() {
             if let Some(parsed) = parse_head(buf)? {
@@ -200,7 +415,7 @@ async fn read_request(
             }
         }
         let idle = buf.is_empty();
-        let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + IDLE_TIMEOUT);
+        let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + limits.idle_timeout);
         let read = tokio::time::timeout_at(until, io.read_buf(buf));
         let n = tokio::select! {
             r = read => match r {
@@ -214,7 +429,7 @@ async fn read_request(
             return if idle { Ok(None) } else { Err(Close::Quiet) };
         }
         if deadline.is_none() {
-            deadline = Some(tokio::time::Instant::now() + HEAD_TIMEOUT);
+            deadline = Some(tokio::time::Instant::now() + limits.head_timeout);
         }
     };
     buf.advance(head_len);
@@ -244,9 +459,9 @@ async fn read_request(
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         if expects {
-            io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            send(io, b"HTTP/1.1 100 Continue\r\n\r\n", ctx).await?;
         }
-        let d = tokio::time::Instant::now() + HEAD_TIMEOUT;
+        let d = tokio::time::Instant::now() + limits.head_timeout;
         while buf.len() < len {
             match tokio::time::timeout_at(d, io.read_buf(buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(Close::Quiet),
@@ -352,6 +567,7 @@ async fn write_refusal(
     out: &mut Vec<u8>,
     status: StatusCode,
     why: &str,
+    ctx: &ConnCtx,
 ) -> io::Result<()> {
     out.clear();
     let _ = write!(
@@ -361,7 +577,7 @@ async fn write_refusal(
         status.canonical_reason().unwrap_or(""),
         why.len() + 1
     );
-    send(io, out).await
+    send(io, out, ctx).await
 }
 
 /// Closes our side and reads what the client still sends, for a moment, so that
@@ -382,12 +598,24 @@ async fn linger(io: &mut TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
-/// Writes `bytes`, giving up when the client takes none for [`SEND_STALL`].
-async fn send(io: &mut TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        let n = tokio::time::timeout(SEND_STALL, io.write(bytes))
+/// Runs one write step; under the driver's own stall limit when the kernel's is not
+/// in force.
+async fn stall_limited<T>(
+    ctx: &ConnCtx,
+    step: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match ctx.write_timeout {
+        None => step.await,
+        Some(t) => tokio::time::timeout(t, step)
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))?,
+    }
+}
+
+/// Writes `bytes`, giving up when the client takes none for the send-stall limit.
+async fn send(io: &mut TcpStream, mut bytes: &[u8], ctx: &ConnCtx) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = stall_limited(ctx, io.write(bytes)).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -404,6 +632,7 @@ async fn write_response(
     head: bool,
     version: Version,
     keep_alive: bool,
+    ctx: &ConnCtx,
 ) -> io::Result<bool> {
     let (mut parts, body) = resp.into_parts();
     let local = parts.extensions.remove::<SendSlot>().and_then(|s| s.take());
@@ -445,8 +674,8 @@ async fn write_response(
     out.extend_from_slice(b"\r\n");
 
     if let Some(mut local) = local {
-        send(io, out).await?;
-        return match send_file(io, &mut local).await {
+        send(io, out, ctx).await?;
+        return match send_file(io, &mut local, ctx).await {
             Ok(()) => {
                 local.transfer.done();
                 Ok(reuse)
@@ -468,7 +697,7 @@ async fn write_response(
         };
     }
     if no_body {
-        send(io, out).await?;
+        send(io, out, ctx).await?;
         return Ok(reuse);
     }
     let declared = parts
@@ -485,7 +714,7 @@ async fn write_response(
             Some(f) => f,
             None => {
                 if !out.is_empty() {
-                    send(io, out).await?;
+                    send(io, out, ctx).await?;
                     out.clear();
                 }
                 body.frame().await
@@ -505,9 +734,9 @@ async fn write_response(
         if out.len() + data.len() <= COALESCE {
             out.extend_from_slice(&data);
         } else {
-            send(io, out).await?;
+            send(io, out, ctx).await?;
             out.clear();
-            send(io, &data).await?;
+            send(io, &data, ctx).await?;
         }
         if chunked {
             out.extend_from_slice(b"\r\n");
@@ -519,14 +748,14 @@ async fn write_response(
     if chunked {
         out.extend_from_slice(b"0\r\n\r\n");
     }
-    send(io, out).await?;
+    send(io, out, ctx).await?;
     // A body shorter than it said leaves the client unable to find the next answer.
     Ok(reuse && declared.is_none_or(|d| d == written))
 }
 
 /// Sends `local`'s range of its file with sendfile(2), counting progress on its
 /// transfer.
-async fn send_file(io: &mut TcpStream, local: &mut LocalSend) -> io::Result<()> {
+async fn send_file(io: &mut TcpStream, local: &mut LocalSend, ctx: &ConnCtx) -> io::Result<()> {
     let end = local.start + local.count;
     let mut offset = local.start as i64;
     while (offset as u64) < end {
@@ -548,9 +777,7 @@ async fn send_file(io: &mut TcpStream, local: &mut LocalSend) -> io::Result<()> 
                 }
             }
         };
-        let n = tokio::time::timeout(SEND_STALL, step)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
+        let n = stall_limited(ctx, step).await?;
         if n == 0 {
             let sent = local.transfer.bytes();
             return Err(io::Error::new(

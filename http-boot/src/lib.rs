@@ -81,7 +81,9 @@ mod range;
 mod remote;
 mod script;
 
-pub use conn::{HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_HEAD, MAX_HEADERS, SEND_STALL};
+pub use conn::{
+    HttpLimits, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_HEAD, MAX_HEADERS, SEND_STALL,
+};
 
 /// What the HTTP handlers share: the booter, and a client for remote files.
 #[derive(Clone)]
@@ -172,27 +174,39 @@ async fn client_span(
     tracing::Instrument::instrument(next.run(req), span).await
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
-///
-/// Connections are served by ironpxe's own HTTP/1.1 driver (see [`conn`]), which
-/// sends local files with sendfile(2); its limits are [`MAX_HEAD`], [`HEAD_TIMEOUT`],
-/// [`IDLE_TIMEOUT`] and [`SEND_STALL`].
-///
-/// After the shutdown signal the listener is closed, so new connections are refused,
-/// and idle connections are closed. Running requests (downloads) get `drain` to
-/// finish, then this returns and those still running are abandoned.
+/// Serves `router` on `listener` until `shutdown` completes, with the default
+/// [`HttpLimits`]; see [`serve_with`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> io::Result<()> {
+    serve_with(listener, router, shutdown, drain, HttpLimits::default()).await
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
+///
+/// Connections are served by ironpxe's own HTTP/1.1 driver (see [`conn`]), which
+/// sends local files with sendfile(2). Its fixed limits are [`MAX_HEAD`] and
+/// [`MAX_HEADERS`]; its timeouts and connection caps are `limits`.
+///
+/// After the shutdown signal the listener is closed, so new connections are refused,
+/// and idle connections are closed. Running requests (downloads) get `drain` to
+/// finish, then this returns and those still running are abandoned.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+    limits: HttpLimits,
+) -> io::Result<()> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);
     });
-    conn::accept_loop(listener, router, rx, drain).await
+    conn::accept_loop(listener, router, rx, drain, limits).await
 }
 
 /// The two ends of a client's TCP connection, recorded by [`serve`].
