@@ -11,8 +11,10 @@
 //! [server]
 //! interface = "eth1"            # the data NIC
 //! http_port = 8080
-//! status_port = 8081            # unset: the status page is on http_port
+//! status_port = 8081            # unset: no status page; = http_port: on the boot port
+//! status_addr = "192.168.1.2"   # unset: listen_addr
 //! shutdown_timeout = "30s"      # after SIGTERM, transfers in flight get this long
+//! http_max_connections = 4096   # unset: derived from the open-file limit
 //! default_profile = "installer" # unset: machines not listed are not answered
 //!
 //! [profiles.installer]
@@ -142,8 +144,14 @@ pub struct ServerSettings {
     pub http_port: Option<u16>,
     /// Status page port.
     pub status_port: Option<u16>,
+    /// Address the status page listens on.
+    pub status_addr: Option<Ipv4Addr>,
     /// How long, after SIGTERM or SIGINT, transfers in flight may take to finish.
     pub shutdown_timeout: Option<Duration>,
+    /// HTTP connections open at once.
+    pub http_max_connections: Option<usize>,
+    /// HTTP connections one client address may always hold.
+    pub http_max_connections_per_addr: Option<usize>,
 }
 
 /// `[ipxe]`: iPXE binaries by role (keys as in [`IpxeRole::config_key`]), relative
@@ -235,7 +243,10 @@ struct RawServer {
     listen_addr: Option<S>,
     http_port: Option<Spanned<u16>>,
     status_port: Option<Spanned<u16>>,
+    status_addr: Option<S>,
     shutdown_timeout: Option<S>,
+    http_max_connections: Option<Spanned<i64>>,
+    http_max_connections_per_addr: Option<Spanned<i64>>,
     default_profile: Option<S>,
 }
 
@@ -495,20 +506,8 @@ fn line_of(text: &str, offset: usize) -> usize {
 impl Validator<'_> {
     /// `[server]`, except `default_profile`, which needs the profiles.
     fn server(&mut self, s: &RawServer) -> ServerSettings {
-        let listen_addr =
-            s.listen_addr
-                .as_ref()
-                .and_then(|a| match a.get_ref().parse::<Ipv4Addr>() {
-                    Ok(ip) => Some(ip),
-                    Err(_) => {
-                        self.problem(
-                            a.span().start,
-                            "server.listen_addr",
-                            format!("{:?} is not an IPv4 address", a.get_ref()),
-                        );
-                        None
-                    }
-                });
+        let listen_addr = self.ipv4_at(s.listen_addr.as_ref(), "server.listen_addr");
+        let status_addr = self.ipv4_at(s.status_addr.as_ref(), "server.status_addr");
         let shutdown_timeout =
             s.shutdown_timeout
                 .as_ref()
@@ -524,7 +523,48 @@ impl Validator<'_> {
             listen_addr,
             http_port: self.port_at(s.http_port.as_ref(), "server.http_port"),
             status_port: self.port_at(s.status_port.as_ref(), "server.status_port"),
+            status_addr,
             shutdown_timeout,
+            http_max_connections: self.count_at(
+                s.http_max_connections.as_ref(),
+                "server.http_max_connections",
+            ),
+            http_max_connections_per_addr: self.count_at(
+                s.http_max_connections_per_addr.as_ref(),
+                "server.http_max_connections_per_addr",
+            ),
+        }
+    }
+
+    /// An IPv4 address.
+    fn ipv4_at(&mut self, a: Option<&S>, key: &str) -> Option<Ipv4Addr> {
+        let a = a?;
+        match a.get_ref().parse::<Ipv4Addr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.problem(
+                    a.span().start,
+                    key,
+                    format!("{:?} is not an IPv4 address", a.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A count of things: at least 1.
+    fn count_at(&mut self, n: Option<&Spanned<i64>>, key: &str) -> Option<usize> {
+        let n = n?;
+        match usize::try_from(*n.get_ref()) {
+            Ok(v) if v >= 1 => Some(v),
+            _ => {
+                self.problem(
+                    n.span().start,
+                    key,
+                    format!("{} is not a positive number", n.get_ref()),
+                );
+                None
+            }
         }
     }
 

@@ -164,10 +164,18 @@ pub(crate) struct ServerArgs {
     #[arg(short = 'p', long, value_name = "PORT")]
     pub port: Option<u16>,
 
-    /// HTTP port for the boot status page (/), its JSON API (/api/v1/machines,
-    /// /api/v1/events) and Prometheus metrics (/metrics) [default: the --port server].
+    /// Serve the boot status page (/), its JSON API (/api/v1/machines, /api/v1/log,
+    /// /api/v1/events) and Prometheus metrics (/metrics) on this port. They show
+    /// every machine's MAC, address and files, so put them on a management address
+    /// (-l) or firewall the port. A port equal to --port serves them on the boot
+    /// port, to every PXE client. [default: not served]
     #[arg(long, value_name = "PORT")]
     pub status_port: Option<u16>,
+
+    /// Address the --status-port server listens on, e.g. the management network's
+    /// address [default: the --listen-addr address].
+    #[arg(long, value_name = "ADDR")]
+    pub status_addr: Option<Ipv4Addr>,
 
     /// Keep the boot status (every machine's timeline) in DIR/status.json, so a
     /// restart keeps history.
@@ -185,6 +193,18 @@ pub(crate) struct ServerArgs {
     /// 0 [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub shutdown_timeout: Option<std::time::Duration>,
+
+    /// HTTP connections open at once; more are answered 503 and closed at once
+    /// [default: a quarter of the open-file limit, between 64 and 16384].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_max_connections: Option<u64>,
+
+    /// HTTP connections one client address may always hold; it gets more only while
+    /// fewer than half of --http-max-connections are open, so one address cannot
+    /// take the connections others need [default: 1/32 of --http-max-connections,
+    /// at least 8].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_max_connections_per_addr: Option<u64>,
 
     /// Answer DHCP only on this network interface (the data NIC).
     #[arg(long, value_name = "NAME")]

@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{BootArgs, Cli, Command, LogArgs, LogFormat};
 use crate::ipxe_files::{IpxeSet, SEARCH_DIRS};
-use crate::server_config::ServerConfig;
+use crate::server_config::{ServerConfig, StatusPlace};
 
 /// The boot status store, fed by the log subscriber's status layer.
 static STATUS: std::sync::OnceLock<ironpxe_status::Status> = std::sync::OnceLock::new();
@@ -250,15 +250,17 @@ async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet
                 port_hint(args.http_port)
             )
         })?;
-    let status_listener = match args.status_port {
-        Some(port) => {
-            let addr = SocketAddr::V4(SocketAddrV4::new(listen, port));
+    let status_listener = match args.status {
+        StatusPlace::Own(addr) => {
             let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                format!("status port: cannot bind tcp {addr}{}", port_hint(port))
+                format!(
+                    "status port: cannot bind tcp {addr}{}",
+                    port_hint(addr.port())
+                )
             })?;
             Some(l)
         }
-        None => None,
+        StatusPlace::Off | StatusPlace::BootPort => None,
     };
     status().set_stuck_after(args.stuck_after);
     let state_dir = match &args.state_dir {
@@ -277,10 +279,20 @@ async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet
         lookup_wait: args.dhcp_lookup_wait,
         ..ProxyConfig::default()
     };
+    // The caps follow the open-file limit as raised in `serve`.
+    let mut http_limits = ironpxe_http::HttpLimits::default();
+    if let Some(n) = args.http_max_connections {
+        http_limits.max_connections = n;
+    }
+    if let Some(n) = args.http_max_connections_per_addr {
+        http_limits.max_connections_per_addr = n;
+    }
     info!(
         interface = device.unwrap_or("(all)"),
         listen = %listen,
         http = %http_addr,
+        http_max_connections = http_limits.max_connections,
+        http_max_connections_per_addr = http_limits.max_connections_per_addr,
         tftp = %tftp_addr,
         dhcp = args.dhcp_port,
         pxe = args.pxe_port,
@@ -323,9 +335,10 @@ async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet
         .context("cannot set up the HTTP client for remote files")?
         .with_ipxe_binaries(http_binaries);
     let mut router = ironpxe_http::router(state);
-    // The status page, API and metrics: on their own port, or next to the boot files.
-    match status_listener {
-        Some(l) => {
+    // The status page, API and metrics: on their own port, next to the boot files
+    // when the operator asks for that, or nowhere.
+    match (status_listener, args.status) {
+        (Some(l), _) => {
             let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
             info!(status = %addr, "boot status on its own port");
             let stop = shutdown.clone().cancelled_owned();
@@ -334,7 +347,18 @@ async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet
                 ("status", r)
             });
         }
-        None => router = router.merge(status().router()),
+        (None, StatusPlace::BootPort) => {
+            tracing::warn!(
+                status = %http_addr,
+                "boot status on the boot port: every PXE client can read every machine's MAC, \
+                 address and files"
+            );
+            router = router.merge(status().router());
+        }
+        (None, _) => info!(
+            "boot status not served over HTTP (--status-port PORT serves it, \
+             preferably on a management address)"
+        ),
     }
     if let Some(dir) = &state_dir {
         info!(file = %dir.file().display(), "boot status kept in the state directory");
@@ -342,7 +366,7 @@ async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet
     }
     let stop = shutdown.clone().cancelled_owned();
     servers.spawn(async move {
-        let r = ironpxe_http::serve(http_listener, router, stop, drain).await;
+        let r = ironpxe_http::serve_with(http_listener, router, stop, drain, http_limits).await;
         ("HTTP", r)
     });
     let done = dhcp_thread.serve(proxy, booter, shutdown.clone().cancelled_owned());

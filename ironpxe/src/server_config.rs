@@ -7,7 +7,7 @@
 //! defaults below are applied only after the file had its say. So `-p 80` beats
 //! `http_port = 8080`, although 80 is the default.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,6 +27,18 @@ pub(crate) const DEFAULT_HTTP_PORT: u16 = 80;
 /// neither `--shutdown-timeout` nor `shutdown_timeout` is given.
 pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where the boot status (page, JSON API, metrics) is served. It names every
+/// machine's MAC, address and files, so it is served only where the operator asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatusPlace {
+    /// Nowhere (no `--status-port`, no `status_port`).
+    Off,
+    /// On the boot HTTP port, to every PXE client (`--status-port` equal to `--port`).
+    BootPort,
+    /// On a listener of its own.
+    Own(SocketAddrV4),
+}
+
 /// What the DHCP, TFTP, HTTP and status servers run with.
 #[derive(Debug, Clone)]
 pub(crate) struct ServerConfig {
@@ -38,8 +50,12 @@ pub(crate) struct ServerConfig {
     pub interface_origin: String,
     /// Port of the boot script, kernel and initrd server.
     pub http_port: u16,
-    /// A port of its own for the status page; `None`: next to the boot files.
-    pub status_port: Option<u16>,
+    /// Where the status page, its JSON API and the metrics are served.
+    pub status: StatusPlace,
+    /// HTTP connections open at once; `None`: derived from the open-file limit.
+    pub http_max_connections: Option<usize>,
+    /// HTTP connections one address may always hold; `None`: derived.
+    pub http_max_connections_per_addr: Option<usize>,
     /// Where the boot status is kept across restarts.
     pub state_dir: Option<PathBuf>,
     /// How long in one boot phase before the status page calls a machine stuck.
@@ -84,11 +100,13 @@ impl ServerConfig {
         ipxe: &IpxePaths,
     ) -> ServerConfig {
         let http_port = args.port.or(file.http_port).unwrap_or(DEFAULT_HTTP_PORT);
+        let listen_addr = args
+            .listen_addr
+            .or(file.listen_addr)
+            .unwrap_or(DEFAULT_LISTEN_ADDR);
+        let status_addr = args.status_addr.or(file.status_addr).unwrap_or(listen_addr);
         ServerConfig {
-            listen_addr: args
-                .listen_addr
-                .or(file.listen_addr)
-                .unwrap_or(DEFAULT_LISTEN_ADDR),
+            listen_addr,
             interface: args.interface.clone().or_else(|| file.interface.clone()),
             interface_origin: match (&args.interface, &file.interface) {
                 (None, Some(_)) => format!("{}: server.interface", path.display()),
@@ -96,10 +114,19 @@ impl ServerConfig {
             },
             http_port,
             // The status port equal to the HTTP port means one server for both.
-            status_port: args
-                .status_port
-                .or(file.status_port)
-                .filter(|p| *p != http_port),
+            status: match args.status_port.or(file.status_port) {
+                None => StatusPlace::Off,
+                Some(p) if p == http_port && status_addr == listen_addr => StatusPlace::BootPort,
+                Some(p) => StatusPlace::Own(SocketAddrV4::new(status_addr, p)),
+            },
+            http_max_connections: args
+                .http_max_connections
+                .map(|n| n as usize)
+                .or(file.http_max_connections),
+            http_max_connections_per_addr: args
+                .http_max_connections_per_addr
+                .map(|n| n as usize)
+                .or(file.http_max_connections_per_addr),
             state_dir: args.state_dir.clone(),
             stuck_after: args.stuck_after,
             ipxe: Overrides {
@@ -151,7 +178,10 @@ mod tests {
             listen_addr: Some(Ipv4Addr::new(10, 0, 0, 2)),
             http_port: Some(8080),
             status_port: Some(8081),
+            status_addr: None,
             shutdown_timeout: Some(Duration::from_secs(5)),
+            http_max_connections: Some(100),
+            http_max_connections_per_addr: Some(10),
         }
     }
 
@@ -168,8 +198,13 @@ mod tests {
         assert_eq!(m.interface_origin, "f.toml: server.interface");
         assert_eq!(m.listen_addr, Ipv4Addr::new(10, 0, 0, 2));
         assert_eq!(m.http_port, 9090);
-        assert_eq!(m.status_port, Some(8081));
+        assert_eq!(
+            m.status,
+            StatusPlace::Own(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 8081))
+        );
         assert_eq!(m.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(m.http_max_connections, Some(100));
+        assert_eq!(m.http_max_connections_per_addr, Some(10));
         assert_eq!(m.ipxe.paths.get(IpxeRole::Bios), Some(&PathBuf::from("/b")));
         assert_eq!(m.ipxe.paths.get(IpxeRole::Efi64), None);
     }
@@ -196,12 +231,23 @@ mod tests {
             Some(&PathBuf::from("/flag.kpxe"))
         );
         let m = ServerConfig::merge(
-            &serve_args(&["--status-port", "9100", "--interface", "eth2"]),
+            &serve_args(&[
+                "--status-port",
+                "9100",
+                "--interface",
+                "eth2",
+                "--http-max-connections",
+                "7",
+            ]),
             Path::new("f.toml"),
             &file(),
             &i,
         );
-        assert_eq!(m.status_port, Some(9100));
+        assert_eq!(
+            m.status,
+            StatusPlace::Own(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 9100))
+        );
+        assert_eq!(m.http_max_connections, Some(7));
         assert_eq!(m.interface.as_deref(), Some("eth2"));
         assert_eq!(m.interface_origin, "--interface");
     }
@@ -211,7 +257,8 @@ mod tests {
         let m = ServerConfig::from_args(&serve_args(&[]));
         assert_eq!(m.http_port, DEFAULT_HTTP_PORT);
         assert_eq!(m.listen_addr, DEFAULT_LISTEN_ADDR);
-        assert_eq!(m.status_port, None);
+        assert_eq!(m.status, StatusPlace::Off);
+        assert_eq!(m.http_max_connections, None);
         assert_eq!(m.interface, None);
         assert_eq!(m.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
         assert_eq!((m.dhcp_port, m.pxe_port, m.tftp_port), (67, 4011, 69));
@@ -230,13 +277,27 @@ mod tests {
             &s,
             &IpxePaths::default(),
         );
-        assert_eq!(m.status_port, None);
+        assert_eq!(m.status, StatusPlace::BootPort);
         let m = ServerConfig::merge(
             &serve_args(&["-p", "8081"]),
             Path::new("f.toml"),
             &s,
             &IpxePaths::default(),
         );
-        assert_eq!(m.status_port, Some(8080));
+        assert_eq!(
+            m.status,
+            StatusPlace::Own(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8080))
+        );
+        // On an address of its own, even the boot port number is a server of its own.
+        let m = ServerConfig::merge(
+            &serve_args(&["--status-addr", "192.168.1.2", "--status-port", "8080"]),
+            Path::new("f.toml"),
+            &s,
+            &IpxePaths::default(),
+        );
+        assert_eq!(
+            m.status,
+            StatusPlace::Own(SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 8080))
+        );
     }
 }

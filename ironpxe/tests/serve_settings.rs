@@ -166,6 +166,49 @@ fn status_port_in_the_file_moves_the_status_page() {
 }
 
 #[test]
+fn the_status_is_served_on_the_boot_port_only_when_asked() {
+    let (_d, _, cfg) = setup("");
+    let http = free_tcp();
+    let port = http.to_string();
+    let server = Server::start(&cfg, &["-p", &port]);
+    wait_for("HTTP", Duration::from_secs(20), &server, || {
+        TcpStream::connect(("127.0.0.1", http)).is_ok()
+    });
+    let (head, _) = get(http, &format!("/_/ipxe?arch=0&mac={MAC}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // By default no status route answers on the boot port.
+    for path in [
+        "/",
+        "/api/v1/machines",
+        "/api/v1/log",
+        "/api/v1/events",
+        "/metrics",
+    ] {
+        let (head, _) = get(http, path);
+        assert!(head.starts_with("HTTP/1.1 404"), "{path}: {head}");
+    }
+    assert!(
+        server.logged("boot status not served").is_some(),
+        "{}",
+        server.log_text()
+    );
+    drop(server);
+
+    // --status-port equal to the HTTP port puts it there, with a warning.
+    let server = Server::start(&cfg, &["-p", &port, "--status-port", &port]);
+    wait_for("HTTP", Duration::from_secs(20), &server, || {
+        TcpStream::connect(("127.0.0.1", http)).is_ok()
+    });
+    let (head, _) = get(http, "/api/v1/machines");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        server.logged("every PXE client can read").is_some(),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
 fn an_explicit_port_flag_beats_http_port_in_the_file_even_when_it_is_the_default() {
     let from_file = free_tcp();
     let (_d, _, cfg) = setup(&format!("http_port = {from_file}"));
@@ -205,7 +248,9 @@ fn an_explicit_port_flag_beats_http_port_in_the_file_even_when_it_is_the_default
 fn sigterm_lets_a_download_finish_refuses_new_connections_and_exits_0() {
     let (_d, big, cfg) = setup("");
     let http = free_tcp();
-    let mut server = Server::start(&cfg, &["-p", &http.to_string()]);
+    // The status on the boot port, as the operator may ask, for its live stream.
+    let port = http.to_string();
+    let mut server = Server::start(&cfg, &["-p", &port, "--status-port", &port]);
     wait_for("HTTP", Duration::from_secs(20), &server, || {
         TcpStream::connect(("127.0.0.1", http)).is_ok()
     });
@@ -213,7 +258,8 @@ fn sigterm_lets_a_download_finish_refuses_new_connections_and_exits_0() {
     // An open status page (its live stream) does not hold up the shutdown.
     let mut live = TcpStream::connect(("127.0.0.1", http)).unwrap();
     // A read that never returns fails the test instead of hanging it.
-    live.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     dl.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(live, "GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut head = [0u8; 12];

@@ -612,6 +612,18 @@ impl Lab {
     /// namespace, next to its DHCP server). Outside the ironpxe namespace UDP 67 may
     /// belong to another server, so only the HTTP port counts as "listening" there.
     pub fn start_ironpxe_in<S: AsRef<OsStr>>(&self, ns: &str, args: &[S]) -> Result<Ironpxe> {
+        // The lab reads ironpxe's events from its status feed, which ironpxe serves
+        // only when asked: without a --status-port, on the boot port.
+        let mut args: Vec<std::ffi::OsString> =
+            args.iter().map(|a| a.as_ref().to_os_string()).collect();
+        if !args
+            .iter()
+            .any(|a| a.to_string_lossy().starts_with("--status-port"))
+        {
+            args.push("--status-port".into());
+            args.push(http_port_of(&args).to_string().into());
+        }
+        let args = &args[..];
         let bin = ironpxe_bin()?;
         let udp67_counts = ns == self.pxe_ns();
         let mut cmd = Command::new("ip");

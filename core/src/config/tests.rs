@@ -339,6 +339,7 @@ fn server_ports_and_shutdown_timeout() {
     );
     let c = parse("[server]\nhttp_port = 8080\n").unwrap();
     assert_eq!(c.server.shutdown_timeout, None);
+    assert_eq!(c.server.http_max_connections, None);
 
     let e = parse("[server]\nhttp_port = 0\nstatus_port = 0\nshutdown_timeout = \"soon\"\n")
         .unwrap_err();
@@ -349,5 +350,37 @@ fn server_ports_and_shutdown_timeout() {
             "/etc/ironpxe/test.toml:3: server.status_port: port 0 is not a port",
             "/etc/ironpxe/test.toml:4: server.shutdown_timeout: invalid duration \"soon\": use e.g. 5s, 500ms or 1m30s",
         ]
+    );
+}
+
+#[test]
+fn http_connection_caps() {
+    let c = parse("[server]\nhttp_max_connections = 4096\nhttp_max_connections_per_addr = 32\n")
+        .unwrap();
+    assert_eq!(c.server.http_max_connections, Some(4096));
+    assert_eq!(c.server.status_addr, None);
+    assert_eq!(c.server.http_max_connections_per_addr, Some(32));
+    let e = parse("[server]\nhttp_max_connections = 0\nhttp_max_connections_per_addr = -3\n")
+        .unwrap_err();
+    assert_eq!(
+        lines(e),
+        [
+            "/etc/ironpxe/test.toml:2: server.http_max_connections: 0 is not a positive number",
+            "/etc/ironpxe/test.toml:3: server.http_max_connections_per_addr: -3 is not a positive number",
+        ]
+    );
+}
+
+#[test]
+fn status_addr() {
+    let c = parse("[server]\nstatus_port = 9090\nstatus_addr = \"192.168.1.2\"\n").unwrap();
+    assert_eq!(
+        c.server.status_addr,
+        Some(std::net::Ipv4Addr::new(192, 168, 1, 2))
+    );
+    let e = parse("[server]\nstatus_addr = \"mgmt\"\n").unwrap_err();
+    assert_eq!(
+        lines(e),
+        ["/etc/ironpxe/test.toml:2: server.status_addr: \"mgmt\" is not an IPv4 address"]
     );
 }
