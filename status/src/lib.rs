@@ -15,9 +15,12 @@
 //! - [`Status::observe_booter`] wraps the [`Booter`] so the store learns which file
 //!   id is a machine's kernel and which are its initrds.
 //! - [`Status::router`] serves `GET /` (a live HTML page), `GET /api/v1/machines`
-//!   (JSON), `GET /api/v1/events` (server-sent events), `GET /api/v1/log` (every
-//!   recent event in order, JSON, for tools and the lab) and `GET /metrics`
-//!   (Prometheus text, [`prometheus_client`]).
+//!   (JSON, in pages: [`PageQuery`]), `GET /api/v1/events` (server-sent events),
+//!   `GET /api/v1/log` (every recent event in order, JSON, in pages, for tools and
+//!   the lab) and `GET /metrics` (Prometheus text, [`prometheus_client`]).
+//! - No answer is built while holding the store: a page is copied out under the
+//!   lock (machines whose events are shared [`Arc`]s), and serialised after it is
+//!   released, so a boot event is never kept waiting by a reader of the status.
 //! - [`Status::open_state_dir`] restores a saved store and [`StateDir::run`] saves it
 //!   every few seconds when it changed, so a restart keeps history.
 
@@ -39,7 +42,8 @@ use tokio::sync::broadcast;
 
 pub use machine::{Machine, Phase, PhaseSpan};
 pub use record::{Record, EVENT_TARGET};
-pub use store::{Neighbors, NoNeighbors, ProcNetArp, Store, StoreConfig};
+pub use store::{Neighbors, NoNeighbors, Page, ProcNetArp, Store, StoreConfig};
+pub use web::{LogQuery, PageQuery, DEFAULT_LOG_PAGE, DEFAULT_PAGE, MAX_LOG_PAGE, MAX_PAGE};
 
 use metrics::Metrics;
 
@@ -98,7 +102,7 @@ pub const FEED_LEN: usize = 8192;
 #[derive(Default)]
 struct Feed {
     next: u64,
-    records: std::collections::VecDeque<(u64, Record)>,
+    records: std::collections::VecDeque<(u64, Arc<Record>)>,
 }
 
 impl Status {
@@ -145,7 +149,7 @@ impl Status {
             if feed.records.len() >= FEED_LEN {
                 feed.records.pop_front();
             }
-            feed.records.push_back((seq, rec.clone()));
+            feed.records.push_back((seq, Arc::new(rec.clone())));
         }
         let (ingested, payloads) = {
             let mut store = self.store();
@@ -191,61 +195,112 @@ impl Status {
         })
     }
 
-    /// `GET /api/v1/machines` as JSON at `now_ms`.
+    /// The first page of `GET /api/v1/machines` (the default [`PageQuery`]) as JSON
+    /// at `now_ms`.
     pub fn machines_json(&self, now_ms: u64) -> Value {
-        let store = self.store();
-        let stuck_after = store.config().stuck_after_ms;
-        let machines: Vec<Value> = store
-            .machines()
-            .into_iter()
-            .map(|m| web::machine_json(m, now_ms, stuck_after, true))
+        self.machines_page(&PageQuery::default(), now_ms)
+    }
+
+    /// One page of `GET /api/v1/machines` as JSON at `now_ms`: the machines after
+    /// `q.after` in MAC order, at most `q.limit` of them, `total` (machines in the
+    /// store) and `next` (the `after` of the next page, `null` on the last one). The
+    /// first page (no `after`) also carries the unattributed events.
+    pub fn machines_page(&self, q: &PageQuery, now_ms: u64) -> Value {
+        self.machines_page_with(q, now_ms, &mut || {})
+    }
+
+    /// [`Status::machines_page`], calling `between` after each machine is
+    /// serialised (tests use it to act while a page is being built).
+    fn machines_page_with(&self, q: &PageQuery, now_ms: u64, between: &mut dyn FnMut()) -> Value {
+        // Copied under the lock; everything below runs without it.
+        let (page, unattributed, stuck_after) = {
+            let store = self.store();
+            let unattributed: Vec<Record> = if q.after.is_none() {
+                store.unattributed().map(|u| u.record.clone()).collect()
+            } else {
+                Vec::new()
+            };
+            (
+                store.page(q.after, q.limit),
+                unattributed,
+                store.config().stuck_after_ms,
+            )
+        };
+        let machines: Vec<Value> = page
+            .machines
+            .iter()
+            .map(|m| {
+                let v = web::machine_json(m, now_ms, stuck_after, q.events);
+                between();
+                v
+            })
             .collect();
-        let unattributed: Vec<Value> = store
-            .unattributed()
-            .map(|u| web::event_json(&u.record))
-            .collect();
+        let unattributed: Vec<Value> = unattributed.iter().map(web::event_json).collect();
         json!({
             "now_ms": now_ms,
             "stuck_after_ms": stuck_after,
+            "total": page.total,
+            "next": page.next,
             "machines": machines,
             "unattributed": unattributed,
         })
     }
 
     /// `GET /api/v1/log?after=N`: the events numbered above `after`, in arrival
-    /// order, as they were recorded (before attribution), and the number the next
-    /// one will get. Poll with `after` set to the last `seq` seen.
+    /// order, as they were recorded (before attribution), at most
+    /// [`DEFAULT_LOG_PAGE`], and the number to ask after next time minus one
+    /// (`next`). Poll with `after` set to `next - 1`.
     pub fn log_json(&self, after: u64) -> Value {
-        let feed = self.inner.feed.lock().unwrap_or_else(|p| p.into_inner());
-        let events: Vec<Value> = feed
-            .records
+        self.log_page(&LogQuery {
+            after,
+            limit: DEFAULT_LOG_PAGE,
+        })
+    }
+
+    /// One page of `GET /api/v1/log`: at most `q.limit` events numbered above
+    /// `q.after`, and `next`, one more than the last event returned (or than the
+    /// last event recorded, when none is returned).
+    pub fn log_page(&self, q: &LogQuery) -> Value {
+        let (records, next) = {
+            let feed = self.inner.feed.lock().unwrap_or_else(|p| p.into_inner());
+            // Sequence numbers are consecutive, so the first wanted is found by
+            // arithmetic.
+            let first = feed.records.front().map_or(feed.next, |(seq, _)| *seq);
+            let skip = q.after.saturating_add(1).saturating_sub(first) as usize;
+            let records: Vec<(u64, Arc<Record>)> = feed
+                .records
+                .iter()
+                .skip(skip)
+                .take(q.limit.max(1))
+                .cloned()
+                .collect();
+            let next = records.last().map_or(feed.next, |(seq, _)| seq + 1);
+            (records, next)
+        };
+        let events: Vec<Value> = records
             .iter()
-            .filter(|(seq, _)| *seq > after)
             .map(|(seq, r)| {
                 let mut v = web::event_json(r);
                 v["seq"] = json!(seq);
                 v
             })
             .collect();
-        json!({ "next": feed.next, "events": events })
+        json!({ "next": next, "events": events })
     }
 
     /// One machine as JSON, if known.
     pub fn machine_json(&self, mac: &MacAddr, now_ms: u64) -> Option<Value> {
-        let store = self.store();
-        let stuck_after = store.config().stuck_after_ms;
-        store
-            .machine(mac)
-            .map(|m| web::machine_json(m, now_ms, stuck_after, true))
+        let (m, stuck_after) = {
+            let store = self.store();
+            (store.machine(mac).cloned(), store.config().stuck_after_ms)
+        };
+        m.map(|m| web::machine_json(&m, now_ms, stuck_after, true))
     }
 
     /// The Prometheus text exposition at `now_ms`.
     pub fn metrics_text(&self, now_ms: u64) -> String {
-        let store = self.store();
-        let stuck_after = store.config().stuck_after_ms;
-        self.inner
-            .metrics
-            .encode(&store.machines(), now_ms, stuck_after)
+        let states = self.store().states(now_ms);
+        self.inner.metrics.encode(&states)
     }
 
     /// A receiver of live updates (JSON text, one per applied event).
@@ -344,14 +399,13 @@ impl StateDir {
         if self.saved.load(Ordering::Relaxed) == generation {
             return Ok(());
         }
-        let bytes = {
-            let store = self.status.store();
-            serde_json::to_vec(&Saved {
-                version: STATE_VERSION,
-                saved_ms: now_ms(),
-                data: store.data().clone(),
-            })
-        }
+        // Copied under the lock (the events are shared), written after it.
+        let data = self.status.store().data().clone();
+        let bytes = serde_json::to_vec(&Saved {
+            version: STATE_VERSION,
+            saved_ms: now_ms(),
+            data,
+        })
         .map_err(|e| StatusError::BadState {
             path: self.file.clone(),
             reason: e.to_string(),

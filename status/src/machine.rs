@@ -4,6 +4,7 @@
 //! records, so tests drive it with made-up timestamps.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use ironpxe_core::MacAddr;
 use serde::{Deserialize, Serialize};
@@ -133,8 +134,34 @@ pub struct Machine {
     pub files_done: Vec<String>,
     /// The last TFTP boot file offered, and when (for attributing TFTP transfers).
     pub tftp_offer: Option<(u64, String)>,
-    /// Recent events, oldest first, at most the store's per-machine limit.
-    pub events: VecDeque<Record>,
+    /// Recent events, oldest first, at most the store's per-machine limit. Shared,
+    /// so a snapshot of the machine for the JSON API copies pointers, not events.
+    #[serde(with = "shared_records")]
+    pub events: VecDeque<Arc<Record>>,
+}
+
+/// Saves and restores shared records as plain ones.
+mod shared_records {
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::record::Record;
+
+    pub(super) fn serialize<S: Serializer>(
+        v: &VecDeque<Arc<Record>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|r| &**r))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<VecDeque<Arc<Record>>, D::Error> {
+        let v = VecDeque::<Record>::deserialize(d)?;
+        Ok(v.into_iter().map(Arc::new).collect())
+    }
 }
 
 /// At most this many phase spans per boot (a machine looping between phases).
@@ -162,6 +189,17 @@ impl Machine {
             tftp_offer: None,
             events: VecDeque::new(),
         }
+    }
+
+    /// Whether this machine was never seen past DHCP: it never booted, and its
+    /// current boot is at most offered (or ignored). A flood of invented MACs makes
+    /// only such machines, so a full store drops them first.
+    pub fn is_dhcp_only(&self) -> bool {
+        self.boots == 0
+            && self
+                .phases
+                .iter()
+                .all(|p| matches!(p.phase, Phase::Offered | Phase::Ignored))
     }
 
     /// Whether the machine has been in an unfinished phase for longer than
@@ -261,7 +299,7 @@ impl Machine {
             // request or a timeout will show); other events only join the timeline.
             _ => {}
         }
-        self.events.push_back(rec);
+        self.events.push_back(Arc::new(rec));
         while self.events.len() > max_events {
             self.events.pop_front();
         }

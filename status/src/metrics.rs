@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::machine::{Machine, Phase};
+use crate::machine::Phase;
 use crate::store::Ingested;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -254,7 +254,9 @@ impl Metrics {
     }
 
     /// The text exposition, with the machine gauges brought up to date.
-    pub(crate) fn encode(&self, machines: &[&Machine], now_ms: u64, stuck_after_ms: u64) -> String {
+    /// The exposition, with the machine gauges set from `machines`: each one's
+    /// state and whether it is stuck.
+    pub(crate) fn encode(&self, machines: &[(Option<Phase>, bool)]) -> String {
         self.machines.clear();
         for p in Phase::ALL {
             self.machines
@@ -264,14 +266,14 @@ impl Metrics {
                 .set(0);
         }
         let mut stuck = 0;
-        for m in machines {
-            let state = m.state.map(Phase::as_str).unwrap_or("unknown");
+        for &(state, is_stuck) in machines {
+            let state = state.map(Phase::as_str).unwrap_or("unknown");
             self.machines
                 .get_or_create(&StateLabels {
                     state: state.into(),
                 })
                 .inc();
-            if m.is_stuck(now_ms, stuck_after_ms) {
+            if is_stuck {
                 stuck += 1;
             }
         }

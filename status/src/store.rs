@@ -17,6 +17,17 @@
 //!
 //! Anything left waits in a bounded "unattributed" list. When a machine later shows
 //! up from the same IP (its script request), those events move to its timeline.
+//!
+//! # Bounds
+//!
+//! Everything the store holds is bounded, so a flood of invented MACs costs a fixed
+//! amount of memory ([`StoreConfig`]): at most `max_machines` machines (a full store
+//! drops machines never seen past DHCP first, least recently seen first, then the
+//! others), at most `max_events` events per machine, at most `max_total_events`
+//! events in all (beyond it the longest timelines are cut first, so the short
+//! timelines of real boots keep their events while a flooded machine's ring
+//! shrinks), `max_unattributed` unplaced events, and each event's text fields are
+//! cut at 512 characters ([`crate::record`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +45,8 @@ pub struct StoreConfig {
     pub max_machines: usize,
     /// Events kept per machine (a ring: the oldest go first).
     pub max_events: usize,
+    /// Events kept over all machines; beyond it the longest timelines are cut.
+    pub max_total_events: usize,
     /// Events kept that no machine could be found for.
     pub max_unattributed: usize,
     /// A machine in an unfinished phase for longer than this is stuck.
@@ -51,6 +64,7 @@ impl Default for StoreConfig {
         StoreConfig {
             max_machines: 1024,
             max_events: 200,
+            max_total_events: 65_536,
             max_unattributed: 256,
             stuck_after_ms: 120_000,
             idle_restart_ms: 600_000,
@@ -160,6 +174,21 @@ const MAX_HINTS: usize = 8192;
 pub struct Store {
     cfg: StoreConfig,
     data: Data,
+    /// Events over all machines' timelines.
+    total_events: usize,
+}
+
+/// One page of machines, copied out of the store so it can be serialised without
+/// holding it: the events are shared, not copied.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The machines of this page, in MAC order.
+    pub machines: Vec<Machine>,
+    /// How many machines the store holds.
+    pub total: usize,
+    /// The last MAC of this page when more machines follow (the `after` of the next
+    /// page).
+    pub next: Option<MacAddr>,
 }
 
 impl Store {
@@ -168,6 +197,7 @@ impl Store {
         Store {
             cfg,
             data: Data::default(),
+            total_events: 0,
         }
     }
 
@@ -201,6 +231,50 @@ impl Store {
         while self.data.unattributed.len() > self.cfg.max_unattributed {
             self.data.unattributed.pop_front();
         }
+        self.total_events = self.data.machines.values().map(|m| m.events.len()).sum();
+        self.trim_events();
+    }
+
+    /// Events over all machines' timelines.
+    pub fn total_events(&self) -> usize {
+        self.total_events
+    }
+
+    /// Up to `limit` machines with MACs above `after` (all, without it), in MAC
+    /// order, copied out of the store.
+    pub fn page(&self, after: Option<MacAddr>, limit: usize) -> Page {
+        let mut macs: Vec<MacAddr> = self
+            .data
+            .machines
+            .keys()
+            .filter(|m| after.is_none_or(|a| **m > a))
+            .copied()
+            .collect();
+        let limit = limit.max(1);
+        let more = macs.len() > limit;
+        if more {
+            macs.select_nth_unstable(limit - 1);
+            macs.truncate(limit);
+        }
+        macs.sort_unstable();
+        Page {
+            machines: macs
+                .iter()
+                .filter_map(|m| self.data.machines.get(m).cloned())
+                .collect(),
+            total: self.data.machines.len(),
+            next: if more { macs.last().copied() } else { None },
+        }
+    }
+
+    /// Each machine's state and whether it is stuck at `now_ms`, for metrics.
+    pub fn states(&self, now_ms: u64) -> Vec<(Option<Phase>, bool)> {
+        let after = self.cfg.stuck_after_ms;
+        self.data
+            .machines
+            .values()
+            .map(|m| (m.state, m.is_stuck(now_ms, after)))
+            .collect()
     }
 
     /// A machine by MAC.
@@ -394,7 +468,13 @@ impl Store {
         let max_events = self.cfg.max_events;
         let idle = self.cfg.idle_restart_ms;
         let m = self.machine_mut(mac, rec.t_ms);
+        let before = m.events.len();
         let applied = m.apply(rec.clone(), max_events, idle);
+        let after = m.events.len();
+        self.total_events = (self.total_events + after).saturating_sub(before);
+        if self.total_events > self.cfg.max_total_events {
+            self.trim_events();
+        }
         Ingested {
             mac: Some(mac),
             record: rec,
@@ -428,7 +508,7 @@ impl Store {
             .events
             .iter()
             .rev()
-            .find(|e| e.event == "http.file.start" && e.text("id").as_deref() == Some(&id))
+            .find(|e| e.event == "http.file.start" && e.text("id").as_deref() == Some(id.as_str()))
             .and_then(|e| e.text("kind"));
         if earlier.is_some() || rec.event != "http.file.start" {
             return earlier;
@@ -451,23 +531,65 @@ impl Store {
 
     /// Drops the least recently seen machine, and with it, when the store is large,
     /// the next least recently seen eighth: a flood of new MACs then costs one scan
-    /// of the store per eighth of it, not one per packet.
+    /// of the store per eighth of it, not one per packet. Machines never seen past
+    /// DHCP go before any machine that fetched something.
     fn evict_one(&mut self) {
         let batch = (self.cfg.max_machines / 8).max(1);
-        let mut ages: Vec<(u64, MacAddr)> = self
+        let mut ages: Vec<(bool, u64, MacAddr)> = self
             .data
             .machines
             .values()
-            .map(|m| (m.last_seen_ms, m.mac))
+            .map(|m| (!m.is_dhcp_only(), m.last_seen_ms, m.mac))
             .collect();
         let batch = batch.min(ages.len());
         if batch == 0 {
             return;
         }
         ages.select_nth_unstable(batch - 1);
-        for (_, mac) in &ages[..batch] {
-            self.data.machines.remove(mac);
+        for (_, _, mac) in &ages[..batch] {
+            if let Some(m) = self.data.machines.remove(mac) {
+                self.total_events = self.total_events.saturating_sub(m.events.len());
+            }
         }
+    }
+
+    /// Cuts the longest timelines (their oldest events) until the store holds at
+    /// most seven eighths of [`StoreConfig::max_total_events`], so this runs once
+    /// per eighth of the budget, not once per event. Every timeline is cut to the
+    /// same length `cap`, the largest that fits; shorter ones are untouched.
+    fn trim_events(&mut self) {
+        let budget = self.cfg.max_total_events.max(1);
+        if self.total_events <= budget {
+            return;
+        }
+        let target = budget - budget / 8;
+        let mut lens: Vec<usize> = self
+            .data
+            .machines
+            .values()
+            .map(|m| m.events.len())
+            .collect();
+        lens.sort_unstable_by(|a, b| b.cmp(a));
+        // Find the largest cap with sum(min(len, cap)) <= target.
+        let (mut lo, mut hi) = (0usize, lens.first().copied().unwrap_or(0));
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            let sum: usize = lens.iter().map(|&l| l.min(mid)).sum();
+            if sum <= target {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        let cap = lo;
+        let mut total = 0;
+        for m in self.data.machines.values_mut() {
+            while m.events.len() > cap {
+                m.events.pop_front();
+            }
+            total += m.events.len();
+        }
+        self.total_events = total;
     }
 }
 

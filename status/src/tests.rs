@@ -646,6 +646,15 @@ async fn routes_answer_json_html_metrics_and_a_live_stream() {
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     let (head, _) = get(addr, "/api/v1/machines/zz").await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let (head, body) = get(addr, "/api/v1/machines?limit=0").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(body.starts_with("limit:"), "{body}");
+    let (head, body) = get(addr, "/api/v1/machines?limit=1&events=0").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((v["total"].as_u64(), v["next"].as_str()), (Some(1), None));
+    let (head, _) = get(addr, "/api/v1/log?after=x").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
 
     st.record(
         Record::new(T0 + 1, "http.ignored")
@@ -805,4 +814,185 @@ fn a_full_store_evicts_its_oldest_eighth_at_once() {
     assert!(!macs.contains(&"52:54:00:00:01:00".to_string()));
     assert!(!macs.contains(&"52:54:00:00:01:01".to_string()));
     assert!(macs.contains(&"52:54:00:00:01:10".to_string()));
+}
+
+/// The MAC of flood machine `i`.
+fn flood_mac(i: u32) -> String {
+    let b = i.to_be_bytes();
+    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
+}
+
+#[test]
+fn machines_come_in_pages_in_mac_order() {
+    let st = status();
+    for i in (0..250u32).rev() {
+        st.record(offer(T0 + u64::from(i), &flood_mac(i), "http", "u"));
+    }
+    let first = st.machines_json(T0 + 1000);
+    assert_eq!(first["total"], 250);
+    let macs = |v: &Value| -> Vec<String> {
+        v["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mac"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let want: Vec<String> = (0..100).map(flood_mac).collect();
+    assert_eq!(macs(&first), want);
+    assert_eq!(first["next"], flood_mac(99));
+    assert!(first["machines"][0]["events"].is_array());
+
+    let q = PageQuery::parse(&format!("after={}&limit=120", flood_mac(99))).unwrap();
+    let second = st.machines_page(&q, T0 + 1000);
+    assert_eq!(macs(&second), (100..220).map(flood_mac).collect::<Vec<_>>());
+    assert_eq!(second["next"], flood_mac(219));
+    assert_eq!(second["unattributed"].as_array().unwrap().len(), 0);
+    let q = PageQuery::parse(&format!("after={}&limit=1000&events=0", flood_mac(219))).unwrap();
+    let last = st.machines_page(&q, T0 + 1000);
+    assert_eq!(macs(&last), (220..250).map(flood_mac).collect::<Vec<_>>());
+    assert_eq!(last["next"], Value::Null);
+    assert!(last["machines"][0].get("events").is_none());
+    assert_eq!(last["machines"][0]["last_event"]["event"], "dhcp.offer");
+
+    for (bad, why) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=x", "limit"),
+        ("after=zz", "after"),
+        ("events=maybe", "events"),
+    ] {
+        let e = PageQuery::parse(bad).unwrap_err();
+        assert!(e.starts_with(why), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn a_boot_event_is_applied_while_a_page_is_being_serialised() {
+    let st = status();
+    for i in 0..50u32 {
+        for r in http_boot(
+            T0 + u64::from(i) * 1000,
+            &flood_mac(i),
+            "10.0.0.50",
+            &spec(),
+        ) {
+            st.record(r);
+        }
+    }
+    let mut calls = 0;
+    let page = st.machines_page_with(&PageQuery::default(), T0 + 100_000, &mut || {
+        calls += 1;
+        // The store is free while the page is built: a boot event goes straight in.
+        assert!(
+            st.inner.store.try_lock().is_ok(),
+            "the store is locked while a page is serialised"
+        );
+        if calls == 1 {
+            st.record(offer(T0 + 200_000, MAC, "http", "u"));
+        }
+    });
+    assert_eq!(calls, 50);
+    // The page is the snapshot taken before; the event is in the store.
+    assert_eq!(page["total"], 50);
+    assert!(st.store().machine(&mac(MAC)).is_some());
+    assert_eq!(st.machines_json(T0 + 200_000)["total"], 51);
+}
+
+/// `rounds` spoofed offers for each of `macs` MACs, interleaved, from `t`.
+fn flood(st: &Status, macs: u32, rounds: u32, mut t: u64) -> u64 {
+    for round in 0..rounds {
+        for i in 0..macs {
+            t += 1;
+            st.record(
+                Record::new(t, "dhcp.offer")
+                    .with("mac", flood_mac(i).as_str())
+                    .with("arch", "bios")
+                    .with("path", "http")
+                    .with("xid", u64::from(round)),
+            );
+        }
+    }
+    t
+}
+
+/// Checks every bound of `cfg` on `st`'s store; returns the booted machine `MAC`.
+fn check_bounds(st: &Status, cfg: &StoreConfig) -> Machine {
+    let store = st.store();
+    assert!(store.machines().len() <= cfg.max_machines);
+    assert!(
+        store.total_events() <= cfg.max_total_events,
+        "{} events",
+        store.total_events()
+    );
+    let counted: usize = store.machines().iter().map(|m| m.events.len()).sum();
+    assert_eq!(counted, store.total_events());
+    assert!(store
+        .machines()
+        .iter()
+        .all(|m| m.events.len() <= cfg.max_events));
+    let real = store
+        .machine(&mac(MAC))
+        .expect("the booted machine was evicted by the flood")
+        .clone();
+    assert_eq!(real.state, Some(Phase::Booted));
+    // Its short timeline is whole.
+    assert_eq!(real.events.len(), 9);
+    real
+}
+
+#[test]
+fn a_flood_of_macs_stays_within_the_bounds_and_keeps_booted_machines() {
+    // The audit's flood: 102,400 spoofed requests from 1,024 MACs, after a real boot
+    // (so the real machine is the least recently seen).
+    let cfg = StoreConfig::default();
+    let st = Status::with_neighbors(cfg.clone(), Box::new(NoNeighbors));
+    for r in http_boot(T0, MAC, "10.0.0.50", &spec()) {
+        st.record(r);
+    }
+    let t = flood(&st, 1024, 100, T0 + 10_000);
+    check_bounds(&st, &cfg);
+    // One page stays small whatever the flood did.
+    let page = st.machines_json(t).to_string();
+    assert!(page.len() < 4 << 20, "a page of {} bytes", page.len());
+
+    // Fewer MACs than the store holds, each with many events: the event budget cuts
+    // the flooded timelines, not the real one.
+    let cfg = StoreConfig {
+        max_machines: 64,
+        max_total_events: 1000,
+        ..StoreConfig::default()
+    };
+    let st = Status::with_neighbors(cfg.clone(), Box::new(NoNeighbors));
+    for r in http_boot(T0, MAC, "10.0.0.50", &spec()) {
+        st.record(r);
+    }
+    flood(&st, 60, 100, T0 + 10_000);
+    check_bounds(&st, &cfg);
+}
+
+#[test]
+fn the_log_comes_in_pages() {
+    let st = status();
+    for i in 0..30u64 {
+        st.record(offer(T0 + i, MAC, "http", "u"));
+    }
+    let page = st.log_page(&LogQuery::parse("after=5&limit=10").unwrap());
+    let seqs: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (6..=15).collect::<Vec<_>>());
+    assert_eq!(page["next"], 16);
+    // Polling from next - 1 gets the rest, then nothing, with the same next.
+    let rest = st.log_page(&LogQuery::parse("after=15").unwrap());
+    assert_eq!(rest["events"].as_array().unwrap().len(), 15);
+    assert_eq!(rest["next"], 31);
+    let none = st.log_json(30);
+    assert_eq!(none["events"].as_array().unwrap().len(), 0);
+    assert_eq!(none["next"], 31);
+    assert!(LogQuery::parse("limit=0").is_err());
+    assert!(LogQuery::parse("after=-1").is_err());
 }

@@ -1,4 +1,10 @@
 //! The status HTTP routes and the JSON shapes they answer with.
+//!
+//! `GET /api/v1/machines` answers in pages: `?limit=N` (default [`DEFAULT_PAGE`], at
+//! most [`MAX_PAGE`]) machines in MAC order, `?after=MAC` for the machines after that
+//! one (the `next` of the previous page), and `?events=0` to leave out each
+//! machine's timeline. `GET /api/v1/log` likewise: `?after=SEQ&limit=N` (default
+//! [`DEFAULT_LOG_PAGE`], at most [`MAX_LOG_PAGE`]).
 
 use std::convert::Infallible;
 
@@ -16,6 +22,100 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::machine::Machine;
 use crate::record::Record;
 use crate::{now_ms, Status};
+
+/// Machines in one page of `GET /api/v1/machines` unless `limit` says otherwise.
+pub const DEFAULT_PAGE: usize = 100;
+/// The most machines one page holds.
+pub const MAX_PAGE: usize = 1000;
+/// Events in one page of `GET /api/v1/log` unless `limit` says otherwise.
+pub const DEFAULT_LOG_PAGE: usize = 1000;
+/// The most events one page of the log holds.
+pub const MAX_LOG_PAGE: usize = 8192;
+
+/// The query of `GET /api/v1/machines`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageQuery {
+    /// Only machines with a MAC above this one.
+    pub after: Option<MacAddr>,
+    /// At most this many machines.
+    pub limit: usize,
+    /// Each machine with its timeline.
+    pub events: bool,
+}
+
+impl Default for PageQuery {
+    fn default() -> Self {
+        PageQuery {
+            after: None,
+            limit: DEFAULT_PAGE,
+            events: true,
+        }
+    }
+}
+
+impl PageQuery {
+    /// Reads `after`, `limit` and `events` from a query string (without the `?`);
+    /// an error names the parameter.
+    pub fn parse(query: &str) -> Result<Self, String> {
+        let mut q = PageQuery::default();
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "after" => {
+                    q.after = Some(v.parse().map_err(|e| format!("after: {e}"))?);
+                }
+                "limit" => q.limit = limit(&v, MAX_PAGE)?,
+                "events" => {
+                    q.events = match &*v {
+                        "1" | "true" => true,
+                        "0" | "false" => false,
+                        _ => return Err(format!("events: {v:?} is not 0 or 1")),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// The query of `GET /api/v1/log`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogQuery {
+    /// Only events numbered above this.
+    pub after: u64,
+    /// At most this many events.
+    pub limit: usize,
+}
+
+impl LogQuery {
+    /// Reads `after` and `limit` from a query string (without the `?`).
+    pub fn parse(query: &str) -> Result<Self, String> {
+        let mut q = LogQuery {
+            after: 0,
+            limit: DEFAULT_LOG_PAGE,
+        };
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "after" => q.after = v.parse().map_err(|e| format!("after: {e}"))?,
+                "limit" => q.limit = limit(&v, MAX_LOG_PAGE)?,
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// A `limit` parameter: 1 to `max`.
+fn limit(v: &str, max: usize) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("limit: {v:?} is not a number from 1 to {max}")),
+    }
+}
+
+fn bad_request(msg: String) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
+}
 
 /// The page: hand-written HTML, CSS and JavaScript, no build step.
 const INDEX_HTML: &str = include_str!("index.html");
@@ -35,12 +135,13 @@ pub(crate) fn router(status: Status) -> Router {
 const INITIAL: &str = "/*IRONPXE-INITIAL*/";
 
 async fn index(State(st): State<Status>) -> Response {
-    // `<` only occurs inside JSON strings, where `\u003c` means the same; so no
-    // `</script>` can end the block early.
-    let initial = st
-        .machines_json(now_ms())
-        .to_string()
-        .replace('<', "\\u003c");
+    // The first page; the page's script fetches the rest. `<` only occurs inside
+    // JSON strings, where `\u003c` means the same; so no `</script>` can end the
+    // block early.
+    let initial = match tokio::task::spawn_blocking(move || st.machines_json(now_ms())).await {
+        Ok(v) => v.to_string().replace('<', "\\u003c"),
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -51,8 +152,19 @@ async fn index(State(st): State<Status>) -> Response {
         .into_response()
 }
 
-async fn machines(State(st): State<Status>) -> Json<Value> {
-    Json(st.machines_json(now_ms()))
+async fn machines(
+    State(st): State<Status>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let q = match PageQuery::parse(query.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => return bad_request(e),
+    };
+    // A page of a large store takes milliseconds to build: off the async workers.
+    match tokio::task::spawn_blocking(move || st.machines_page(&q, now_ms())).await {
+        Ok(v) => Json(v).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 async fn machine(State(st): State<Status>, Path(mac): Path<String>) -> Response {
@@ -70,18 +182,14 @@ async fn log(
     State(st): State<Status>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Response {
-    let after = match query.as_deref().map(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("after="))
-            .map(str::parse::<u64>)
-    }) {
-        None | Some(None) => 0,
-        Some(Some(Ok(n))) => n,
-        Some(Some(Err(e))) => {
-            return (StatusCode::BAD_REQUEST, format!("after: {e}\n")).into_response()
-        }
+    let q = match LogQuery::parse(query.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => return bad_request(e),
     };
-    Json(st.log_json(after)).into_response()
+    match tokio::task::spawn_blocking(move || st.log_page(&q)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 async fn metrics(State(st): State<Status>) -> Response {
@@ -161,10 +269,10 @@ pub(crate) fn machine_json(
         "reason": m.reason,
         "last_seen_ms": m.last_seen_ms,
         "phases": phases,
-        "last_event": m.events.back().map(event_json),
+        "last_event": m.events.back().map(|r| event_json(r)),
     });
     if with_events {
-        v["events"] = m.events.iter().map(event_json).collect();
+        v["events"] = m.events.iter().map(|r| event_json(r)).collect();
     }
     v
 }
