@@ -14,6 +14,8 @@
 //!   `ironpxe serve`), and [`SwapBooter`] lets a running server replace its booter.
 //! - [`event`]: [`BootEvent`], the one typed vocabulary of what happened during a
 //!   boot; [`emit`] logs it and hands it to the status store.
+//! - [`file_root`]: [`ConfinedBooter`] keeps the local files a booter names inside
+//!   one directory tree ([`FileRoot`], `--api-file-root`).
 //! - [`parse_duration`] reads durations (`30s`, `1m30s`) for flags and the file.
 //! - [`template`] expands `{{ URL "x" }}` / `{{ ID "x" }}` in command lines.
 //! - [`urls`] builds and parses every URL ironpxe hands out ([`BootUrls`]): the
@@ -32,6 +34,7 @@ mod booter;
 pub mod config;
 mod duration;
 pub mod event;
+pub mod file_root;
 pub mod ipxe_role;
 mod mac;
 mod spec;
@@ -43,6 +46,7 @@ pub use booter::{BootDecision, Booter, StaticBooter, SwapBooter};
 pub use config::{Config, ConfigBooter};
 pub use duration::{parse_duration, DurationError};
 pub use event::{emit, BootEvent, EventSink, EVENT_TARGET};
+pub use file_root::{ConfinedBooter, FileRoot, FileRootError};
 pub use ipxe_role::{IpxeBinaries, IpxeRole, RoleMap};
 pub use mac::{MacAddr, MacParseError};
 pub use spec::{BootSpec, FileId, FileRef, FileRefError};

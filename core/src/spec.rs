@@ -150,6 +150,14 @@ impl BootSpec {
     pub fn files(&self) -> impl Iterator<Item = &FileRef> {
         std::iter::once(&self.kernel).chain(self.initrds.iter())
     }
+
+    /// The ids of every file a machine booting this spec is given: the kernel, the
+    /// initrds and the files its command line names (`{{ URL "x" }}`, resolved).
+    pub fn file_ids(&self) -> Vec<FileId> {
+        let mut ids: Vec<FileId> = self.files().map(FileRef::id).collect();
+        ids.extend(crate::template::file_ids(&self.cmdline));
+        ids
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +197,21 @@ mod tests {
         assert_ne!(a.id(), b.id());
         assert_eq!(a.id().as_str().len(), 32);
         assert!(a.id().as_str().chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn a_spec_gives_its_files_and_those_its_cmdline_names() {
+        let extra = FileRef::parse("/srv/cloud-config").unwrap();
+        let spec = BootSpec {
+            kernel: FileRef::parse("/k").unwrap(),
+            initrds: vec![FileRef::parse("/i").unwrap()],
+            cmdline: format!("a {} b", crate::template::file_marker(&extra.id())),
+            message: None,
+        };
+        assert_eq!(
+            spec.file_ids(),
+            [spec.kernel.id(), spec.initrds[0].id(), extra.id()]
+        );
     }
 
     #[test]

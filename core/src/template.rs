@@ -303,6 +303,23 @@ pub fn render_cmdline(
     Ok(out)
 }
 
+/// The ids of the files a canonical command line names, in order.
+pub fn file_ids(cmdline: &str) -> Vec<FileId> {
+    let mut ids = Vec::new();
+    let mut rest = cmdline;
+    while let Some(i) = rest.find('\0') {
+        let after = &rest[i + 1..];
+        match after.get(..33) {
+            Some(m) if m.ends_with('\0') && is_file_id(&m[..32]) => {
+                ids.push(FileId::from_wire(&m[..32]));
+                rest = &after[33..];
+            }
+            _ => rest = after,
+        }
+    }
+    ids
+}
+
 /// The canonical command line as a user would write it, for logs.
 pub fn display_cmdline(cmdline: &str) -> String {
     cmdline

@@ -6,14 +6,24 @@
 //!
 //! | route                          | built by                  | answered with          |
 //! |--------------------------------|---------------------------|------------------------|
-//! | `/_/ipxe?mac=M&arch=N`         | [`BootUrls::script`]      | the iPXE boot script   |
-//! | `/_/file?name=ID`              | [`BootUrls::file`]        | a kernel or initrd     |
-//! | `/_/booting?mac=M&arch=N`      | [`BootUrls::booting`]     | 200, logged            |
-//! | `/_/bin/NAME`                  | [`BootUrls::binary`]      | an iPXE binary         |
+//! | `/_/ipxe?mac=M&arch=N`             | [`BootUrls::script`]  | the iPXE boot script  |
+//! | `/_/file?name=ID&mac=M&arch=N`     | [`BootUrls::file`]    | a kernel or initrd    |
+//! | `/_/booting?mac=M&arch=N`          | [`BootUrls::booting`] | 200, logged           |
+//! | `/_/bin/NAME`                      | [`BootUrls::binary`]  | an iPXE binary        |
 //!
 //! `M` is the MAC as `aa:bb:cc:dd:ee:ff`, `N` the option 93 code in decimal, `ID` a
 //! [`FileId`]. Parameters are always written in this order; parsing accepts any
 //! order, and the first of repeated parameters wins.
+//!
+//! # Which machine a request is for
+//!
+//! Every route but the iPXE binaries names its machine, `mac=M&arch=N` (a
+//! [`MachineQuery`]), and a file URL is handed to one machine: the script of machine
+//! M names its files with M's MAC, and so do the URLs its command line expands to.
+//! The HTTP server serves `name=ID` only to a machine that was given that file (its
+//! boot spec names it), so a machine that learns another's file id cannot fetch the
+//! file with its own MAC: it gets 404. File ids stay derived from the file itself
+//! ([`crate::FileRef::id`]), so they survive a restart.
 //!
 //! [`BootUrls`] holds the server part (`http://10.0.0.2:8080`) and builds URLs;
 //! [`MachineQuery`], [`FileQuery`], [`binary_name`] and [`BootRoute`] parse what a
@@ -154,9 +164,13 @@ impl BootUrls {
         self.url(&BootRoute::Script(MachineQuery { mac, arch }))
     }
 
-    /// A served file: `<base>/_/file?name=ID`.
-    pub fn file(&self, id: &FileId) -> String {
-        self.url(&BootRoute::File(FileQuery { id: id.clone() }))
+    /// A file served to machine `mac` (firmware `arch`):
+    /// `<base>/_/file?name=ID&mac=M&arch=N`.
+    pub fn file(&self, mac: MacAddr, arch: ClientArch, id: &FileId) -> String {
+        self.url(&BootRoute::File(FileQuery {
+            id: id.clone(),
+            machine: MachineQuery { mac, arch },
+        }))
     }
 
     /// The callback a script makes before `boot`: `<base>/_/booting?mac=M&arch=N`.
@@ -216,33 +230,37 @@ impl fmt::Display for MachineQuery {
     }
 }
 
-/// The file a file request asks for: `name=ID`.
+/// The file a file request asks for, and the machine asking: `name=ID&mac=M&arch=N`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FileQuery {
     /// The file's id; only a lookup key until a booter recognises it.
     pub id: FileId,
+    /// The machine the URL was handed to; the file is served only to a machine that
+    /// was given it.
+    pub machine: MachineQuery,
 }
 
 impl FileQuery {
-    /// Reads `name` from a query string (without the `?`).
+    /// Reads `name`, `mac` and `arch` from a query string (without the `?`).
     pub fn parse(query: &str) -> Result<Self, UrlError> {
         let name = param(query, NAME).ok_or(UrlError::Missing { param: NAME })?;
         Ok(FileQuery {
             id: FileId::from_wire(&name),
+            machine: MachineQuery::parse(query)?,
         })
     }
 }
 
 impl fmt::Display for FileQuery {
-    /// The canonical query string, `name=ID`, with the id form-encoded (the ids
-    /// ironpxe makes are hex, which encoding leaves as is).
+    /// The canonical query string, `name=ID&mac=M&arch=N`, with the id form-encoded
+    /// (the ids ironpxe makes are hex, which encoding leaves as is).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(NAME)?;
         f.write_str("=")?;
         for part in url::form_urlencoded::byte_serialize(self.id.as_str().as_bytes()) {
             f.write_str(part)?;
         }
-        Ok(())
+        write!(f, "&{}", self.machine)
     }
 }
 
@@ -435,8 +453,8 @@ mod tests {
             "http://10.0.0.2:8080/_/booting?mac=52:54:00:12:34:56&arch=0"
         );
         assert_eq!(
-            u.file(&FileId::from_wire("0123abcd")),
-            "http://10.0.0.2:8080/_/file?name=0123abcd"
+            u.file(MAC_A, ClientArch::Bios, &FileId::from_wire("0123abcd")),
+            "http://10.0.0.2:8080/_/file?name=0123abcd&mac=52:54:00:12:34:56&arch=0"
         );
         assert_eq!(
             u.binary("snponly.efi"),
@@ -456,9 +474,12 @@ mod tests {
                 routes.push(BootRoute::Booting(q));
             }
             for id in ids {
-                routes.push(BootRoute::File(FileQuery {
-                    id: FileId::from_wire(id),
-                }));
+                for arch in archs() {
+                    routes.push(BootRoute::File(FileQuery {
+                        id: FileId::from_wire(id),
+                        machine: MachineQuery { mac: MAC_A, arch },
+                    }));
+                }
             }
             for name in names {
                 routes.push(BootRoute::Binary(name.to_string()));
@@ -514,6 +535,15 @@ mod tests {
         assert_eq!(
             FileQuery::parse("").unwrap_err(),
             UrlError::Missing { param: "name" }
+        );
+        // A file URL names its machine: without one it is refused.
+        assert_eq!(
+            FileQuery::parse("name=0123").unwrap_err(),
+            UrlError::Missing { param: "mac" }
+        );
+        assert_eq!(
+            FileQuery::parse("name=0123&mac=52:54:00:12:34:56").unwrap_err(),
+            UrlError::Missing { param: "arch" }
         );
         for bad in [
             "/_/bin/",

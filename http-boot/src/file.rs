@@ -1,9 +1,11 @@
-//! The `/_/file` handler: maps a file id back to its file and hands the request to
+//! The `/_/file` handler: maps a file id back to its file, checks that the machine
+//! asking was given it ([`crate::grants`]), and hands the request to
 //! [`crate::local`] or [`crate::remote`].
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -13,8 +15,8 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::Stream;
 use ironpxe_core::event::{emit, BootEvent};
-use ironpxe_core::urls::FileQuery;
-use ironpxe_core::{FileId, FileRef};
+use ironpxe_core::urls::{FileQuery, MachineQuery};
+use ironpxe_core::{BootDecision, FileId, FileRef};
 
 use crate::body::{Tracked, Transfer};
 use crate::local::serve_local;
@@ -28,14 +30,24 @@ pub(crate) async fn file(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let id = match FileQuery::parse(query.as_deref().unwrap_or("")) {
-        Ok(q) => q.id,
+    let (id, machine) = match FileQuery::parse(query.as_deref().unwrap_or("")) {
+        Ok(q) => (q.id, q.machine),
         Err(e) => return plain(StatusCode::BAD_REQUEST, e),
     };
     let Some(fref) = st.booter.file(&id) else {
         tracing::debug!(%id, peer = %Peer(conn.peer), "request for an unknown file id");
         return plain(StatusCode::NOT_FOUND, "unknown file");
     };
+    if !given(&st, machine, &id).await {
+        // The same answer as for an unknown id: nothing tells whether it exists.
+        tracing::debug!(
+            %id,
+            mac = %machine.mac,
+            peer = %Peer(conn.peer),
+            "file not given to this machine"
+        );
+        return plain(StatusCode::NOT_FOUND, "unknown file");
+    }
     let req = FileRequest {
         id,
         fref: &fref,
@@ -45,6 +57,26 @@ pub(crate) async fn file(
     match &fref {
         FileRef::Local(path) => serve_local(req, path, &headers).await,
         FileRef::Remote(url) => serve_remote(req, &st.client, url, &headers).await,
+    }
+}
+
+/// Whether `machine` was given file `id`: in a script it fetched, or by what the
+/// booter says it boots now (after a restart, or once its grant was dropped).
+async fn given(st: &HttpState, machine: MachineQuery, id: &FileId) -> bool {
+    if st.grants.holds(machine.mac, id) {
+        return true;
+    }
+    let booter = st.booter.clone();
+    let MachineQuery { mac, arch } = machine;
+    // Answered from what the booter knows now; an API booter is not waited for.
+    let decision =
+        tokio::task::spawn_blocking(move || booter.decide(mac, arch, Duration::ZERO)).await;
+    match decision {
+        Ok(BootDecision::Netboot(spec)) if spec.file_ids().contains(id) => {
+            st.grants.grant(mac, &spec);
+            true
+        }
+        _ => false,
     }
 }
 

@@ -13,10 +13,11 @@
 //!    [`ironpxe_ipxe::local_boot_script`], `Script` its text verbatim, and `Ignore`
 //!    answers 404. The booter is asked with [`Booter::decide`] with the script wait, off the async
 //!    workers, so an API booter may wait for its source here.
-//! 2. `GET|HEAD /_/file?name=ID`: the booter maps the [`FileId`] back to a [`FileRef`].
-//!    A local file is sent with sendfile(2), never read whole. It
-//!    always has a `Content-Length` and accepts a single `Range`. A remote file is
-//!    streamed through from its http(s) URL.
+//! 2. `GET|HEAD /_/file?name=ID&mac=M&arch=N`: the booter maps the [`FileId`] back
+//!    to a [`FileRef`], which is served only to a machine that was given it (see
+//!    `grants`): another MAC gets 404. A local file is sent with sendfile(2), never
+//!    read whole. It always has a `Content-Length` and accepts a single `Range`. A
+//!    remote file is streamed through from its http(s) URL.
 //! 3. `GET /_/booting?mac=M&arch=N`: the script's last call before `boot`. It is only
 //!    logged.
 //!
@@ -38,6 +39,7 @@
 //! - `lib.rs`: [`HttpState`], [`router`], [`serve`] and the connection addresses
 //!   ([`ConnAddrs`]) every handler sees, and the plain-text error answer they share;
 //! - `script`: the `/_/ipxe` script handler and the `/_/booting` callback;
+//! - `grants`: which machine was given which file;
 //! - `file`: the `/_/file` handler, which maps the id to a [`FileRef`] and hands the
 //!   request to `local` (files on disk, with `range` parsing the `Range` header) or
 //!   `remote` (http(s) files streamed through);
@@ -76,6 +78,7 @@ mod binaries;
 mod body;
 mod conn;
 mod file;
+mod grants;
 mod local;
 mod range;
 mod remote;
@@ -92,6 +95,7 @@ pub struct HttpState {
     client: reqwest::Client,
     binaries: Arc<HashMap<String, Bytes>>,
     script_wait: Duration,
+    grants: Arc<grants::Grants>,
 }
 
 /// How long the script handler lets the booter wait for a slow source by default.
@@ -117,6 +121,7 @@ impl HttpState {
             client,
             binaries: Arc::default(),
             script_wait: SCRIPT_WAIT,
+            grants: Arc::default(),
         }
     }
 

@@ -108,6 +108,7 @@ pub(crate) async fn script(
         spec: &spec,
     }) {
         Ok(text) => {
+            st.grants.grant(mac, &spec);
             emit(BootEvent::HttpScript {
                 mac,
                 arch,

@@ -32,7 +32,11 @@ async fn a_download_at_the_file_limit_waits_for_a_descriptor() {
         std::future::pending(),
         Duration::from_secs(10),
     ));
-    let url = BootUrls::http(addr.ip(), addr.port()).file(&id);
+    let url = BootUrls::http(addr.ip(), addr.port()).file(
+        "52:54:00:12:34:56".parse().unwrap(),
+        ironpxe_core::ClientArch::Bios,
+        &id,
+    );
     let path = url.split_once(&addr.to_string()).unwrap().1.to_string();
     // Connect first: the connection and its accepted end hold their descriptors.
     let mut conn = TcpStream::connect(addr).await.unwrap();

@@ -103,7 +103,11 @@ async fn start(size: u64, limits: HttpLimits) -> (tempfile::TempDir, SocketAddr,
         Duration::from_secs(1),
         limits,
     ));
-    let url = BootUrls::http(addr.ip(), addr.port()).file(&kernel.id());
+    let url = BootUrls::http(addr.ip(), addr.port()).file(
+        "52:54:00:12:34:56".parse().unwrap(),
+        ironpxe_core::ClientArch::Bios,
+        &kernel.id(),
+    );
     let target = url.split_once(&addr.to_string()).unwrap().1.to_string();
     (dir, addr, target, kernel)
 }

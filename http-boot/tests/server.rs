@@ -132,8 +132,9 @@ fn mac(s: &str) -> MacAddr {
     s.parse().unwrap()
 }
 
+/// The URL of `f` as the script of [`MAC`] (BIOS) names it.
 fn file_url(base: &str, f: &FileRef) -> String {
-    urls(base).file(&f.id())
+    urls(base).file(mac(MAC), ClientArch::Bios, &f.id())
 }
 
 /// Sends a raw request and returns the whole response (the server closes).
@@ -227,6 +228,12 @@ async fn bad_parameters_are_400() {
     assert_eq!(r.status(), 400);
     let r = reqwest::get(format!("{base}/_/file")).await.unwrap();
     assert_eq!(r.status(), 400);
+    // A file URL without its machine.
+    let r = reqwest::get(format!("{base}/_/file?name={}", f.kernel.id()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.text().await.unwrap(), "missing mac parameter\n");
 }
 
 #[tokio::test]
@@ -241,9 +248,11 @@ async fn ignored_machines_and_unknown_files_are_404() {
 
     let f = files();
     let base = start(static_booter(&f, "")).await;
-    let r = reqwest::get(format!("{base}/_/file?name=0123456789abcdef"))
-        .await
-        .unwrap();
+    let r = reqwest::get(format!(
+        "{base}/_/file?name=0123456789abcdef&mac={MAC}&arch=0"
+    ))
+    .await
+    .unwrap();
     assert_eq!(r.status(), 404);
     // A file the booter knows but that is gone from disk.
     let gone = FileRef::Local(f._dir.path().join("gone"));
@@ -316,7 +325,13 @@ async fn head_has_length_and_no_body() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], "100000");
     // On the wire: the response ends right after the headers.
-    let path = BootRoute::File(FileQuery { id: f.kernel.id() });
+    let path = BootRoute::File(FileQuery {
+        id: f.kernel.id(),
+        machine: MachineQuery {
+            mac: mac(MAC),
+            arch: ClientArch::Bios,
+        },
+    });
     let resp = raw(
         &base,
         &format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
@@ -564,7 +579,14 @@ async fn start_big(
     let big: Vec<u8> = (0..8_000_000u32).map(|i| (i % 253) as u8).collect();
     std::fs::write(dir.path().join("big"), &big).unwrap();
     let kernel = FileRef::Local(dir.path().join("big"));
-    let path = format!("/_/file?name={}", kernel.id());
+    let path = BootRoute::File(FileQuery {
+        id: kernel.id(),
+        machine: MachineQuery {
+            mac: mac(MAC),
+            arch: ClientArch::Bios,
+        },
+    })
+    .to_string();
     let booter = Arc::new(StaticBooter::new(BootSpec {
         kernel,
         initrds: vec![],
@@ -810,4 +832,82 @@ async fn a_streaming_body_is_flushed_before_it_waits() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("transfer-encoding: chunked"), "{text}");
+}
+
+// ---- files are bound to the machine they were given to ----------------------------
+
+/// A config with two machines booting different kernels (and A a cmdline file).
+fn two_machines(dir: &std::path::Path, a_kernel: &str) -> Arc<dyn Booter> {
+    for name in ["kernel-a", "kernel-a2", "kernel-b", "cfg-a"] {
+        std::fs::write(dir.join(name), name).unwrap();
+    }
+    let text = format!(
+        "[[machines]]\nmac = \"52:54:00:00:00:0a\"\nkernel = \"{a_kernel}\"\n\
+         cmdline = 'cfg={{{{ URL \"cfg-a\" }}}}'\n\
+         [[machines]]\nmac = \"52:54:00:00:00:0b\"\nkernel = \"kernel-b\"\n"
+    );
+    let cfg = ironpxe_core::Config::parse(
+        &text,
+        &dir.join("ironpxe.toml"),
+        &ironpxe_core::config::NoChecks,
+    )
+    .unwrap();
+    Arc::new(cfg.booter)
+}
+
+#[tokio::test]
+async fn a_file_url_works_for_its_machine_and_no_other() {
+    let d = tempfile::tempdir().unwrap();
+    let swap = Arc::new(ironpxe_core::SwapBooter::new(two_machines(
+        d.path(),
+        "kernel-a",
+    )));
+    let base = start(swap.clone()).await;
+    let (a, b) = (mac("52:54:00:00:00:0a"), mac("52:54:00:00:00:0b"));
+    let kernel_a = FileRef::Local(d.path().join("kernel-a"));
+    let cfg_a = FileRef::Local(d.path().join("cfg-a"));
+    let get = |url: String| async move {
+        let r = reqwest::get(&url).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+
+    // A's script names its kernel with A's MAC; that URL works for A.
+    let script = get(urls(&base).script(a, ClientArch::Bios)).await.1;
+    let url = urls(&base).file(a, ClientArch::Bios, &kernel_a.id());
+    assert!(script.contains(&url), "{script}");
+    assert_eq!(get(url).await, (200, "kernel-a".to_string()));
+    // So does the file its command line names (the kernel would fetch it).
+    let cfg_url = urls(&base).file(a, ClientArch::Bios, &cfg_a.id());
+    assert_eq!(get(cfg_url).await.0, 200);
+
+    // B, asking for A's ids under its own MAC, gets what an unknown id gets.
+    for id in [kernel_a.id(), cfg_a.id()] {
+        let (status, body) = get(urls(&base).file(b, ClientArch::Bios, &id)).await;
+        assert_eq!((status, body.as_str()), (404, "unknown file\n"));
+    }
+    // B's own kernel works for B without a script first (as after a restart).
+    let kernel_b = FileRef::Local(d.path().join("kernel-b"));
+    assert_eq!(
+        get(urls(&base).file(b, ClientArch::EfiX64, &kernel_b.id())).await,
+        (200, "kernel-b".to_string())
+    );
+    // A MAC the booter does not know gets nothing.
+    let stranger = mac("52:54:00:00:00:0c");
+    assert_eq!(
+        get(urls(&base).file(stranger, ClientArch::Bios, &kernel_b.id()))
+            .await
+            .0,
+        404
+    );
+
+    // A reload gives A another kernel: the script A is running still works for A.
+    swap.swap(two_machines(d.path(), "kernel-a2"));
+    let url = urls(&base).file(a, ClientArch::Bios, &kernel_a.id());
+    assert_eq!(get(url).await.0, 200);
+    assert_eq!(
+        get(urls(&base).file(b, ClientArch::Bios, &kernel_a.id()))
+            .await
+            .0,
+        404
+    );
 }

@@ -4,7 +4,8 @@
 //! [`MacAddr`] and [`ClientArch`], and its [`BootSpec`]) into the text of an iPXE script.
 //! Rendering is pure: no I/O, no clock, the same input always gives the same script.
 //! The HTTP crate serves the result at `/_/ipxe`; the script then fetches the kernel
-//! and initrds from `/_/file?name=<FileId>`, calls `/_/booting` and boots. Every URL
+//! and initrds from `/_/file?name=<FileId>&mac=<mac>&arch=<code>` (each file URL names
+//! the machine it is handed to), calls `/_/booting` and boots. Every URL
 //! in a script is built by [`BootUrls`], which the HTTP server parses with.
 //!
 //! # How iPXE reads a script line, and why user text is hex-encoded
@@ -52,8 +53,9 @@
 //!
 //! A cmdline may reference files as `{{ ID "<file id>" }}`, the canonical form that
 //! booters produce from `{{ URL "x" }}` (see [`ironpxe_core::template`]). Each one
-//! is expanded to `<base>/_/file?name=<id>` before escaping, so the kernel gets a URL
-//! of this server, as the client reached it.
+//! is expanded to `<base>/_/file?name=<id>&mac=<mac>&arch=<code>` before escaping,
+//! so the kernel gets a URL of this server, as the client reached it, bound to this
+//! machine.
 //!
 //! # Failure handling in the script
 //!
@@ -155,14 +157,14 @@ pub fn check_spec(spec: &BootSpec) -> Result<(), ScriptError> {
 /// Renders the iPXE script that boots `p.spec` on `p.mac`.
 ///
 /// The script shows the message (if any), downloads the kernel and initrds from
-/// `<base>/_/file?name=<id>`, with retries and backoff, notifies
+/// `<base>/_/file?name=<id>&mac=<mac>&arch=<code>`, with retries and backoff, notifies
 /// `<base>/_/booting?mac=<mac>&arch=<code>` (ignoring failure) and boots. See the
 /// crate documentation for how user text is escaped and which inputs are refused.
 pub fn boot_script(p: &BootScript<'_>) -> Result<String, ScriptError> {
     let urls = check_base_url(p.base_url)?;
     let spec = p.spec;
     // Files the cmdline names through `{{ URL "..." }}` are served like the kernel.
-    let file_url = |id: &FileId| urls.file(id);
+    let file_url = |id: &FileId| urls.file(p.mac, p.arch, id);
     let expanded = render_cmdline(&spec.cmdline, &file_url).map_err(ScriptError::Template)?;
     let cmdline = Words::new(Field::Cmdline, &expanded)?;
     let message = match &spec.message {
@@ -171,7 +173,7 @@ pub fn boot_script(p: &BootScript<'_>) -> Result<String, ScriptError> {
     };
 
     let (kernel_name, initrd_names) = image_names(spec);
-    let url = |f: &FileRef| urls.file(&f.id());
+    let url = |f: &FileRef| urls.file(p.mac, p.arch, &f.id());
 
     let mut s = String::new();
     // Writes one line; writing into a String cannot fail.

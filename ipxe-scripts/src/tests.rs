@@ -3,6 +3,8 @@ use crate::sim;
 
 const BASE: &str = "http://10.0.0.2:8080";
 const MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+/// The machine part of the file URLs of a BIOS script for [`MAC`].
+const FOR_BIOS: &str = "&mac=52:54:00:12:34:56&arch=0";
 
 fn spec(cmdline: &str, message: Option<&str>) -> BootSpec {
     BootSpec {
@@ -64,13 +66,13 @@ fn bios_script_fetches_names_and_boots() {
     let i1 = s.initrds[1].id();
     // Plain text stays readable in the script.
     assert!(script.contains(&format!(
-        "kernel --name vmlinuz {BASE}/_/file?name={k} console=ttyS0 root=/dev/sda1 || goto ironpxe-failed\n"
+        "kernel --name vmlinuz {BASE}/_/file?name={k}{FOR_BIOS} console=ttyS0 root=/dev/sda1 || goto ironpxe-failed\n"
     )));
     assert!(script.contains(&format!(
-        "initrd --name initrd.img {BASE}/_/file?name={i0} || goto"
+        "initrd --name initrd.img {BASE}/_/file?name={i0}{FOR_BIOS} || goto"
     )));
     assert!(script.contains(&format!(
-        "initrd --name store-initrd {BASE}/_/file?name={i1} || goto"
+        "initrd --name store-initrd {BASE}/_/file?name={i1}{FOR_BIOS} || goto"
     )));
     assert!(script.contains("echo -- Installing node03\n"));
     assert!(script.contains(&format!(
@@ -344,7 +346,7 @@ fn every_short_cmdline_passes_or_is_refused_correctly() {
 fn download_failures_retry_with_growing_waits() {
     let s = spec("quiet", None);
     let script = render(&s, ClientArch::Bios).unwrap();
-    let initrd_url = format!("{BASE}/_/file?name={}", s.initrds[1].id());
+    let initrd_url = format!("{BASE}/_/file?name={}{FOR_BIOS}", s.initrds[1].id());
 
     // The second initrd fails twice, then works: two waits, then a clean boot with
     // exactly one copy of each image.
@@ -494,7 +496,7 @@ fn template_file_urls_expand_to_served_urls() {
     assert!(run.booted);
     assert_eq!(
         String::from_utf8(run.kernel.unwrap().cmdline).unwrap(),
-        format!("console=ttyS0 cfg={BASE}/_/file?name={id} lit={{{{x")
+        format!("console=ttyS0 cfg={BASE}/_/file?name={id}{FOR_BIOS} lit={{{{x")
     );
     // A NUL that is not a file marker is still refused.
     let e = render(&spec("a=\0/srv/x\0", None), ClientArch::Bios).unwrap_err();
@@ -515,7 +517,10 @@ fn template_file_urls_expand_to_served_urls() {
 fn retries_ask_for_the_script_again_first() {
     let s = spec("quiet", None);
     let script = render(&s, ClientArch::EfiX64).unwrap();
-    let kernel_url = format!("{BASE}/_/file?name={}", s.kernel.id());
+    let kernel_url = format!(
+        "{BASE}/_/file?name={}&mac=52:54:00:12:34:56&arch=7",
+        s.kernel.id()
+    );
     let mut failures = 1;
     let run = sim::run(&script, |url| {
         if url == kernel_url && failures > 0 {

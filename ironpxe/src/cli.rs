@@ -126,6 +126,13 @@ pub(crate) struct ApiArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub api_request_timeout: std::time::Duration,
 
+    /// Serve the local files (file:// URLs, paths) that API answers name only when
+    /// they lie inside DIR, symlinks resolved. A machine whose answer names a file
+    /// outside it is not booted, with one log line naming the machine and the file.
+    /// [default: any file ironpxe can read, as pixiecore does]
+    #[arg(long, value_name = "DIR")]
+    pub api_file_root: Option<PathBuf>,
+
     #[command(flatten)]
     pub server: ServerArgs,
 }

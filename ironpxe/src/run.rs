@@ -61,7 +61,25 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Boot(args) => boot_mode(&args)?,
         Command::Serve(args) => crate::config_mode::prepare(&args)?,
         Command::Check(args) => return crate::config_mode::check(&args),
-        Command::Api(args) => crate::api::run(args)?,
+        Command::Api(args) => {
+            let root = match &args.api_file_root {
+                Some(dir) => Some(
+                    ironpxe_core::FileRoot::open(dir)
+                        .with_context(|| format!("--api-file-root {}", dir.display()))?,
+                ),
+                None => None,
+            };
+            let (server, booter) = crate::api::run(args)?;
+            match root {
+                Some(root) => {
+                    info!(root = %root.path().display(), "API answers may name local files under this directory only");
+                    let confined: Arc<dyn Booter> =
+                        Arc::new(ironpxe_core::ConfinedBooter::new(booter, root));
+                    (server, confined)
+                }
+                None => (server, booter),
+            }
+        }
     };
     serve(&server, booter)
 }
@@ -71,11 +89,40 @@ fn boot_mode(args: &BootArgs) -> Result<(ServerConfig, Arc<dyn Booter>)> {
     let mut spec = boot_spec(args)?;
     // `{{ ID "x" }}` / `{{ URL "x" }}` in --cmdline, as in pixiecore's boot mode.
     let extra = crate::config_mode::resolve_boot_cmdline(&mut spec)?;
+    // What iPXE cannot carry is refused now, not with a 500 for every script.
+    check_boot_text(&spec)?;
     for f in spec.files().chain(extra.iter()) {
         info!(file = %f, "serving");
     }
     let booter: Arc<dyn Booter> = Arc::new(StaticBooter::with_files(spec, extra));
     Ok((ServerConfig::from_args(&args.server), booter))
+}
+
+/// Checks that `--cmdline` and `--bootmsg` can be carried through an iPXE script:
+/// one line naming the flag and the problem.
+fn check_boot_text(spec: &BootSpec) -> Result<()> {
+    use ironpxe_ipxe::{Field, ScriptError};
+    match ironpxe_ipxe::check_spec(spec) {
+        Ok(()) => Ok(()),
+        Err(ScriptError::Unrepresentable {
+            field,
+            ch,
+            offset,
+            reason,
+        }) => {
+            let (flag, text) = match field {
+                Field::Message => ("--bootmsg", spec.message.as_deref().unwrap_or("")),
+                _ => (
+                    "--cmdline",
+                    &*ironpxe_core::template::display_cmdline(&spec.cmdline),
+                ),
+            };
+            bail!(
+                "{flag} {text:?}: {ch:?} at byte {offset} cannot be passed through iPXE: {reason}"
+            )
+        }
+        Err(e) => bail!("--cmdline: {e}"),
+    }
 }
 
 /// Checks the `boot` arguments: local files must exist and be readable now, not

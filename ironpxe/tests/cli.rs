@@ -164,13 +164,18 @@ fn serves_ipxe_over_tftp_and_boot_files_over_http_on_loopback() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let script = String::from_utf8(body).unwrap();
     assert!(script.starts_with("#!ipxe"), "{script}");
-    let ids: Vec<&str> = script
-        .split("/_/file?name=")
+    // The file URLs as the script names them (each names this machine too).
+    let paths: Vec<String> = script
+        .split("/_/file?")
         .skip(1)
-        .map(|rest| rest.split(|c: char| !c.is_ascii_hexdigit()).next().unwrap())
+        .map(|rest| format!("/_/file?{}", rest.split_whitespace().next().unwrap()))
         .collect();
-    assert_eq!(ids.len(), 2, "kernel and initrd URLs in:\n{script}");
-    let (head, body) = get(http, &format!("/_/file?name={}", ids[0]));
+    assert_eq!(paths.len(), 2, "kernel and initrd URLs in:\n{script}");
+    assert!(
+        paths[0].ends_with("&mac=52:54:00:00:00:01&arch=0"),
+        "{script}"
+    );
+    let (head, body) = get(http, &paths[0]);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -178,10 +183,13 @@ fn serves_ipxe_over_tftp_and_boot_files_over_http_on_loopback() {
         "{head}"
     );
     assert_eq!(body, kernel_bytes);
-    let (_, body) = get(http, &format!("/_/file?name={}", ids[1]));
+    let (_, body) = get(http, &paths[1]);
     assert_eq!(body, b"initrd bytes");
 
-    let (head, _) = get(http, "/_/file?name=00000000000000000000000000000000");
+    let (head, _) = get(
+        http,
+        "/_/file?name=00000000000000000000000000000000&mac=52:54:00:00:00:01&arch=0",
+    );
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 }
 

@@ -123,7 +123,15 @@ boot = "local"
     let (head, s) = script(http, "52:54:00:00:00:01");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{s}");
     assert_eq!(cmdline_of(&s), "console=ttyS0 gen=1");
-    let big_id = s.split("/_/file?name=").nth(1).unwrap()[..32].to_string();
+    let big_url = format!(
+        "/_/file?{}",
+        s.split("/_/file?")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+    );
 
     let (head, s) = script(http, "52:54:00:00:00:02");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -138,7 +146,7 @@ boot = "local"
     let mut dl = TcpStream::connect(("127.0.0.1", http)).unwrap();
     write!(
         dl,
-        "GET /_/file?name={big_id} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {big_url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut first = [0u8; 1024];

@@ -132,11 +132,17 @@ fn start_download(http: u16) -> (TcpStream, Vec<u8>) {
     let (head, script) = get(http, &format!("/_/ipxe?arch=0&mac={MAC}"));
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let script = String::from_utf8(script).unwrap();
-    let id = &script.split("/_/file?name=").nth(1).expect("a file URL")[..32];
+    let url = script
+        .split("/_/file?")
+        .nth(1)
+        .expect("a file URL")
+        .split_whitespace()
+        .next()
+        .unwrap();
     let mut dl = TcpStream::connect(("127.0.0.1", http)).unwrap();
     write!(
         dl,
-        "GET /_/file?name={id} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET /_/file?{url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut first = vec![0u8; 1024];

@@ -141,7 +141,11 @@ fn qemu_api_http_server_boot_with_templated_url() {
 
     // The template became a URL of ironpxe itself, as the guest reached it.
     let cfg = FileRef::parse(&format!("{api}/v1/files/cloud-config")).unwrap();
-    let served = BootUrls::http(lab.pxe_addr(), DEFAULT_HTTP_PORT).file(&cfg.id());
+    let served = BootUrls::http(lab.pxe_addr(), DEFAULT_HTTP_PORT).file(
+        API_MAC,
+        ironpxe_core::ClientArch::Bios,
+        &cfg.id(),
+    );
     assert_eq!(
         marker.cmdline,
         format!("console=ttyS0 cfg={served} role=api")
