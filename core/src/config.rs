@@ -307,7 +307,7 @@ impl Validator<'_> {
         self.problems.push(Problem {
             line,
             key: key.into(),
-            message: message.into(),
+            message: one_line(&message.into()),
         });
     }
 
@@ -483,12 +483,33 @@ fn read_raw(text: &str) -> Result<RawConfig, Problem> {
             })
             .unwrap_or("toml")
             .to_string();
+        let mut message = one_line(e.message());
+        if message.is_empty() {
+            // The parser has no words for some characters (a control character in
+            // a comment): name the character.
+            message = match text.get(offset..).and_then(|t| t.chars().next()) {
+                Some(c) => format!("invalid TOML: unexpected {c:?}"),
+                None => "invalid TOML".to_string(),
+            };
+        }
         Problem {
             line: line_of(text, offset),
             key,
-            message: e.message().trim().to_string(),
+            message,
         }
     })
+}
+
+/// `message` on one line: a problem is printed as one `FILE:LINE: key: message` line,
+/// and the TOML parser's messages can span several (`invalid table header\nexpected
+/// ...`).
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The 1-based line of byte `offset` of `text`.

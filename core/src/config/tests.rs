@@ -384,3 +384,26 @@ fn status_addr() {
         ["/etc/ironpxe/test.toml:2: server.status_addr: \"mgmt\" is not an IPv4 address"]
     );
 }
+
+#[test]
+fn a_toml_syntax_error_is_one_line() {
+    // Found by the config_parse fuzz target: the TOML parser's message spans lines.
+    let e = parse("[server\nhttp_port = 80\n").unwrap_err();
+    let text = e.to_string();
+    assert_eq!(text.lines().count(), 1, "{text:?}");
+    assert!(
+        text.starts_with("/etc/ironpxe/test.toml:1: toml: invalid table header; expected"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_toml_error_without_a_message_still_says_what_is_wrong() {
+    // Found by the config_parse fuzz target: for a control character in a comment
+    // the TOML parser gives an empty message.
+    let e = parse("# a comment\r\0 more\n").unwrap_err();
+    assert_eq!(
+        lines(e),
+        ["/etc/ironpxe/test.toml:1: toml: invalid TOML: unexpected '\\r'"]
+    );
+}
