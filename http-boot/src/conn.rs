@@ -413,6 +413,10 @@ async fn read_request(
                     "request head too large",
                 ));
             }
+            // Part of this head came in with the previous request: its clock runs.
+            if deadline.is_none() {
+                deadline = Some(tokio::time::Instant::now() + limits.head_timeout);
+            }
         }
         let idle = buf.is_empty();
         let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + limits.idle_timeout);

@@ -254,6 +254,19 @@ async fn a_slow_head_is_answered_408_on_new_and_kept_alive_connections() {
         "a half-sent second head kept its connection for 20 s"
     );
     assert!(got.starts_with(b"HTTP/1.1 408"), "{got:?}");
+
+    // The start of the second head arrives with the first request.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, first) = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let first = read_body(&mut s, first, 10).await;
+    let (closed, got) = closed_within(&mut s, Duration::from_secs(20)).await;
+    assert!(closed, "a pipelined half head kept its connection for 20 s");
+    let got = [&first[10..], &got[..]].concat();
+    assert!(got.starts_with(b"HTTP/1.1 408"), "{got:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
