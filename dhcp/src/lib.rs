@@ -34,6 +34,6 @@ pub use decide::{
     answer, classify, decide, BootPath, ChainloadMemory, Classified, Destination, Ignored,
     IpxeBinaries, ProxyConfig, RecvMeta, Reply, ServerPort, LOOKUP_WAIT, MAX_LOOKUPS,
 };
-pub use request::{IpxeInfo, NotPxe, PxeRequest, VendorClass};
+pub use request::{ClientGuid, IpxeInfo, NotPxe, PxeRequest, VendorClass};
 pub use server::serve;
 pub use sock::DhcpSocket;
