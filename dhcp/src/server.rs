@@ -105,8 +105,13 @@ impl DropLog {
     }
 }
 
+/// The receive buffer of each socket, allocated once: a DHCP message (576 to about
+/// 1,500 bytes in practice) with room to spare, and, on the no-bind path, the IPv4
+/// and UDP headers it arrives with.
+const RECV_BUFFER: usize = 4096;
+
 async fn run_socket(sock: Arc<DhcpSocket>, shared: Arc<Shared>) -> io::Result<()> {
-    let mut buf = vec![0u8; 2048];
+    let mut buf = vec![0u8; RECV_BUFFER];
     loop {
         let (n, meta) = match sock.recv(&mut buf).await {
             Ok(v) => v,
