@@ -171,40 +171,152 @@ pub enum IpError {
     Invalid,
 }
 
-/// Decodes an IPv4 packet carrying UDP. Never panics; lengths are checked against
-/// the buffer before anything is read.
+/// Field positions of the IPv4 header (RFC 791).
+mod ipv4_field {
+    use std::ops::Range;
+    /// Version (high nibble) and header length in 32-bit words (low nibble).
+    pub(super) const VER_IHL: usize = 0;
+    pub(super) const TOTAL_LEN: Range<usize> = 2..4;
+    /// Flags and fragment offset.
+    pub(super) const FRAGMENT: Range<usize> = 6..8;
+    pub(super) const PROTOCOL: usize = 9;
+    pub(super) const SRC: Range<usize> = 12..16;
+    pub(super) const DST: Range<usize> = 16..20;
+    /// The header without options.
+    pub(super) const MIN_HEADER: usize = 20;
+}
+
+/// Field positions of the UDP header (RFC 768).
+mod udp_field {
+    use std::ops::Range;
+    pub(super) const SRC_PORT: Range<usize> = 0..2;
+    pub(super) const DST_PORT: Range<usize> = 2..4;
+    pub(super) const LENGTH: Range<usize> = 4..6;
+    pub(super) const HEADER: usize = 8;
+}
+
+fn be16(b: &[u8], r: std::ops::Range<usize>) -> u16 {
+    match b.get(r) {
+        Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]),
+        _ => 0,
+    }
+}
+
+fn ipv4(b: &[u8], r: std::ops::Range<usize>) -> Ipv4Addr {
+    match b.get(r) {
+        Some(&[a, b, c, d]) => Ipv4Addr::new(a, b, c, d),
+        _ => Ipv4Addr::UNSPECIFIED,
+    }
+}
+
+/// A checked view of an IPv4 packet: version 4, a header length of at least 20
+/// bytes, and a total length that covers the header and fits in the buffer. Bytes
+/// past the total length (link-layer padding) are not part of the view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4View<'a> {
+    /// Exactly the packet's total length.
+    buf: &'a [u8],
+    header_len: usize,
+}
+
+impl<'a> Ipv4View<'a> {
+    /// Checks the lengths before anything else is read.
+    pub fn new_checked(buf: &'a [u8]) -> Result<Self, IpError> {
+        let Some(&ver_ihl) = buf.get(ipv4_field::VER_IHL) else {
+            return Err(IpError::Truncated);
+        };
+        if buf.len() < ipv4_field::MIN_HEADER {
+            return Err(IpError::Truncated);
+        }
+        if ver_ihl >> 4 != 4 {
+            return Err(IpError::Invalid);
+        }
+        let header_len = usize::from(ver_ihl & 0x0f) * 4;
+        let total = usize::from(be16(buf, ipv4_field::TOTAL_LEN));
+        if header_len < ipv4_field::MIN_HEADER || total < header_len {
+            return Err(IpError::Invalid);
+        }
+        let buf = buf.get(..total).ok_or(IpError::Truncated)?;
+        Ok(Ipv4View { buf, header_len })
+    }
+
+    /// The source address.
+    pub fn src(&self) -> Ipv4Addr {
+        ipv4(self.buf, ipv4_field::SRC)
+    }
+
+    /// The destination address.
+    pub fn dst(&self) -> Ipv4Addr {
+        ipv4(self.buf, ipv4_field::DST)
+    }
+
+    /// The protocol number (17 for UDP).
+    pub fn protocol(&self) -> u8 {
+        self.buf[ipv4_field::PROTOCOL]
+    }
+
+    /// A fragment: the more-fragments flag or a fragment offset is set.
+    pub fn is_fragment(&self) -> bool {
+        be16(self.buf, ipv4_field::FRAGMENT) & 0x3fff != 0
+    }
+
+    /// What follows the header, up to the total length.
+    pub fn payload(&self) -> &'a [u8] {
+        &self.buf[self.header_len..]
+    }
+}
+
+/// A checked view of a UDP datagram: a whole header, and a length field that covers
+/// it and fits in the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpView<'a> {
+    /// Exactly the datagram's length.
+    buf: &'a [u8],
+}
+
+impl<'a> UdpView<'a> {
+    /// Checks the lengths before anything else is read.
+    pub fn new_checked(buf: &'a [u8]) -> Result<Self, IpError> {
+        if buf.len() < udp_field::HEADER {
+            return Err(IpError::Truncated);
+        }
+        let len = usize::from(be16(buf, udp_field::LENGTH));
+        if len < udp_field::HEADER {
+            return Err(IpError::Invalid);
+        }
+        // A length past the IP payload contradicts the IP header.
+        let buf = buf.get(..len).ok_or(IpError::Invalid)?;
+        Ok(UdpView { buf })
+    }
+
+    /// The source port.
+    pub fn src_port(&self) -> u16 {
+        be16(self.buf, udp_field::SRC_PORT)
+    }
+
+    /// The destination port.
+    pub fn dst_port(&self) -> u16 {
+        be16(self.buf, udp_field::DST_PORT)
+    }
+
+    /// The payload, up to the UDP length.
+    pub fn payload(&self) -> &'a [u8] {
+        &self.buf[udp_field::HEADER..]
+    }
+}
+
+/// Decodes an unfragmented IPv4 packet carrying UDP through the checked views. Never
+/// panics; lengths are checked against the buffer before anything is read.
 pub fn parse_ipv4_udp(pkt: &[u8]) -> Result<Datagram<'_>, IpError> {
-    if pkt.len() < 20 {
-        return Err(IpError::Truncated);
-    }
-    if pkt[0] >> 4 != 4 {
+    let ip = Ipv4View::new_checked(pkt)?;
+    if ip.is_fragment() || ip.protocol() != IPPROTO_UDP {
         return Err(IpError::Invalid);
     }
-    let ihl = usize::from(pkt[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
-    if ihl < 20 || total < ihl + 8 {
-        return Err(IpError::Invalid);
-    }
-    if pkt.len() < total {
-        return Err(IpError::Truncated);
-    }
-    // More-fragments flag or a fragment offset: not a whole datagram.
-    if u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0 || pkt[9] != IPPROTO_UDP {
-        return Err(IpError::Invalid);
-    }
-    let src_ip = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
-    let dst_ip = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
-    let udp = &pkt[ihl..total];
-    let src_port = u16::from_be_bytes([udp[0], udp[1]]);
-    let dst_port = u16::from_be_bytes([udp[2], udp[3]]);
-    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-    if udp_len < 8 || udp_len > udp.len() {
-        return Err(IpError::Invalid);
-    }
+    let udp = UdpView::new_checked(ip.payload()).map_err(|_| IpError::Invalid)?;
     Ok(Datagram {
-        src: SocketAddrV4::new(src_ip, src_port),
-        dst: SocketAddrV4::new(dst_ip, dst_port),
-        payload: &udp[8..udp_len],
+        src: SocketAddrV4::new(ip.src(), udp.src_port()),
+        dst: SocketAddrV4::new(ip.dst(), udp.dst_port()),
+        payload: udp.payload(),
     })
 }
 
@@ -540,6 +652,15 @@ mod tests {
             assert_eq!(checksum(&[&p[..20]]), 0);
             let d = parse_ipv4_udp(&p).unwrap();
             assert_eq!((d.src, d.dst, d.payload), (src, dst, payload));
+            // Ethernet pads short frames: the padding is not payload.
+            let padded = [p.as_slice(), &[0xee; 18]].concat();
+            assert_eq!(parse_ipv4_udp(&padded).unwrap().payload, payload);
+            let ip = Ipv4View::new_checked(&padded).unwrap();
+            assert_eq!(ip.payload().len(), 8 + payload.len());
+            assert_eq!(
+                UdpView::new_checked(ip.payload()).unwrap().payload(),
+                payload
+            );
         }
     }
 
@@ -582,6 +703,13 @@ mod tests {
         let mut udp_len = good.clone();
         udp_len[25] = 200;
         assert_eq!(parse_ipv4_udp(&udp_len), Err(IpError::Invalid));
+        let mut udp_short = good.clone();
+        udp_short[25] = 7; // shorter than its own header
+        assert_eq!(parse_ipv4_udp(&udp_short), Err(IpError::Invalid));
+        let mut total = good.clone();
+        total[3] = 27; // the IP payload cannot hold a UDP header
+        assert_eq!(parse_ipv4_udp(&total), Err(IpError::Invalid));
+        assert_eq!(UdpView::new_checked(&[0; 7]), Err(IpError::Truncated));
         // Every byte value at every position: no panic.
         for i in 0..good.len() {
             for v in [0u8, 1, 0x7f, 0xff] {
