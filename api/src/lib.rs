@@ -139,7 +139,8 @@ impl Source {
         }
     }
 
-    fn base(&self) -> &Url {
+    /// The URL relative answers resolve against: `<URL>/v1/`.
+    pub fn base(&self) -> &Url {
         match self {
             Source::Http { base } | Source::Dir { base, .. } => base,
         }
@@ -170,6 +171,14 @@ enum Outcome {
     Declined(String),
     /// Something is wrong (bad JSON, timeout, unreachable).
     Failed(String),
+}
+
+/// Translates one JSON answer into a boot decision and the files it names (which
+/// the booter then serves), resolving relative URLs against `base` (see
+/// [`Source::base`]). The reason an answer is refused is one line. The lookup uses
+/// this; it is public for tools and the fuzzer.
+pub fn interpret_answer(body: &[u8], base: &Url) -> Result<(BootDecision, Vec<FileRef>), String> {
+    interpret(body, base)
 }
 
 /// Turns a JSON answer into a decision. `base` resolves relative URLs.

@@ -543,3 +543,42 @@ fn file_tree_answers_must_be_small_regular_files() {
         );
     }
 }
+
+/// The fuzzer's seeds in `testdata/api/`: `bad-*` answers are refused with a reason,
+/// every other one boots, and every file its script names is one the answer lets
+/// ironpxe serve.
+#[test]
+fn testdata_answers_translate_as_their_names_say() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/api");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let body = std::fs::read(&path).unwrap();
+        n += 1;
+        let got = interpret_answer(&body, &base());
+        if name.starts_with("bad-") {
+            let e = got.expect_err(&name);
+            assert!(!e.is_empty() && !e.contains('\n'), "{name}: {e:?}");
+            continue;
+        }
+        match got {
+            Ok((BootDecision::Netboot(s), files)) => {
+                assert!(files.contains(&s.kernel), "{name}");
+                assert!(s.initrds.iter().all(|i| files.contains(i)), "{name}");
+                let named = std::cell::RefCell::new(Vec::new());
+                ironpxe_core::template::render_cmdline(&s.cmdline, &|id| {
+                    named.borrow_mut().push(id.clone());
+                    String::new()
+                })
+                .unwrap();
+                for id in named.into_inner() {
+                    assert!(files.iter().any(|f| f.id() == id), "{name}: {id}");
+                }
+            }
+            Ok((BootDecision::Script(_), files)) => assert!(files.is_empty(), "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    assert!(n >= 10, "{n} answers in {}", dir.display());
+}

@@ -24,6 +24,10 @@
 //! get the boot script URL directly, which also breaks the chainload loop that stock
 //! iPXE binaries would otherwise fall into.
 
+/// The DHCP message types of this crate's API ([`decide()`] takes a
+/// `dhcproto::v4::Message`), for callers that build or read them.
+pub use dhcproto;
+
 pub mod decide;
 pub mod nobind;
 pub mod request;

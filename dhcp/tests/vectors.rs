@@ -272,3 +272,19 @@ fn only_a_well_formed_guid_is_echoed() {
         }
     }
 }
+
+/// Found by the `dhcp_decide` fuzzer: an option 80 (rapid commit) with a length trips
+/// a debug assertion inside dhcproto's decoder. `PxeRequest::decode` contains it in
+/// debug builds (release builds have no such assertion), so the packet is refused or
+/// read, never a panic.
+#[test]
+fn a_rapid_commit_option_with_a_length_does_not_panic() {
+    let original = vector("seabios-ipxe-rom-discover.bin");
+    for len in [1u8, 2, 255] {
+        let value = vec![0x41; usize::from(len)];
+        let bytes = with_option(&original, 80, Some(&value));
+        if let Ok(m) = PxeRequest::decode(&bytes) {
+            let _ = PxeRequest::parse(&m);
+        }
+    }
+}
