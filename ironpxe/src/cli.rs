@@ -92,6 +92,14 @@ Answers are cached for 30 s, and the API is called off the DHCP path: a machine 
 answer is not cached yet is answered on its next DHCP retry."
     )]
     Api(ApiArgs),
+
+    /// PXE-boot QEMU guests against this ironpxe in a private lab network and check
+    /// their serial console (for testing boot images, e.g. in CI).
+    #[command(
+        long_about = crate::lab_cmd::LAB_LONG_ABOUT,
+        after_long_help = crate::lab_cmd::LAB_AFTER_HELP
+    )]
+    Lab(crate::lab_cmd::LabArgs),
 }
 
 #[derive(Args, Debug)]

@@ -227,6 +227,8 @@ impl LabBuilder {
             teardown_lock: Mutex::new(()),
             next_guest: AtomicU32::new(0),
             next_client: AtomicU32::new(0),
+            relays: Mutex::new(Vec::new()),
+            relay_stop: Arc::new(AtomicBool::new(false)),
         });
         LABS.lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -270,6 +272,10 @@ pub(crate) struct LabInner {
     teardown_lock: Mutex<()>,
     next_guest: AtomicU32,
     next_client: AtomicU32,
+    /// `host:port` of every server relayed into the ironpxe namespace.
+    pub(crate) relays: Mutex<Vec<String>>,
+    /// Set at teardown; the relay threads end.
+    pub(crate) relay_stop: Arc<AtomicBool>,
 }
 
 impl LabInner {
@@ -297,8 +303,13 @@ impl LabInner {
             .unwrap_or_else(|e| e.into_inner())
             .drain(..)
             .collect();
+        self.relay_stop.store(true, Ordering::SeqCst);
         for ns in namespaces.iter().rev() {
             remove_namespace(ns);
+            let etc = crate::relay::netns_etc(ns);
+            if etc.exists() {
+                let _ = fs::remove_dir_all(etc);
+            }
         }
         let _ = fs::remove_dir_all(&self.tmp_dir);
         if self.network == Network::Namespaces {

@@ -17,8 +17,10 @@
 //!   [`site`] runs the site DHCP server; [`Lab::start_ironpxe`] ([`ironpxe`]) runs
 //!   the binary and reads its boot [`Event`]s from its status server; [`client`]
 //!   adds ordinary client namespaces; [`segments`] adds bridges, relays and
-//!   captures. With [`Network::User`] there are no namespaces: ironpxe listens on
-//!   loopback and each guest has a QEMU user network.
+//!   captures; [`Lab::relay_url`] lets ironpxe reach one server of the host's
+//!   network (an API, a kernel URL) and nothing else. With [`Network::User`] there
+//!   are no namespaces: ironpxe listens on loopback and each guest has a QEMU user
+//!   network.
 //! - [`Lab::start_guest`] starts a QEMU [`Guest`] ([`guest`]) with KVM or TCG
 //!   ([`accel`]); [`Guest::wait_for_marker`] returns the [`Marker`] with the command
 //!   line the kernel received.
@@ -60,6 +62,7 @@ pub mod lab;
 pub mod netns;
 pub mod preflight;
 pub mod proc;
+mod relay;
 pub mod run;
 pub mod segments;
 pub mod site;
