@@ -225,6 +225,9 @@ enum ModeArg {
     Text(OsString),
     /// The lab's marker initrd, whose path exists only once the lab does.
     LabInitrd,
+    /// The lab's test kernel, fetched into the cache once the machine has passed
+    /// the preflight check.
+    LabKernel,
 }
 
 impl<T: Into<OsString>> From<T> for ModeArg {
@@ -465,6 +468,7 @@ type Mode = (
 );
 
 fn boot_mode(b: &LabBootArgs, run: &RunArgs) -> Result<Mode> {
+    // The lab's own kernel, when it boots, is fetched after the preflight check.
     let mut args: Vec<ModeArg> = vec!["boot".into()];
     let mut remote = Vec::new();
     let what = match &b.kernel {
@@ -492,14 +496,9 @@ fn boot_mode(b: &LabBootArgs, run: &RunArgs) -> Result<Mode> {
             if !b.initrds.is_empty() {
                 bail!("INITRD without KERNEL");
             }
-            let cache = run.cache_dir.clone().unwrap_or_else(ironpxe_lab::cache_dir);
-            let kernel = ironpxe_lab::kernel_in(&cache).context("the lab's test kernel")?;
-            args.push(kernel.as_os_str().into());
+            args.push(ModeArg::LabKernel);
             args.push(ModeArg::LabInitrd);
-            format!(
-                "ironpxe boot {} <the lab's marker initrd>",
-                kernel.display()
-            )
+            "ironpxe boot <the lab's test kernel> <the lab's marker initrd>".to_string()
         }
     };
     args.push("--cmdline".into());
@@ -563,8 +562,7 @@ fn build_lab(run: &RunArgs, network: Network, setup: &Setup) -> Result<Lab> {
         bios: false,
         uefi: false,
         lab_initrd: setup.mode_args.contains(&ModeArg::LabInitrd),
-        // Fetched already, in boot_mode, when it is used.
-        test_kernel: false,
+        test_kernel: setup.mode_args.contains(&ModeArg::LabKernel),
         ipxe_binaries: network == Network::Namespaces,
         cache_dir: run.cache_dir.clone(),
     };
@@ -623,12 +621,22 @@ fn start_ironpxe(
         match a {
             ModeArg::Text(t) => args.push(t.clone()),
             ModeArg::LabInitrd => args.push(lab.initrd()?.into_os_string()),
+            ModeArg::LabKernel => {
+                let cache = run.cache_dir.clone().unwrap_or_else(ironpxe_lab::cache_dir);
+                if !ironpxe_lab::assets::kernel_is_cached_in(&cache) {
+                    out.line(format!(
+                        "ironpxe lab: fetching the lab's test kernel into {}",
+                        cache.display()
+                    ));
+                }
+                let kernel = ironpxe_lab::kernel_in(&cache).context("the lab's test kernel")?;
+                args.push(kernel.into_os_string());
+            }
         }
     }
+    // Given as flags, these win over a configuration's [server] values, which
+    // describe the real data network.
     args.extend(lab.ironpxe_server_args());
-    // A configuration's state_dir is the real server's; the lab keeps its own.
-    args.push("--state-dir".into());
-    args.push(lab.tmp_dir().join("ironpxe-state").into_os_string());
     if debug {
         args.push("--debug".into());
     }

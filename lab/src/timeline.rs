@@ -178,7 +178,7 @@ pub(crate) fn build(lab: &Lab, guest: &Guest) -> Timeline {
     let addrs = guest_addresses(&events, &site, &mac);
     let others = other_guests_connections(&events, &mac);
     for e in &events {
-        if !belongs_to(e, &mac, &addrs) || e.field("peer").is_some_and(|p| others.contains(&p)) {
+        if !belongs_to(e, &mac, &addrs, &others) {
             continue;
         }
         entries.push(Entry {
@@ -255,12 +255,16 @@ fn other_guests_connections<'a>(events: &'a [crate::Event], mac: &str) -> Vec<&'
 }
 
 /// Whether an event is part of the boot of the guest with `mac` and `addrs`: its
-/// `mac` is the guest's, or it has none and its `peer` is one of the guest's
-/// addresses. When the guest's addresses are unknown (user networking, where every
-/// peer is QEMU on loopback), events without a MAC are kept.
-fn belongs_to(e: &crate::Event, mac: &str, addrs: &[std::net::Ipv4Addr]) -> bool {
+/// `mac` is the guest's, or it has none, its `peer` is no connection of another
+/// guest (`others`), and it is one of the guest's addresses. When the guest's
+/// addresses are unknown (user networking, where every peer is QEMU on loopback),
+/// such events are kept.
+fn belongs_to(e: &crate::Event, mac: &str, addrs: &[std::net::Ipv4Addr], others: &[&str]) -> bool {
     if let Some(m) = e.field("mac") {
         return m.eq_ignore_ascii_case(mac);
+    }
+    if e.field("peer").is_some_and(|p| others.contains(&p)) {
+        return false;
     }
     let peer = e
         .field("peer")
@@ -296,13 +300,13 @@ mod tests {
         ];
         let addrs = guest_addresses(&events, &[], me);
         assert_eq!(addrs, [std::net::Ipv4Addr::new(10, 0, 0, 5)]);
-        assert!(belongs_to(&events[0], me, &addrs));
-        assert!(!belongs_to(&events[1], me, &addrs));
+        assert!(belongs_to(&events[0], me, &addrs, &[]));
+        assert!(!belongs_to(&events[1], me, &addrs, &[]));
         let tftp = |peer: &str| ev("tftp.done", &[("peer", peer)]);
-        assert!(belongs_to(&tftp("10.0.0.5:1850"), me, &addrs));
-        assert!(!belongs_to(&tftp("10.0.0.6:1850"), me, &addrs));
-        assert!(belongs_to(&tftp("127.0.0.1:1"), me, &[]));
-        assert!(belongs_to(&ev("x", &[]), me, &addrs));
+        assert!(belongs_to(&tftp("10.0.0.5:1850"), me, &addrs, &[]));
+        assert!(!belongs_to(&tftp("10.0.0.6:1850"), me, &addrs, &[]));
+        assert!(belongs_to(&tftp("127.0.0.1:1"), me, &[], &[]));
+        assert!(belongs_to(&ev("x", &[]), me, &addrs, &[]));
         let shared = vec![
             ev("http.script", &[("mac", me), ("peer", "127.0.0.1:5")]),
             ev(
@@ -310,7 +314,18 @@ mod tests {
                 &[("mac", "52:54:00:00:00:02"), ("peer", "127.0.0.1:6")],
             ),
         ];
-        assert_eq!(other_guests_connections(&shared, me), ["127.0.0.1:6"]);
+        let others = other_guests_connections(&shared, me);
+        assert_eq!(others, ["127.0.0.1:6"]);
+        // A guest's own events stay, whatever their peer.
+        let offer = |m: &str| ev("dhcp.offer", &[("mac", m), ("peer", "0.0.0.0:68")]);
+        let both = [offer(me), offer("52:54:00:00:00:02")];
+        let others = other_guests_connections(&both, me);
+        assert!(belongs_to(&both[0], me, &[], &others));
+        assert!(!belongs_to(&both[1], me, &[], &others));
+        let file = |peer: &str| ev("http.file.done", &[("peer", peer)]);
+        let others = other_guests_connections(&shared, me);
+        assert!(belongs_to(&file("127.0.0.1:5"), me, &[], &others));
+        assert!(!belongs_to(&file("127.0.0.1:6"), me, &[], &others));
     }
 
     #[test]
