@@ -563,7 +563,9 @@ fn build_lab(run: &RunArgs, network: Network, setup: &Setup) -> Result<Lab> {
         uefi: false,
         lab_initrd: setup.mode_args.contains(&ModeArg::LabInitrd),
         test_kernel: setup.mode_args.contains(&ModeArg::LabKernel),
-        ipxe_binaries: network == Network::Namespaces,
+        // ironpxe does not start without them, even when user networking never
+        // chainloads one.
+        ipxe_binaries: true,
         cache_dir: run.cache_dir.clone(),
     };
     for f in &run.firmware {
