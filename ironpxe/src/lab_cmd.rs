@@ -432,6 +432,11 @@ fn prepare(args: &LabArgs, network: Network) -> Result<Setup> {
     };
     let mut guests = Vec::new();
     let several = run.firmware.len() > 1;
+    // A machine named by its MAC gets `52-54-00-…` in file names.
+    let machines: Vec<(String, Option<MacAddr>)> = machines
+        .into_iter()
+        .map(|(label, mac)| (label.replace(':', "-"), mac))
+        .collect();
     for (label, mac) in &machines {
         for firmware in &run.firmware {
             let name = match (label.is_empty(), several) {

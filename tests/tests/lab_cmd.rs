@@ -2,7 +2,9 @@
 //!
 //! - `ironpxe lab boot` with the lab's own kernel and initrd passes on BIOS and on
 //!   UEFI (EDK2's own PXE client), both in one run;
-//! - with an `--expect` that never matches, it exits 1, well within `--timeout`;
+//! - `ironpxe lab --api` boots through an API on the host's loopback (relayed into
+//!   the lab), and with an `--expect` that never matches it exits 1, well within
+//!   `--timeout`;
 //! - without QEMU in PATH it exits 2 with one line naming the Debian package;
 //! - `ironpxe lab --config` with two machines boots both (each with its own command
 //!   line; the file's `[server]`, written for a real data NIC, does not get in the
@@ -135,30 +137,105 @@ fn lab_boot_passes_on_bios_and_uefi() {
     println!("whole run: {:.1} s", took.as_secs_f64());
 }
 
+/// A static HTTP server on a free loopback port serving the files under `root`
+/// (one request per connection); returns its base URL. It lives as long as the
+/// test process.
+fn serve_dir(root: PathBuf) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&stream);
+                let mut request = String::new();
+                let _ = reader.read_line(&mut request);
+                let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let file = root.join(path.trim_start_matches('/'));
+                let mut out = &stream;
+                match std::fs::read(&file) {
+                    Ok(body) if !path.contains("..") => {
+                        let _ = write!(
+                            out,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = out.write_all(&body);
+                    }
+                    _ => {
+                        let _ = out.write_all(
+                            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        );
+                    }
+                }
+            });
+        }
+    });
+    base
+}
+
+/// `ironpxe lab --api URL --mac MAC` against an API on the host's loopback whose
+/// answer names kernel and initrd by http:// URLs on the same server: the lab
+/// relays that server into ironpxe's namespace. The guest boots (its marker is on
+/// the console), but `--expect` asks for a line that never comes: exit 1, long
+/// before `--timeout`.
 #[test]
-fn lab_boot_with_a_wrong_expect_fails_within_the_timeout() {
-    let out = out_dir("lab_cmd-wrong-expect");
-    let timeout = Duration::from_secs(45);
+fn lab_api_boot_with_a_wrong_expect_fails_within_the_timeout() {
+    let out = out_dir("lab_cmd-api-wrong-expect");
+    let www = out.join("www");
+    std::fs::create_dir_all(www.join("v1/boot")).unwrap();
+    std::fs::copy(kernel(), www.join("vmlinuz")).unwrap();
+    let o = Command::new(ironpxe())
+        .args(["lab", "initrd"])
+        .arg(www.join("initrd"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let base = serve_dir(www.clone());
+    let mac = "52:54:00:1a:b0:09";
+    std::fs::write(
+        www.join("v1/boot").join(mac),
+        format!(
+            r#"{{"kernel": "{base}/vmlinuz", "initrd": ["{base}/initrd"], "cmdline": "console=ttyS0 via=api"}}"#
+        ),
+    )
+    .unwrap();
+
+    let timeout = Duration::from_secs(60);
     let _turn = qemu_turn();
     let (o, took) = run(Command::new(ironpxe())
-        .args(["lab", "boot", "--expect", "NO-SUCH-LINE-[0-9]+", "--json"])
+        .args(["lab", "--api", &base, "--mac", mac])
+        .args(["--expect", "NO-SUCH-LINE-[0-9]+", "--json"])
         .args(["--timeout", &format!("{}s", timeout.as_secs()), "--out"])
-        .arg(&out));
+        .arg(out.join("run")));
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let report = json(&o);
-    let g = guest(&report, "bios");
+    let g = guest(&report, "52-54-00-1a-b0-09");
     assert_eq!(g["result"], "fail");
-    // The guest printed the marker, not the expected line, and powered off.
     assert!(
         g["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("NO-SUCH-LINE")),
+            .is_some_and(|r| r.contains("QEMU exited") && r.contains("NO-SUCH-LINE")),
         "{g:#}"
     );
+    // It did boot, through the API and the relayed kernel URL.
+    let timeline = g["timeline"].to_string();
+    for needle in [
+        "api.answer",
+        "http.booting",
+        "IRONPXE-MARKER cmdline=[console=ttyS0 via=api]",
+    ] {
+        assert!(timeline.contains(needle), "no {needle}: {timeline}");
+    }
     // The lab itself needs a few seconds to build and tear down.
     assert!(
-        took < timeout + Duration::from_secs(20),
-        "took {took:?} with --timeout {timeout:?}"
+        took < timeout,
+        "took {took:?} with --timeout {timeout:?}: the failure was not noticed when QEMU exited"
     );
     println!(
         "wrong --expect: exit 1 after {:.1} s ({:.1} s from power-on)",
