@@ -782,6 +782,130 @@ impl Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    fn lab_args(args: &[&str]) -> LabArgs {
+        let cli =
+            crate::cli::Cli::try_parse_from(std::iter::once("ironpxe").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.command {
+            crate::cli::Command::Lab(l) => l,
+            other => panic!("not lab: {other:?}"),
+        }
+    }
+
+    fn names(setup: &Setup) -> Vec<(String, GuestFirmware, Option<String>)> {
+        setup
+            .guests
+            .iter()
+            .map(|g| (g.name.clone(), g.firmware, g.mac.map(|m| m.to_string())))
+            .collect()
+    }
+
+    #[test]
+    fn boot_mode_makes_one_guest_per_firmware_and_mac() {
+        let a = lab_args(&[
+            "lab",
+            "boot",
+            "/k",
+            "/i",
+            "--firmware",
+            "bios,uefi",
+            "--jobs",
+            "2",
+        ]);
+        assert_eq!(a.run.jobs, 2);
+        let setup = prepare(&a, Network::Namespaces).unwrap();
+        assert_eq!(
+            names(&setup),
+            [
+                ("bios".to_string(), GuestFirmware::Bios, None),
+                ("uefi".to_string(), GuestFirmware::Uefi, None)
+            ]
+        );
+        assert_eq!(
+            setup.mode_args,
+            ["boot", "/k", "/i", "--cmdline", "console=ttyS0"]
+                .map(ModeArg::from)
+                .to_vec()
+        );
+        // Flags after `boot` and before it mean the same.
+        let b = lab_args(&["lab", "--mac", "52:54:00:00:00:07", "boot", "/k"]);
+        let setup = prepare(&b, Network::User).unwrap();
+        assert_eq!(
+            names(&setup),
+            [(
+                "52-54-00-00-00-07".to_string(),
+                GuestFirmware::Bios,
+                Some("52:54:00:00:00:07".to_string())
+            )]
+        );
+    }
+
+    #[test]
+    fn the_lab_kernel_and_initrd_are_placeholders_until_the_lab_exists() {
+        let setup = prepare(&lab_args(&["lab", "boot"]), Network::Namespaces).unwrap();
+        assert_eq!(setup.mode_args[1], ModeArg::LabKernel);
+        assert_eq!(setup.mode_args[2], ModeArg::LabInitrd);
+    }
+
+    #[test]
+    fn config_mode_boots_listed_netboot_machines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[profiles.p]\nkernel = \"/k\"\n\n\
+             [[machines]]\nmac = \"52:54:00:00:00:02\"\nname = \"b\"\nprofile = \"p\"\n\n\
+             [[machines]]\nmac = \"52:54:00:00:00:01\"\nname = \"a\"\nprofile = \"p\"\n\n\
+             [[machines]]\nmac = \"52:54:00:00:00:03\"\nboot = \"local\"\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let setup = prepare(&lab_args(&["lab", "--config", p]), Network::Namespaces).unwrap();
+        // In file order; the local-boot machine is skipped, and said so.
+        let got: Vec<String> = names(&setup).into_iter().map(|n| n.0).collect();
+        assert_eq!(got, ["b", "a"]);
+        assert_eq!(setup.skipped, ["52:54:00:00:00:03: boot = \"local\""]);
+        let only = lab_args(&["lab", "--config", p, "--mac", "52:54:00:00:00:01"]);
+        let got: Vec<String> = names(&prepare(&only, Network::Namespaces).unwrap())
+            .into_iter()
+            .map(|n| n.0)
+            .collect();
+        assert_eq!(got, ["a"]);
+        let unknown = lab_args(&["lab", "--config", p, "--mac", "52:54:00:00:00:09"]);
+        assert!(prepare(&unknown, Network::Namespaces).is_err());
+    }
+
+    #[test]
+    fn inputs_that_cannot_work_are_refused() {
+        for (args, net) in [
+            (&["lab"][..], Network::Namespaces),
+            (&["lab", "--api", "http://x"], Network::Namespaces),
+            (
+                &["lab", "boot", "/k", "--firmware", "uefi-http"],
+                Network::User,
+            ),
+            (
+                &[
+                    "lab",
+                    "--api",
+                    "http://x",
+                    "--mac",
+                    "52:54:00:00:00:01",
+                    "boot",
+                ],
+                Network::Namespaces,
+            ),
+        ] {
+            assert!(prepare(&lab_args(args), net).is_err(), "{args:?}");
+        }
+        let cli =
+            crate::cli::Cli::try_parse_from(["ironpxe", "lab", "boot", "--firmware", "arm64"]);
+        assert!(cli.is_err(), "arm64 is not offered until it boots");
+        let cli = crate::cli::Cli::try_parse_from(["ironpxe", "lab", "boot", "--expect", "("]);
+        assert!(cli.is_err(), "a bad --expect is refused when parsing");
+    }
 
     #[test]
     fn timestamps_are_utc_civil_dates() {
