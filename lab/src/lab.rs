@@ -308,7 +308,11 @@ impl LabInner {
             remove_namespace(ns);
             let etc = crate::relay::netns_etc(ns);
             if etc.exists() {
-                let _ = fs::remove_dir_all(etc);
+                let _ = fs::remove_dir_all(&etc);
+                // /etc/netns itself, if the lab made it and nothing else uses it.
+                if let Some(parent) = etc.parent() {
+                    let _ = fs::remove_dir(parent);
+                }
             }
         }
         let _ = fs::remove_dir_all(&self.tmp_dir);
