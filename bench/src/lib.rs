@@ -10,6 +10,7 @@ pub mod env;
 pub mod http;
 pub mod loss;
 pub mod procstat;
+pub mod rxtime;
 pub mod servers;
 pub mod speed;
 pub mod storm;

@@ -375,6 +375,9 @@ impl Lab {
             "--immediate-mode",
             "-s",
             "0",
+            // A 32 MiB buffer: a burst of hundreds of packets is not dropped.
+            "-B",
+            "32768",
             "-i",
         ])
         .arg(ifname)
