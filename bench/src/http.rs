@@ -30,7 +30,7 @@ pub struct Args {
 
 /// nginx unpacked from its Debian package into the lab cache, never installed: the
 /// package would start a daemon on the host.
-fn nginx() -> Result<PathBuf> {
+pub(crate) fn nginx() -> Result<PathBuf> {
     let dir = ironpxe_lab::cache_dir().join("nginx");
     let bin = dir.join("root/usr/sbin/nginx");
     if bin.is_file() {

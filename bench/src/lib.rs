@@ -3,6 +3,7 @@
 //! ([`client`], [`storm`]) and one module per benchmark. The `ironpxe-bench` binary
 //! parses flags and calls the `run` function of each module.
 
+pub mod boot;
 pub mod client;
 pub mod concurrent;
 pub mod dhcp;
