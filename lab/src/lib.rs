@@ -81,7 +81,7 @@ pub use guest::{Firmware, Guest, GuestConfig, Marker, DEFAULT_MARKER_TIMEOUT};
 pub use ironpxe::{ironpxe_bin, Ironpxe, DEFAULT_HTTP_PORT, DEFAULT_STATUS_PORT};
 pub use lab::{Lab, LabBuilder, Network, UserPorts};
 pub use netns::cleanup_stale;
-pub use preflight::{Needs, Report};
+pub use preflight::{preflight, Needs, Report};
 pub use proc::{LogLine, Stream};
 pub use segments::{save_dhcp_requests, Capture, CapturedUdp, LabProc, Segment};
 pub use timeline::{Entry, Source, Timeline};

@@ -275,6 +275,17 @@ pub fn check(needs: &Needs) -> Report {
     report
 }
 
+/// Everything the QEMU tests use ([`Needs::everything`]): `Ok`, or
+/// [`crate::Error::Preflight`] with the report of what is missing.
+pub fn preflight() -> crate::Result<()> {
+    let report = check(&Needs::everything());
+    if report.is_ok() {
+        Ok(())
+    } else {
+        Err(crate::Error::Preflight(report))
+    }
+}
+
 /// Whether the effective user is root, read from /proc so no unsafe call is needed.
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

@@ -364,7 +364,8 @@ impl Lab {
         let file = self.out_dir().join(format!("{name}.pcap"));
         self.require_namespaces("a capture")?;
         let mut cmd = exec_in(ns, crate::preflight::program("tcpdump"));
-        cmd.args(["-n", "-U", "--immediate-mode", "-s", "0", "-i"])
+        // A 32 MiB buffer: a burst of hundreds of packets is not dropped.
+        cmd.args(["-n", "-U", "--immediate-mode", "-s", "0", "-B", "32768", "-i"])
             .arg(ifname)
             .arg("-w")
             .arg(&file)
