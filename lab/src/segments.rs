@@ -365,11 +365,20 @@ impl Lab {
         self.require_namespaces("a capture")?;
         let mut cmd = exec_in(ns, crate::preflight::program("tcpdump"));
         // A 32 MiB buffer: a burst of hundreds of packets is not dropped.
-        cmd.args(["-n", "-U", "--immediate-mode", "-s", "0", "-B", "32768", "-i"])
-            .arg(ifname)
-            .arg("-w")
-            .arg(&file)
-            .args(filter.split_whitespace());
+        cmd.args([
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-s",
+            "0",
+            "-B",
+            "32768",
+            "-i",
+        ])
+        .arg(ifname)
+        .arg("-w")
+        .arg(&file)
+        .args(filter.split_whitespace());
         let log = self.out_dir().join(format!("{name}.tcpdump.log"));
         let proc = self.spawn_proc(name, cmd, &log, LineMode::Plain, None)?;
         proc.log
