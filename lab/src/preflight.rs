@@ -118,8 +118,9 @@ impl fmt::Display for Missing {
     }
 }
 
-/// What [`check`] found missing. Displays as one line.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What [`check`] found missing. Displays as one line, and debug-prints as that
+/// line too, so `lab.expect(..)` in a test shows it as it is.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Report {
     /// Each gap, in the order checked.
     pub missing: Vec<Missing>,
@@ -140,6 +141,12 @@ impl Report {
             }
         }
         out
+    }
+}
+
+impl fmt::Debug for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
     }
 }
 
@@ -369,6 +376,8 @@ mod tests {
             "{line}"
         );
         assert!(Report::default().is_ok());
+        let e = crate::Error::Preflight(r);
+        assert!(format!("{e:?}").contains("(Debian package qemu-system-x86)"));
     }
 
     #[test]
