@@ -75,7 +75,7 @@ pub fn ironpxe(env: &Env) -> Result<Ironpxe> {
         "--tftp-root".into(),
         env.root.display().to_string(),
     ];
-    env.lab.start_ironpxe(&args)
+    Ok(env.lab.start_ironpxe(&args)?)
 }
 
 /// dnsmasq's TFTP server only (`--port=0` disables DNS; no DHCP range).

@@ -97,6 +97,14 @@ machines that retransmitted, then first packets, within --api-rate and \
 --api-mac-interval, so a flood of invented MACs cannot lock real machines out."
     )]
     Api(ApiArgs),
+
+    /// PXE-boot QEMU guests against this ironpxe in a private lab network and check
+    /// their serial console (for testing boot images, e.g. in CI).
+    #[command(
+        long_about = crate::lab_cmd::LAB_LONG_ABOUT,
+        after_long_help = crate::lab_cmd::LAB_AFTER_HELP
+    )]
+    Lab(crate::lab_cmd::LabArgs),
 }
 
 #[derive(Args, Debug)]

@@ -62,6 +62,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => crate::config_mode::prepare(&args)?,
         Command::Check(args) => return crate::config_mode::check(&args),
         Command::Api(args) => crate::api::run(args)?,
+        Command::Lab(_) => bail!("`ironpxe lab` is run by main, not as a server"),
     };
     serve(&server, booter)
 }
