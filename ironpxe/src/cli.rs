@@ -234,6 +234,11 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "DIR")]
     pub tftp_root: Option<PathBuf>,
 
+    /// TFTP transfers one client address may run at once; its further requests get
+    /// "server busy", so one host cannot take every transfer slot [default: 8].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub tftp_per_address: Option<u32>,
+
     /// UDP port for ProxyDHCP offers (change only for testing).
     #[arg(long, default_value_t = 67, hide = true)]
     pub dhcp_port: u16,
