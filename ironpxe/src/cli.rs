@@ -230,7 +230,8 @@ pub(crate) struct ServerArgs {
 
     /// Also serve the files under DIR over TFTP (GRUB, shim, pxelinux trees), next to
     /// the iPXE binaries, which keep their names. Read-only; paths cannot leave DIR,
-    /// not even through symlinks. Files are cached in memory and re-read when changed.
+    /// not even through symlinks. Small files are cached in memory and re-read when
+    /// changed; large ones are streamed from disk.
     #[arg(long, value_name = "DIR")]
     pub tftp_root: Option<PathBuf>,
 
