@@ -520,6 +520,9 @@ pub fn run_storm(config: &StormConfig) -> Result<Report> {
         .ironpxe_boot_args(&kernel, &[&initrd], "console=ttyS0 ironpxe-storm");
     args.push("-l".into());
     args.push(env.lab.pxe_addr().to_string().into());
+    // The simulated machines share the client namespace's address.
+    args.push("--tftp-per-address".into());
+    args.push("100000".into());
     let ironpxe = env.lab.start_ironpxe(&args)?;
     let pid = ironpxe.pid();
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
