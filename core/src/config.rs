@@ -13,6 +13,7 @@
 //! http_port = 8080
 //! status_port = 8081            # unset: the status page is on http_port
 //! shutdown_timeout = "30s"      # after SIGTERM, transfers in flight get this long
+//! tftp_per_address = 8          # TFTP transfers one client address may run at once
 //! default_profile = "installer" # unset: machines not listed are not answered
 //!
 //! [profiles.installer]
@@ -144,6 +145,8 @@ pub struct ServerSettings {
     pub status_port: Option<u16>,
     /// How long, after SIGTERM or SIGINT, transfers in flight may take to finish.
     pub shutdown_timeout: Option<Duration>,
+    /// TFTP transfers one client address may run at once (at least 1).
+    pub tftp_per_address: Option<usize>,
 }
 
 /// `[ipxe]`: iPXE binaries by role (keys as in [`IpxeRole::config_key`]), relative
@@ -236,6 +239,7 @@ struct RawServer {
     http_port: Option<Spanned<u16>>,
     status_port: Option<Spanned<u16>>,
     shutdown_timeout: Option<S>,
+    tftp_per_address: Option<Spanned<u32>>,
     default_profile: Option<S>,
 }
 
@@ -525,6 +529,17 @@ impl Validator<'_> {
             http_port: self.port_at(s.http_port.as_ref(), "server.http_port"),
             status_port: self.port_at(s.status_port.as_ref(), "server.status_port"),
             shutdown_timeout,
+            tftp_per_address: s.tftp_per_address.as_ref().and_then(|n| {
+                if *n.get_ref() == 0 {
+                    self.problem(
+                        n.span().start,
+                        "server.tftp_per_address",
+                        "must be at least 1",
+                    );
+                    return None;
+                }
+                Some(*n.get_ref() as usize)
+            }),
         }
     }
 

@@ -258,9 +258,15 @@ pub(crate) struct ServerArgs {
 
     /// Also serve the files under DIR over TFTP (GRUB, shim, pxelinux trees), next to
     /// the iPXE binaries, which keep their names. Read-only; paths cannot leave DIR,
-    /// not even through symlinks. Files are cached in memory and re-read when changed.
+    /// not even through symlinks. Small files are cached in memory and re-read when
+    /// changed; large ones are streamed from disk.
     #[arg(long, value_name = "DIR")]
     pub tftp_root: Option<PathBuf>,
+
+    /// TFTP transfers one client address may run at once; its further requests get
+    /// "server busy", so one host cannot take every transfer slot [default: 8].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub tftp_per_address: Option<u32>,
 
     /// UDP port for ProxyDHCP offers (change only for testing).
     #[arg(long, default_value_t = 67, hide = true)]
