@@ -10,7 +10,7 @@ use ironpxe_core::event::{emit, BootEvent};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
@@ -19,6 +19,12 @@ use tracing::Instrument;
 /// not from its client (in bursts of as many), so it cannot be used to reflect a
 /// flood.
 const STRAY_ERRORS_PER_SECOND: u32 = 10;
+
+/// Refusals the listening port answers per second (and burst): ERRORs to malformed,
+/// write or refused requests, each with its event. A flood past this gets no answer
+/// and no log line per packet; how many went unanswered is logged at most once per
+/// [`Refusals::SUMMARY_EVERY`].
+const REFUSALS_PER_SECOND: u32 = 50;
 
 /// Serves read requests arriving on `socket` until `shutdown` completes.
 ///
@@ -58,6 +64,7 @@ pub async fn serve(
     let mut tasks = JoinSet::new();
     // Requests are small, but RFC 2347 lets option lists grow past 512 bytes.
     let mut buf = vec![0u8; 65536];
+    let mut refusals = Refusals::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -65,7 +72,7 @@ pub async fn serve(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, peer)) => {
-                    if let Some((req, ticket)) = accept(&socket, &buf[..n], peer, &admission).await {
+                    if let Some((req, ticket)) = accept(&socket, &buf[..n], peer, &admission, &mut refusals).await {
                         let span = tracing::info_span!("tftp", %peer, file = %req.filename);
                         let fut = run_transfer(local_ip, peer, req, files.clone(), cfg.clone(), ticket);
                         tasks.spawn(fut.instrument(span));
@@ -105,10 +112,18 @@ async fn accept(
     datagram: &[u8],
     peer: SocketAddr,
     admission: &Arc<Mutex<Admission>>,
+    refusals: &mut Refusals,
 ) -> Option<(Request, Ticket)> {
-    let refuse = |code: ErrorCode, msg: String| async move {
-        if let Err(e) = socket.send_to(&encode_error(code, &msg), peer).await {
-            tracing::debug!(%peer, error = %e, "tftp could not send error");
+    // Past the refusal budget a refusal is neither answered nor logged: only counted.
+    let mut refuse = |code: ErrorCode, msg: String| {
+        let answer = refusals.allow(Instant::now());
+        async move {
+            if answer {
+                if let Err(e) = socket.send_to(&encode_error(code, &msg), peer).await {
+                    tracing::debug!(%peer, error = %e, "tftp could not send error");
+                }
+            }
+            answer
         }
     };
     match Packet::parse(datagram) {
@@ -125,12 +140,13 @@ async fn accept(
                 }
                 Err(refused) => {
                     let msg = refused.busy_message().unwrap_or("server busy");
-                    emit(BootEvent::TftpFailed {
-                        file: req.filename.clone(),
-                        peer,
-                        reason: msg.into(),
-                    });
-                    refuse(ErrorCode::NotDefined, msg.into()).await;
+                    if refuse(ErrorCode::NotDefined, msg.into()).await {
+                        emit(BootEvent::TftpFailed {
+                            file: req.filename.clone(),
+                            peer,
+                            reason: msg.into(),
+                        });
+                    }
                     None
                 }
             }
@@ -159,6 +175,49 @@ async fn accept(
             .await;
             None
         }
+    }
+}
+
+/// The listening port's budget of refusals ([`REFUSALS_PER_SECOND`]), and the count
+/// of requests it left unanswered.
+struct Refusals {
+    bucket: TokenBucket,
+    unanswered: u64,
+    last_summary: Option<Instant>,
+}
+
+impl Refusals {
+    /// At most one summary line this often.
+    const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Refusals {
+            bucket: TokenBucket::new(REFUSALS_PER_SECOND, REFUSALS_PER_SECOND),
+            unanswered: 0,
+            last_summary: None,
+        }
+    }
+
+    /// Whether a datagram received at `now` may be answered if it is refused.
+    /// Valid requests are taken either way; this only limits what refusals cost.
+    fn allow(&mut self, now: Instant) -> bool {
+        if self.bucket.allow(now) {
+            return true;
+        }
+        self.unanswered += 1;
+        let due = self
+            .last_summary
+            .is_none_or(|t| now.saturating_duration_since(t) >= Self::SUMMARY_EVERY);
+        if due {
+            tracing::warn!(
+                unanswered = self.unanswered,
+                limit_per_second = REFUSALS_PER_SECOND,
+                "tftp: more bad or refused requests than the listener answers; the rest get no answer"
+            );
+            self.unanswered = 0;
+            self.last_summary = Some(now);
+        }
+        false
     }
 }
 

@@ -279,3 +279,42 @@ async fn stray_packets_to_a_transfer_port_get_few_answers() {
     .await;
     srv.stop().await;
 }
+
+/// A flood of garbage and write requests to the listening port is answered up to the
+/// refusal budget, not one ERROR per packet, and a good request is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_requests_to_the_listener_gets_few_answers() {
+    let srv = Server::start(TftpConfig {
+        shutdown_drain: Duration::from_millis(200),
+        ..TftpConfig::default()
+    })
+    .await;
+    let addr = srv.addr;
+    blocking(move || {
+        let flooder = client_on([127, 0, 0, 5]);
+        for i in 0..1000u32 {
+            // Garbage, and write requests (refused with ERROR 2), alternately.
+            let packet = if i % 2 == 0 {
+                vec![0, 9, 1, 2, 3]
+            } else {
+                b"\0\x02upload.bin\0octet\0".to_vec()
+            };
+            flooder.send_to(&packet, addr).unwrap();
+        }
+        let answers = collect(&flooder, Duration::from_millis(300));
+        assert!(!answers.is_empty(), "the first bad requests are still told");
+        // A burst of 50, then 50 a second: the sending took well under a second.
+        assert!(
+            answers.len() <= 120,
+            "{} answers to 1000 bad requests",
+            answers.len()
+        );
+        // A real client right after the flood is served.
+        let s = client();
+        s.send_to(&rrq("undionly.kpxe", Options::default()), addr)
+            .unwrap();
+        assert!(matches!(recv(&s).0, Packet::Data { .. }));
+    })
+    .await;
+    srv.stop().await;
+}
