@@ -30,6 +30,11 @@
 
       checks = forAll (pkgs: {
         vm-test = pkgs.callPackage ./nix/tests/vm-test.nix { module = self.nixosModules.default; };
+      } // nixpkgs.lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
+        # `ironpxe lab --user-net`: a Nix-built kernel and initrd netboot, unprivileged.
+        lab-user-net = pkgs.callPackage ./nix/tests/lab-user-net.nix {
+          ironpxe = pkgs.callPackage ./nix/package.nix { };
+        };
       });
     };
 }

@@ -14,7 +14,8 @@ rustPlatform.buildRustPackage {
   };
 
   cargoLock.lockFile = ../Cargo.lock;
-  cargoBuildFlags = [ "-p" "ironpxe" ];
+  # ironpxe-bench ships the boot-storm load generator (`ironpxe-bench storm`).
+  cargoBuildFlags = [ "-p" "ironpxe" "-p" "ironpxe-bench" ];
   # The unit tests run; the QEMU lab tests need root, network namespaces and QEMU.
   cargoTestFlags = [ "-p" "ironpxe-core" "-p" "ironpxe-dhcp" "-p" "ironpxe-tftp" "-p" "ironpxe-ipxe" ];
 

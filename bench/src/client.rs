@@ -5,7 +5,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Result};
 use ironpxe_tftp::packet::{encode_ack, BlockNum};
@@ -35,12 +35,25 @@ pub struct Args {
 pub struct Fetched {
     /// The file's bytes.
     pub data: Vec<u8>,
-    /// From the RRQ to the last DATA.
+    /// From the RRQ to the last DATA (user-space clock).
     pub took: Duration,
     /// RRQs and ACKs repeated after silence.
     pub resends: u32,
     /// The size the server announced in its OACK, if it sent one.
     pub tsize: Option<u64>,
+    /// Realtime clock just before the RRQ was sent.
+    pub rrq_sent: SystemTime,
+    /// Kernel receive time of the last DATA.
+    pub last_rx: SystemTime,
+}
+
+/// What a TFTP read asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct FetchOptions {
+    /// Block size to ask for.
+    pub blksize: u16,
+    /// RFC 7440 window to ask for; `None` is lockstep.
+    pub windowsize: Option<u16>,
 }
 
 /// Reads `file` from `server` with blksize `blksize` and tsize, lockstep, one ACK per
@@ -51,24 +64,46 @@ pub async fn fetch(
     blksize: u16,
     deadline: Instant,
 ) -> Result<Fetched> {
+    let opts = FetchOptions {
+        blksize,
+        windowsize: None,
+    };
+    fetch_with(server, file, opts, deadline).await
+}
+
+/// Reads `file` from `server` as `opts` says, with tsize: with a window, one ACK per
+/// full window (and for the last block), as EDK2 does; a block out of order makes it
+/// ACK the last block it has, so the server resends from there. Fails when `deadline`
+/// passes or the server stays silent for 8 s.
+pub async fn fetch_with(
+    server: SocketAddr,
+    file: String,
+    opts: FetchOptions,
+    deadline: Instant,
+) -> Result<Fetched> {
     let start = Instant::now();
     let sock = UdpSocket::bind("0.0.0.0:0").await?;
+    crate::rxtime::enable(&sock)?;
     let rrq = Packet::Rrq(Request {
         filename: file,
         mode: Mode::Octet,
         options: Options {
-            blksize: Some(blksize),
+            blksize: Some(opts.blksize),
             tsize: Some(0),
+            windowsize: opts.windowsize,
             ..Options::default()
         },
     })
     .encode()?;
+    let rrq_sent = crate::rxtime::now();
     sock.send_to(&rrq, server).await?;
     let mut last_sent = rrq;
     let mut dest = server;
     let mut tid: Option<SocketAddr> = None;
     let mut size = 512usize;
+    let mut window = 1u16;
     let mut expected: u16 = 1;
+    let mut in_window = 0u16;
     let mut data = Vec::new();
     let mut resends = 0u32;
     let mut tsize = None;
@@ -79,18 +114,19 @@ pub async fn fetch(
         if wait.is_zero() {
             bail!("deadline passed after {} bytes", data.len());
         }
-        let (n, from) = match tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                silent += 1;
-                if silent > 8 {
-                    bail!("server silent after {} bytes", data.len());
+        let (n, from, at) =
+            match tokio::time::timeout(wait, crate::rxtime::recv_from(&sock, &mut buf)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    silent += 1;
+                    if silent > 8 {
+                        bail!("server silent after {} bytes", data.len());
+                    }
+                    resends += 1;
+                    sock.send_to(&last_sent, dest).await?;
+                    continue;
                 }
-                resends += 1;
-                sock.send_to(&last_sent, dest).await?;
-                continue;
-            }
-        };
+            };
         if from.ip() != server.ip() || tid.is_some_and(|t| t != from) {
             continue;
         }
@@ -100,6 +136,7 @@ pub async fn fetch(
                 tid = Some(from);
                 dest = from;
                 size = o.blksize.map_or(512, usize::from);
+                window = o.windowsize.unwrap_or(1).max(1);
                 tsize = o.tsize;
                 last_sent = encode_ack(BlockNum(0));
                 sock.send_to(&last_sent, dest).await?;
@@ -112,18 +149,31 @@ pub async fn fetch(
                 if block.0 == expected {
                     data.extend_from_slice(&payload);
                     expected = expected.wrapping_add(1);
-                    last_sent = encode_ack(block);
-                    sock.send_to(&last_sent, dest).await?;
-                    if payload.len() < size {
+                    in_window += 1;
+                    let last = payload.len() < size;
+                    if last || in_window >= window {
+                        in_window = 0;
+                        last_sent = encode_ack(block);
+                        sock.send_to(&last_sent, dest).await?;
+                    }
+                    if last {
                         return Ok(Fetched {
                             data,
                             took: start.elapsed(),
                             resends,
                             tsize,
+                            rrq_sent,
+                            last_rx: at,
                         });
                     }
-                } else if block.0 == expected.wrapping_sub(1) {
-                    // Our ACK was late or lost: say it again.
+                } else if block.0.wrapping_sub(expected) < 0x8000 {
+                    // A gap in the window: acknowledge what arrived in order, so the
+                    // server resends from the first missing block.
+                    in_window = 0;
+                    last_sent = encode_ack(BlockNum(expected.wrapping_sub(1)));
+                    sock.send_to(&last_sent, dest).await?;
+                } else if window == 1 && block.0 == expected.wrapping_sub(1) {
+                    // Lockstep, and our ACK was late or lost: say it again.
                     sock.send_to(&last_sent, dest).await?;
                 }
             }

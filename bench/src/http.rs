@@ -30,7 +30,7 @@ pub struct Args {
 
 /// nginx unpacked from its Debian package into the lab cache, never installed: the
 /// package would start a daemon on the host.
-fn nginx() -> Result<PathBuf> {
+pub(crate) fn nginx() -> Result<PathBuf> {
     let dir = ironpxe_lab::cache_dir().join("nginx");
     let bin = dir.join("root/usr/sbin/nginx");
     if bin.is_file() {
@@ -67,8 +67,8 @@ fn nginx() -> Result<PathBuf> {
 
 /// CPU ticks of `pid` and its direct children (nginx's workers).
 fn tree_ticks(pid: u32) -> u64 {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     let kids: u64 = children
         .split_whitespace()
         .filter_map(|c| c.parse::<u32>().ok())
@@ -139,10 +139,20 @@ pub fn run(a: Args) -> Result<()> {
     )?;
     let ns = env.lab.pxe_ns();
     let conf_s = conf.display().to_string();
-    let npid = env.spawn("nginx", &ns, &nginx_bin, &["-c", &conf_s, "-e", "stderr"], &[])?;
+    let npid = env.spawn(
+        "nginx",
+        &ns,
+        &nginx_bin,
+        &["-c", &conf_s, "-e", "stderr"],
+        &[],
+    )?;
     let nginx_url = format!("http://{naddr}:8080/initrd");
     crate::env::retry(std::time::Duration::from_secs(10), || {
-        env.run_ok(&env.client.ns, "curl", &["-sSf", "-o", "/dev/null", "-r", "0-0", &nginx_url])
+        env.run_ok(
+            &env.client.ns,
+            "curl",
+            &["-sSf", "-o", "/dev/null", "-r", "0-0", &nginx_url],
+        )
     })?;
     env.check_running()?;
     // Warm the page cache and both servers once.
@@ -191,9 +201,15 @@ pub fn run(a: Args) -> Result<()> {
         )?;
     }
     let (rss1, hwm) = memory_kib(ipid)?;
-    println!("## HTTP: {} concurrent downloads of a {} MiB initrd\n", a.clients, a.size_mb);
+    println!(
+        "## HTTP: {} concurrent downloads of a {} MiB initrd\n",
+        a.clients, a.size_mb
+    );
     println!("{machine}\n");
-    println!("ironpxe: `{}`; nginx: `{}` (sendfile on, 2 workers)\n", ironpxe_url, nginx_url);
+    println!(
+        "ironpxe: `{}`; nginx: `{}` (sendfile on, 2 workers)\n",
+        ironpxe_url, nginx_url
+    );
     println!("| round | order | ironpxe wall | ironpxe CPU | nginx wall | nginx CPU | time ratio | CPU ratio |");
     println!("|---|---|---|---|---|---|---|---|");
     print!("{rows}");

@@ -3,6 +3,7 @@
 //! ([`client`], [`storm`]) and one module per benchmark. The `ironpxe-bench` binary
 //! parses flags and calls the `run` function of each module.
 
+pub mod boot;
 pub mod client;
 pub mod concurrent;
 pub mod dhcp;
@@ -10,6 +11,7 @@ pub mod env;
 pub mod http;
 pub mod loss;
 pub mod procstat;
+pub mod rxtime;
 pub mod servers;
 pub mod speed;
 pub mod storm;

@@ -17,6 +17,9 @@
 //!   at once (ProxyDHCP, TFTP of undionly.kpxe, the iPXE script, kernel and initrd
 //!   over HTTP, the booting callback); failures by phase, per-phase latencies, peak
 //!   RSS and CPU per booted client.
+//! - `ironpxe-bench boot`: QEMU guests (SeaBIOS with the iPXE ROM, OVMF native PXE)
+//!   from power-on to the kernel's marker, booted by ironpxe and by dnsmasq (proxy
+//!   and TFTP) plus nginx, alternating, in fresh labs.
 //! - `ironpxe-bench dhcp`: ProxyDHCP answering of ironpxe against dnsmasq in proxy
 //!   mode, driven by perfdhcp (PXE DISCOVERs only) at a sweep of rates; answered
 //!   share, delays and server CPU per answer.
@@ -26,7 +29,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use ironpxe_bench::{client, concurrent, dhcp, http, loss, speed, storm};
+use ironpxe_bench::{boot, client, concurrent, dhcp, http, loss, speed, storm};
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +55,8 @@ enum Cmd {
     Storm(storm::Args),
     /// ProxyDHCP under perfdhcp at a sweep of rates: ironpxe against dnsmasq in proxy mode.
     Dhcp(dhcp::Args),
+    /// QEMU guests, power-on to kernel marker: ironpxe against dnsmasq (proxy + TFTP) and nginx.
+    Boot(boot::Args),
     /// (internal) The storm's clients, run inside the lab's client namespace.
     #[command(hide = true)]
     StormClients(storm::ClientArgs),
@@ -68,6 +73,7 @@ fn main() -> Result<()> {
         Cmd::Http(a) => http::run(a),
         Cmd::Storm(a) => storm::run(a),
         Cmd::Dhcp(a) => dhcp::run(a),
+        Cmd::Boot(a) => boot::run(a),
         Cmd::StormClients(a) => storm::run_clients(a),
         Cmd::ManyClients(a) => client::run(a),
     }

@@ -13,15 +13,11 @@ use ironpxe_bench::storm::{run_storm, StormConfig};
 
 #[test]
 fn root_storm_of_50_bios_clients_all_boot() {
-    let config = StormConfig {
-        clients: 50,
-        initrd_mb: 8,
-        kernel_mb: 4,
-        ramp_ms: 0,
-        deadline_secs: 50,
-        shape: false,
-        client_exe: PathBuf::from(env!("CARGO_BIN_EXE_ironpxe-bench")),
-    };
+    let mut config = StormConfig::new(50, PathBuf::from(env!("CARGO_BIN_EXE_ironpxe-bench")));
+    config.deadline_secs = 50;
+    // A DHCP probe every 50 ms while the clients download, measured on both sides.
+    config.probe_ms = 50;
+    config.capture = true;
     let report = run_storm(&config).unwrap_or_else(|e| panic!("storm could not run: {e:#}"));
     println!("{report}");
     assert_eq!(
@@ -30,5 +26,18 @@ fn root_storm_of_50_bios_clients_all_boot() {
         "{} of {} simulated clients did not boot:\n{report}",
         report.failed(),
         config.clients
+    );
+    let (probes, lost) = report.probes();
+    assert!(!probes.is_empty(), "no DHCP probe was answered:\n{report}");
+    assert_eq!(lost, 0, "DHCP probes went unanswered:\n{report}");
+    let server = report
+        .server_side
+        .as_ref()
+        .expect("a capture was asked for");
+    // Each client's firmware DISCOVER and its iPXE DISCOVER were seen answered.
+    assert!(
+        server.clients_ms.len() >= 2 * config.clients,
+        "{} answered client DISCOVERs in the capture:\n{report}",
+        server.clients_ms.len()
     );
 }

@@ -15,6 +15,7 @@
 //! status_addr = "192.168.1.2"   # unset: listen_addr
 //! shutdown_timeout = "30s"      # after SIGTERM, transfers in flight get this long
 //! http_max_connections = 4096   # unset: derived from the open-file limit
+//! tftp_per_address = 8          # TFTP transfers one client address may run at once
 //! default_profile = "installer" # unset: machines not listed are not answered
 //!
 //! [profiles.installer]
@@ -152,6 +153,8 @@ pub struct ServerSettings {
     pub http_max_connections: Option<usize>,
     /// HTTP connections one client address may always hold.
     pub http_max_connections_per_addr: Option<usize>,
+    /// TFTP transfers one client address may run at once (at least 1).
+    pub tftp_per_address: Option<usize>,
 }
 
 /// `[ipxe]`: iPXE binaries by role (keys as in [`IpxeRole::config_key`]), relative
@@ -247,6 +250,7 @@ struct RawServer {
     shutdown_timeout: Option<S>,
     http_max_connections: Option<Spanned<i64>>,
     http_max_connections_per_addr: Option<Spanned<i64>>,
+    tftp_per_address: Option<Spanned<u32>>,
     default_profile: Option<S>,
 }
 
@@ -554,6 +558,17 @@ impl Validator<'_> {
                 s.http_max_connections_per_addr.as_ref(),
                 "server.http_max_connections_per_addr",
             ),
+            tftp_per_address: s.tftp_per_address.as_ref().and_then(|n| {
+                if *n.get_ref() == 0 {
+                    self.problem(
+                        n.span().start,
+                        "server.tftp_per_address",
+                        "must be at least 1",
+                    );
+                    return None;
+                }
+                Some(*n.get_ref() as usize)
+            }),
         }
     }
 

@@ -8,6 +8,7 @@ mod api;
 mod cli;
 mod config_mode;
 mod ipxe_files;
+mod lab_cmd;
 mod run;
 mod server_config;
 
@@ -43,6 +44,9 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => e.exit(),
     };
+    if let cli::Command::Lab(lab) = args.command {
+        return lab_cmd::main(lab, args.log.debug);
+    }
     run::init_logging(&args.log);
     match run::run(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -80,6 +80,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 None => (server, booter),
             }
         }
+        Command::Lab(_) => bail!("`ironpxe lab` is run by main, not as a server"),
     };
     serve(&server, booter)
 }
@@ -371,6 +372,7 @@ async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet
     let mut servers = tokio::task::JoinSet::new();
     let tftp_cfg = ironpxe_tftp::TftpConfig {
         shutdown_drain: drain,
+        max_per_address: args.tftp_per_address,
         ..ironpxe_tftp::TftpConfig::default()
     };
     let stop = shutdown.clone().cancelled_owned();

@@ -407,3 +407,15 @@ fn a_toml_error_without_a_message_still_says_what_is_wrong() {
         ["/etc/ironpxe/test.toml:1: toml: invalid TOML: unexpected '\\r'"]
     );
 }
+
+#[test]
+fn server_tftp_per_address() {
+    let c = parse("[server]\ntftp_per_address = 2\n").unwrap();
+    assert_eq!(c.server.tftp_per_address, Some(2));
+    assert_eq!(parse("").unwrap().server.tftp_per_address, None);
+    let e = parse("[server]\ntftp_per_address = 0\n").unwrap_err();
+    assert_eq!(
+        lines(e),
+        ["/etc/ironpxe/test.toml:2: server.tftp_per_address: must be at least 1"]
+    );
+}

@@ -1,11 +1,16 @@
-//! QEMU guests that network-boot on the lab bridge.
+//! QEMU guests that network-boot on the lab bridge, or on a QEMU user network.
 //!
 //! A BIOS guest is SeaBIOS with iPXE as the virtio-net option ROM; SeaBIOS's serial
 //! console (`etc/sercon-port`) puts the BIOS and iPXE screens on the serial port. A
 //! UEFI guest is OVMF (read-only code, a private copy of the variable store) with the
-//! iPXE EFI ROM, booting through EDK2's own PXE or HTTP client. Either way the serial
-//! port is QEMU's stdout, read line by line with timestamps, and QEMU is killed by
-//! PID when the [`Guest`] is dropped.
+//! iPXE EFI ROM, or without it, booting through EDK2's own PXE or HTTP client. Either
+//! way the serial port is QEMU's stdout, read line by line with timestamps, and QEMU
+//! is killed by PID when the [`Guest`] is dropped.
+//!
+//! With user networking ([`crate::Network::User`]) the guest's NIC is on its own QEMU
+//! user network, whose DHCP server gives the NIC's iPXE ROM (QEMU's default one) the
+//! URL of the guest's boot script on ironpxe as its boot file. With `pcap`, QEMU
+//! writes everything the guest's NIC sends and receives to `<guest>.pcap`.
 
 use std::fs;
 use std::path::PathBuf;
@@ -13,24 +18,37 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
-use ironpxe_core::MacAddr;
+use ironpxe_core::{ClientArch, MacAddr};
 
 use crate::assets::MARKER_PREFIX;
+use crate::error::{io_err, Error, Result, WaitEnd};
 use crate::lab::Lab;
-use crate::preflight::{EFI_VIRTIO_ROM, OVMF_CODE, OVMF_VARS, PXE_VIRTIO_ROM};
-use crate::proc::{LineMode, LogLine, Proc, WaitEnd};
+use crate::netns::exec_in;
+use crate::preflight::{program, EFI_VIRTIO_ROM, PXE_VIRTIO_ROM, QEMU_X86_64};
+use crate::proc::{LineMode, LogLine, Proc, Stop};
 
 /// How long a guest may take to print the marker by default.
 pub const DEFAULT_MARKER_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// The firmware a guest boots with.
+/// The firmware a guest's machine runs (see [`GuestConfig`] for the network boot
+/// client, and [`crate::GuestFirmware`] for the combinations `ironpxe lab` offers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Firmware {
-    /// SeaBIOS with the iPXE virtio-net ROM (`pxe-virtio.rom`).
+    /// SeaBIOS on QEMU's `pc` machine.
     Bios,
-    /// OVMF (EDK2) with the iPXE EFI virtio-net ROM (`efi-virtio.rom`).
+    /// OVMF (EDK2) on QEMU's `q35` machine.
     Uefi,
+}
+
+impl Firmware {
+    /// The option 93 architecture this firmware's iPXE announces: what a
+    /// user-network guest's script URL names.
+    pub fn ipxe_arch(self) -> ClientArch {
+        match self {
+            Firmware::Bios => ClientArch::Bios,
+            Firmware::Uefi => ClientArch::EfiX64,
+        }
+    }
 }
 
 /// How to start a guest.
@@ -49,6 +67,8 @@ pub struct GuestConfig {
     /// Load the iPXE option ROM on the NIC (default). Off (`romfile=`), a UEFI guest
     /// uses OVMF's own virtio-net driver and EDK2's PXE or HTTP Boot client.
     pub ipxe_rom: bool,
+    /// Record the NIC's traffic to `<out_dir>/<name>.pcap` (QEMU's `filter-dump`).
+    pub pcap: bool,
     /// More QEMU arguments.
     pub extra_args: Vec<String>,
 }
@@ -63,6 +83,7 @@ impl GuestConfig {
             memory_mib: 512,
             uefi_http_only: false,
             ipxe_rom: true,
+            pcap: false,
             extra_args: Vec::new(),
         }
     }
@@ -172,52 +193,83 @@ pub struct Guest {
     serial_log: PathBuf,
 }
 
+/// Starts QEMU for a guest: on tap device `tap` in the switch namespace, or without
+/// one on a QEMU user network.
 pub(crate) fn start(
     lab: &Lab,
     config: GuestConfig,
     name: String,
     mac: MacAddr,
-    tap: &str,
+    tap: Option<&str>,
 ) -> Result<Guest> {
     let uuid = random_uuid()?;
     let tmp = lab.tmp_dir();
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &lab.switch_ns(), "qemu-system-x86_64"])
-        .args(["-name", &name, "-accel", "tcg", "-smp", "1"])
+    let qemu = program(QEMU_X86_64);
+    let mut cmd = match tap {
+        Some(_) => exec_in(&lab.switch_ns(), qemu),
+        None => Command::new(qemu),
+    };
+    let accel = lab.accel().accel.qemu_name();
+    cmd.args(["-name", &name, "-accel", accel, "-smp", "1"])
         .args(["-m", &config.memory_mib.to_string()])
         .args(["-uuid", &uuid])
         .args(["-nodefaults", "-display", "none", "-monitor", "none"])
         .args(["-serial", "stdio", "-no-reboot"])
-        .arg("-netdev")
-        .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
-    // The iPXE ROMs carry the PCI id of a modern (virtio 1.0) device. QEMU patches
-    // the id only into its default ROM, so with an explicit romfile= the device must
-    // be modern-only or the firmware skips the ROM.
-    let rom = match (config.ipxe_rom, config.firmware) {
-        (false, _) => "",
-        (true, Firmware::Bios) => PXE_VIRTIO_ROM,
-        (true, Firmware::Uefi) => EFI_VIRTIO_ROM,
-    };
-    cmd.arg("-device").arg(format!(
-        "virtio-net-pci,netdev=n0,mac={mac},romfile={rom},disable-legacy=on,bootindex=1"
-    ));
+        .arg("-netdev");
+    match tap {
+        Some(tap) => {
+            cmd.arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
+            // The iPXE ROMs carry the PCI id of a modern (virtio 1.0) device. QEMU
+            // patches the id only into its default ROM, so with an explicit romfile=
+            // the device must be modern-only or the firmware skips the ROM.
+            let rom = match (config.ipxe_rom, config.firmware) {
+                (false, _) => "",
+                (true, Firmware::Bios) => PXE_VIRTIO_ROM,
+                (true, Firmware::Uefi) => EFI_VIRTIO_ROM,
+            };
+            cmd.arg("-device").arg(format!(
+                "virtio-net-pci,netdev=n0,mac={mac},romfile={rom},disable-legacy=on,bootindex=1"
+            ));
+        }
+        None => {
+            // QEMU's DHCP server hands the NIC's iPXE ROM (QEMU's default ROM, which
+            // speaks HTTP under SeaBIOS and OVMF alike) the script URL as its boot
+            // file. QEMU splits its options at commas; a boot URL has none.
+            let script = lab
+                .guest_boot_urls()
+                .script(mac, config.firmware.ipxe_arch());
+            cmd.arg(format!("user,id=n0,bootfile={script}"));
+            cmd.arg("-device")
+                .arg(format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"));
+        }
+    }
+    if config.pcap {
+        let pcap = lab.out_dir().join(format!("{name}.pcap"));
+        cmd.arg("-object").arg(format!(
+            "filter-dump,id=dump0,netdev=n0,file={}",
+            pcap.display()
+        ));
+    }
     match config.firmware {
         Firmware::Bios => {
             // SeaBIOS reads the serial console port as a little-endian integer.
             let sercon = tmp.join("sercon-port");
-            fs::write(&sercon, 0x3f8u16.to_le_bytes())?;
+            fs::write(&sercon, 0x3f8u16.to_le_bytes()).map_err(io_err("write", &sercon))?;
             cmd.args(["-machine", "pc", "-boot", "n"])
                 .arg("-fw_cfg")
                 .arg(format!("name=etc/sercon-port,file={}", sercon.display()));
         }
         Firmware::Uefi => {
             let vars = tmp.join(format!("{name}-OVMF_VARS.fd"));
-            fs::copy(OVMF_VARS, &vars)
-                .with_context(|| format!("cannot copy {OVMF_VARS} to {}", vars.display()))?;
+            let template = crate::preflight::ovmf_vars();
+            fs::copy(&template, &vars).map_err(io_err("copy the OVMF variables to", &vars))?;
+            // A read-only template stays read-only in its copy; QEMU writes to it.
+            let _ = set_writable(&vars);
             cmd.args(["-machine", "q35"])
                 .arg("-drive")
                 .arg(format!(
-                    "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    crate::preflight::ovmf_code().display()
                 ))
                 .arg("-drive")
                 .arg(format!(
@@ -236,7 +288,11 @@ pub(crate) fn start(
     let serial_log = out.join(format!("{name}.serial.log"));
     let _ = fs::write(
         out.join(format!("{name}.cmd.txt")),
-        format!("{cmd:?}\nmac={mac} uuid={uuid} tap={tap}\n"),
+        format!(
+            "{}\nmac={mac} uuid={uuid} tap={}\n",
+            crate::proc::show_command(&cmd),
+            tap.unwrap_or("-")
+        ),
     );
     let proc = lab.spawn_proc(
         &name,
@@ -250,7 +306,7 @@ pub(crate) fn start(
         mac,
         uuid,
         firmware: config.firmware,
-        tap: tap.to_string(),
+        tap: tap.unwrap_or_default().to_string(),
         proc,
         serial_log,
     })
@@ -277,7 +333,7 @@ impl Guest {
         self.firmware
     }
 
-    /// Its tap device in the switch namespace.
+    /// Its tap device in the switch namespace (empty with user networking).
     pub fn tap(&self) -> &str {
         &self.tap
     }
@@ -309,41 +365,61 @@ impl Guest {
 
     /// Waits until a serial line contains `needle`.
     pub fn wait_for_serial(&self, needle: &str, timeout: Duration) -> Result<LogLine> {
-        self.proc
-            .log
-            .wait_for(Instant::now() + timeout, |lines| {
-                lines.iter().find(|l| l.text.contains(needle)).cloned()
-            })
-            .map_err(|end| self.wait_error(end, &format!("a serial line with {needle:?}"), timeout))
+        self.wait_for_line(&format!("a serial line with {needle:?}"), timeout, |l| {
+            l.text.contains(needle).then(|| l.clone())
+        })
     }
 
     /// Waits for the initrd's marker and returns the command line it reported.
     pub fn wait_for_marker(&self, timeout: Duration) -> Result<Marker> {
+        self.wait_for_line("the IRONPXE-MARKER line", timeout, |l| {
+            parse_marker(&l.text).map(|cmdline| Marker {
+                cmdline,
+                at: l.at,
+                line: l.text.clone(),
+            })
+        })
+    }
+
+    /// Waits until `check` returns something for a line of the guest's serial port
+    /// or of QEMU's stderr (earliest line first; [`LogLine::stream`] tells them
+    /// apart); `what` names what is waited for in the error.
+    pub fn wait_for_line<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&LogLine) -> Option<T>,
+    ) -> Result<T> {
         self.proc
             .log
             .wait_for(Instant::now() + timeout, |lines| {
-                lines.iter().find_map(|l| {
-                    parse_marker(&l.text).map(|cmdline| Marker {
-                        cmdline,
-                        at: l.at,
-                        line: l.text.clone(),
-                    })
-                })
+                lines.iter().find_map(&mut check)
             })
-            .map_err(|end| self.wait_error(end, "the IRONPXE-MARKER line", timeout))
+            .map_err(|stop| self.wait_error(stop, what, timeout))
     }
 
-    fn wait_error(&self, end: WaitEnd, what: &str, timeout: Duration) -> anyhow::Error {
-        let why = match end {
-            WaitEnd::Timeout => format!("{what} did not appear within {timeout:?}"),
-            WaitEnd::Closed => format!("QEMU exited before {what}"),
-        };
-        anyhow!(
-            "{}: {why}; serial log {}; last lines:\n{}",
-            self.name,
-            self.serial_log.display(),
-            self.proc.tail(25)
-        )
+    fn wait_error(&self, stop: Stop, what: &str, timeout: Duration) -> Error {
+        Error::Guest {
+            guest: self.name.clone(),
+            what: what.to_string(),
+            end: match stop {
+                Stop::Timeout => WaitEnd::Timeout(timeout),
+                Stop::Closed => WaitEnd::Exited,
+            },
+            serial_log: self.serial_log.clone(),
+            tail: self.proc.tail(25),
+        }
+    }
+
+    /// The last `n` serial lines, for messages.
+    pub fn tail(&self, n: usize) -> String {
+        self.proc.tail(n)
+    }
+
+    /// Waits up to `timeout` for QEMU to exit on its own (after the guest powered
+    /// off); whether it did.
+    pub fn wait_exit(&self, timeout: Duration) -> bool {
+        self.proc.wait_exit(timeout).is_some()
     }
 
     /// Kills QEMU (by PID).
@@ -358,10 +434,19 @@ impl Drop for Guest {
     }
 }
 
+fn set_writable(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut perm = fs::metadata(path)?.permissions();
+    perm.set_mode(perm.mode() | 0o600);
+    fs::set_permissions(path, perm)
+}
+
 fn random_uuid() -> Result<String> {
     use std::io::Read;
     let mut b = [0u8; 16];
-    fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(io_err("read", "/dev/urandom"))?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();

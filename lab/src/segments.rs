@@ -18,10 +18,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-
+use crate::error::{io_err, Error, Result};
 use crate::lab::Lab;
+use crate::netns::exec_in;
 use crate::proc::{LineMode, Proc};
+use crate::site::dnsmasq_cmd;
 
 /// `10.(77+k).N` for segment `k` of lab subnet `n` (segment 0 is the main one).
 pub fn segment_prefix(k: u8, n: u8) -> String {
@@ -105,8 +106,7 @@ impl Capture {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.proc.kill();
-        let bytes = fs::read(&self.file)
-            .with_context(|| format!("cannot read capture {}", self.file.display()))?;
+        let bytes = fs::read(&self.file).map_err(io_err("read the capture", &self.file))?;
         udp_in_pcap(&bytes)
     }
 }
@@ -122,7 +122,7 @@ pub fn save_dhcp_requests(caps: &[CapturedUdp], dir: &Path, prefix: &str) -> Res
         .enumerate()
     {
         let path = dir.join(format!("{prefix}-{i:02}-{}.bin", c.dst.port()));
-        fs::write(&path, &c.payload).with_context(|| format!("cannot write {}", path.display()))?;
+        fs::write(&path, &c.payload).map_err(io_err("write", &path))?;
         out.push(path);
     }
     Ok(out)
@@ -131,7 +131,10 @@ pub fn save_dhcp_requests(caps: &[CapturedUdp], dir: &Path, prefix: &str) -> Res
 /// The IPv4/UDP datagrams of a pcap file (Ethernet link type).
 pub fn udp_in_pcap(bytes: &[u8]) -> Result<Vec<CapturedUdp>> {
     if bytes.len() < 24 {
-        bail!("pcap file too short ({} bytes)", bytes.len());
+        return Err(Error::Invalid(format!(
+            "pcap file too short ({} bytes)",
+            bytes.len()
+        )));
     }
     let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
     let (le, nanos) = match magic {
@@ -139,7 +142,11 @@ pub fn udp_in_pcap(bytes: &[u8]) -> Result<Vec<CapturedUdp>> {
         [0x4d, 0x3c, 0xb2, 0xa1] => (true, true),
         [0xa1, 0xb2, 0xc3, 0xd4] => (false, false),
         [0xa1, 0xb2, 0x3c, 0x4d] => (false, true),
-        _ => bail!("not a pcap file (magic {magic:02x?})"),
+        _ => {
+            return Err(Error::Invalid(format!(
+                "not a pcap file (magic {magic:02x?})"
+            )))
+        }
     };
     let u32_at = |b: &[u8], i: usize| {
         let w = [b[i], b[i + 1], b[i + 2], b[i + 3]];
@@ -151,7 +158,9 @@ pub fn udp_in_pcap(bytes: &[u8]) -> Result<Vec<CapturedUdp>> {
     };
     let link = u32_at(bytes, 20);
     if link != 1 {
-        bail!("pcap link type {link}, expected Ethernet (1)");
+        return Err(Error::Invalid(format!(
+            "pcap link type {link}, expected Ethernet (1)"
+        )));
     }
     let mut out = Vec::new();
     let mut i = 24;
@@ -189,27 +198,12 @@ impl Lab {
     /// Creates bridge `<id>-b<k>` in the switch namespace: segment `k` (1 to 9),
     /// addresses `10.(77+k).N.0/24`.
     pub fn add_segment(&self, k: u8) -> Result<Segment> {
+        self.require_namespaces("a segment")?;
         if !(1..=9).contains(&k) {
-            bail!("segment number {k} is not 1 to 9");
+            return Err(Error::Invalid(format!("segment number {k} is not 1 to 9")));
         }
         let bridge = format!("{}-b{k}", self.id());
-        let sw = self.switch_ns();
-        self.ip(&[
-            "-n",
-            &sw,
-            "link",
-            "add",
-            &bridge,
-            "type",
-            "bridge",
-            "stp_state",
-            "0",
-            "forward_delay",
-            "0",
-            "mcast_snooping",
-            "0",
-        ])?;
-        self.ip(&["-n", &sw, "link", "set", &bridge, "up"])?;
+        self.add_bridge(&bridge)?;
         Ok(Segment {
             index: k,
             bridge,
@@ -355,7 +349,11 @@ impl Lab {
                     .then_some(())
             });
         if ready.is_err() {
-            bail!("{name} did not start:\n{}", proc.tail(20));
+            return Err(Error::Startup {
+                process: name.to_string(),
+                why: "did not start".into(),
+                tail: proc.tail(20),
+            });
         }
         Ok(LabProc { proc })
     }
@@ -364,17 +362,17 @@ impl Lab {
     /// with a pcap `filter` (e.g. `udp`). Returns once tcpdump listens.
     pub fn capture(&self, name: &str, ns: &str, ifname: &str, filter: &str) -> Result<Capture> {
         let file = self.out_dir().join(format!("{name}.pcap"));
-        let mut cmd = Command::new("ip");
+        self.require_namespaces("a capture")?;
+        let mut cmd = exec_in(ns, crate::preflight::program("tcpdump"));
+        // A 32 MiB buffer: a burst of hundreds of packets is not dropped.
         cmd.args([
-            "netns",
-            "exec",
-            ns,
-            "tcpdump",
             "-n",
             "-U",
             "--immediate-mode",
             "-s",
             "0",
+            "-B",
+            "32768",
             "-i",
         ])
         .arg(ifname)
@@ -390,11 +388,10 @@ impl Lab {
                     .any(|l| l.text.contains("listening on"))
                     .then_some(())
             })
-            .map_err(|_| {
-                anyhow!(
-                    "tcpdump in {ns} did not start (apt-get install tcpdump):\n{}",
-                    proc.tail(10)
-                )
+            .map_err(|_| Error::Startup {
+                process: format!("tcpdump in {ns}"),
+                why: "did not start (apt-get install tcpdump)".into(),
+                tail: proc.tail(10),
             })?;
         Ok(Capture { proc, file })
     }
@@ -423,42 +420,25 @@ impl Lab {
             ip = dst.ip(),
             port = dst.port()
         );
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", &script])
+        let out = exec_in(ns, "python3")
+            .args(["-c", &script])
             .args(&hex)
             .output()
-            .context("cannot run python3 (apt-get install python3)")?;
+            .map_err(|source| Error::Spawn {
+                program: format!("python3 in {ns}"),
+                hint: Some("apt-get install python3".into()),
+                source,
+            })?;
         if !out.status.success() {
-            bail!(
-                "sending UDP from {ns} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            return Err(Error::Command {
+                command: format!("python3 (sending UDP from {ns})"),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                hint: None,
+            });
         }
         Ok(())
     }
-}
-
-/// dnsmasq in `ns` on `ifname` as a lab DHCP server: foreground, no DNS, no
-/// config file, no ping delay, logging every DHCP exchange to stdout.
-pub(crate) fn dnsmasq_cmd(ns: &str, ifname: &str) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns, "dnsmasq"])
-        .args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--pid-file=",
-            "--port=0",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-ping",
-            "--user=root",
-            "--bind-interfaces",
-            "--dhcp-authoritative",
-            "--log-dhcp",
-            "--log-facility=-",
-        ])
-        .arg(format!("--interface={ifname}"));
-    cmd
 }
 
 #[cfg(test)]
@@ -495,7 +475,7 @@ mod tests {
 
     #[test]
     fn names_fit_interface_limit() {
-        let id = format!("{}fffff", crate::lab::NAME_PREFIX);
+        let id = format!("{}fffff", crate::netns::NAME_PREFIX);
         for suffix in [
             "-b9", "-p9", "-vq9", "-s9", "-vt9", "-r9", "-ra9", "-rb9", "-vr9", "-vf9",
         ] {

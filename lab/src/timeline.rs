@@ -173,12 +173,13 @@ pub(crate) fn build(lab: &Lab, guest: &Guest) -> Timeline {
             text: l.text.trim().to_string(),
         });
     }
-    for e in lab.ironpxe_events() {
-        // Events of other guests are not part of this guest's boot.
-        if let Some(m) = e.field("mac") {
-            if !m.eq_ignore_ascii_case(&mac) {
-                continue;
-            }
+    let events = lab.ironpxe_events();
+    let site = lab.site_lines();
+    let addrs = guest_addresses(&events, &site, &mac);
+    let others = other_guests_connections(&events, &mac);
+    for e in &events {
+        if !belongs_to(e, &mac, &addrs, &others) {
+            continue;
         }
         entries.push(Entry {
             at: rel(e.at),
@@ -200,7 +201,7 @@ pub(crate) fn build(lab: &Lab, guest: &Guest) -> Timeline {
             }
         }
     }
-    for l in lab.site_lines() {
+    for l in site {
         let t = &l.text;
         let dhcp_msg = [
             "DHCPDISCOVER(",
@@ -224,9 +225,108 @@ pub(crate) fn build(lab: &Lab, guest: &Guest) -> Timeline {
     Timeline { entries }
 }
 
+/// The IPv4 addresses `mac` was given: by ironpxe's `dhcp.address` events and the
+/// site server's DHCPACKs.
+fn guest_addresses(
+    events: &[crate::Event],
+    site: &[crate::LogLine],
+    mac: &str,
+) -> Vec<std::net::Ipv4Addr> {
+    let mut out: Vec<std::net::Ipv4Addr> = events
+        .iter()
+        .filter(|e| e.field("mac").is_some_and(|m| m.eq_ignore_ascii_case(mac)))
+        .filter_map(|e| e.field("ip")?.parse().ok())
+        .collect();
+    out.extend(
+        site.iter()
+            .filter_map(|l| crate::site::parse_site_ack(&l.text, mac)),
+    );
+    out
+}
+
+/// The connections (`peer` as `addr:port`) that events of other MACs name: on them,
+/// events without a MAC are another guest's, even where all peers share an address.
+fn other_guests_connections<'a>(events: &'a [crate::Event], mac: &str) -> Vec<&'a str> {
+    events
+        .iter()
+        .filter(|e| e.field("mac").is_some_and(|m| !m.eq_ignore_ascii_case(mac)))
+        .filter_map(|e| e.field("peer"))
+        .collect()
+}
+
+/// Whether an event is part of the boot of the guest with `mac` and `addrs`: its
+/// `mac` is the guest's, or it has none, its `peer` is no connection of another
+/// guest (`others`), and it is one of the guest's addresses. When the guest's
+/// addresses are unknown (user networking, where every peer is QEMU on loopback),
+/// such events are kept.
+fn belongs_to(e: &crate::Event, mac: &str, addrs: &[std::net::Ipv4Addr], others: &[&str]) -> bool {
+    if let Some(m) = e.field("mac") {
+        return m.eq_ignore_ascii_case(mac);
+    }
+    if e.field("peer").is_some_and(|p| others.contains(&p)) {
+        return false;
+    }
+    let peer = e
+        .field("peer")
+        .and_then(|p| p.parse::<std::net::SocketAddr>().ok());
+    match peer {
+        Some(std::net::SocketAddr::V4(p)) if !addrs.is_empty() => addrs.contains(p.ip()),
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_of_other_guests_are_left_out() {
+        let ev = |name: &str, fields: &[(&str, &str)]| crate::Event {
+            at: Instant::now(),
+            name: name.into(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            line: String::new(),
+        };
+        let me = "52:54:00:00:00:01";
+        let events = vec![
+            ev("dhcp.address", &[("ip", "10.0.0.5"), ("mac", me)]),
+            ev(
+                "dhcp.address",
+                &[("ip", "10.0.0.6"), ("mac", "52:54:00:00:00:02")],
+            ),
+        ];
+        let addrs = guest_addresses(&events, &[], me);
+        assert_eq!(addrs, [std::net::Ipv4Addr::new(10, 0, 0, 5)]);
+        assert!(belongs_to(&events[0], me, &addrs, &[]));
+        assert!(!belongs_to(&events[1], me, &addrs, &[]));
+        let tftp = |peer: &str| ev("tftp.done", &[("peer", peer)]);
+        assert!(belongs_to(&tftp("10.0.0.5:1850"), me, &addrs, &[]));
+        assert!(!belongs_to(&tftp("10.0.0.6:1850"), me, &addrs, &[]));
+        assert!(belongs_to(&tftp("127.0.0.1:1"), me, &[], &[]));
+        assert!(belongs_to(&ev("x", &[]), me, &addrs, &[]));
+        let shared = vec![
+            ev("http.script", &[("mac", me), ("peer", "127.0.0.1:5")]),
+            ev(
+                "http.script",
+                &[("mac", "52:54:00:00:00:02"), ("peer", "127.0.0.1:6")],
+            ),
+        ];
+        let others = other_guests_connections(&shared, me);
+        assert_eq!(others, ["127.0.0.1:6"]);
+        // A guest's own events stay, whatever their peer.
+        let offer = |m: &str| ev("dhcp.offer", &[("mac", m), ("peer", "0.0.0.0:68")]);
+        let both = [offer(me), offer("52:54:00:00:00:02")];
+        let others = other_guests_connections(&both, me);
+        assert!(belongs_to(&both[0], me, &[], &others));
+        assert!(!belongs_to(&both[1], me, &[], &others));
+        let file = |peer: &str| ev("http.file.done", &[("peer", peer)]);
+        let others = other_guests_connections(&shared, me);
+        assert!(belongs_to(&file("127.0.0.1:5"), me, &[], &others));
+        assert!(!belongs_to(&file("127.0.0.1:6"), me, &[], &others));
+    }
 
     #[test]
     fn timeline_queries() {

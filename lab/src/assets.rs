@@ -1,19 +1,20 @@
 //! What the guests boot: a Debian cloud kernel from the cache and a busybox initrd
-//! built at test time.
+//! built at run time.
 //!
 //! The kernel is fetched once with apt (`apt-cache depends` names the current
 //! package, `apt-get download` fetches it, `dpkg-deb -x` unpacks it) into the cache
-//! directory, `<workspace>/.lab-cache/` or `$IRONPXE_LAB_CACHE`. The initrd is a cpio
-//! (newc) archive written here in Rust: `/bin/busybox` from busybox-static, a
-//! `/dev/console` node and an `/init` that prints [`MARKER_PREFIX`] with
-//! `/proc/cmdline` on ttyS0 and powers off. Nothing binary is kept in the source tree.
+//! directory ([`cache_dir`]: `$IRONPXE_LAB_CACHE`, else `$XDG_CACHE_HOME/ironpxe`,
+//! else `~/.cache/ironpxe`). The initrd is a cpio (newc) archive written here in
+//! Rust: `/bin/busybox` from busybox-static, a `/dev/console` node and an `/init`
+//! that prints [`MARKER_PREFIX`] with `/proc/cmdline` on ttyS0 and powers off.
+//! Nothing binary is kept in the source tree.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{io_err, Error, Result};
 
 /// The start of the line the initrd prints: `IRONPXE-MARKER cmdline=[...]`.
 pub const MARKER_PREFIX: &str = "IRONPXE-MARKER cmdline=[";
@@ -35,7 +36,8 @@ echo "IRONPXE-MARKER cmdline=[$cmdline]" > /dev/ttyS0
 echo "IRONPXE-LAB poweroff failed" > /dev/ttyS0
 "#;
 
-/// The workspace root (the parent of this crate's directory).
+/// The source tree's root (the parent of this crate's directory), as it was when
+/// the lab was compiled. Only the tests use it, for their `lab-out/`.
 pub fn workspace_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -43,32 +45,52 @@ pub fn workspace_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
-/// The download cache: `$IRONPXE_LAB_CACHE`, else `<workspace>/.lab-cache/`.
+/// The download cache: `$IRONPXE_LAB_CACHE`, else `$XDG_CACHE_HOME/ironpxe`, else
+/// `$HOME/.cache/ironpxe`, else a directory under the system's temporary directory.
 pub fn cache_dir() -> PathBuf {
-    match std::env::var_os("IRONPXE_LAB_CACHE") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => workspace_dir().join(".lab-cache"),
+    cache_dir_from(|name| std::env::var_os(name))
+}
+
+fn cache_dir_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
+    if let Some(dir) = var("IRONPXE_LAB_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(xdg) = var("XDG_CACHE_HOME").map(PathBuf::from) {
+        // The XDG spec ignores relative paths.
+        if xdg.is_absolute() {
+            return xdg.join("ironpxe");
+        }
+    }
+    match var("HOME").map(PathBuf::from) {
+        Some(home) if home.is_absolute() => home.join(".cache").join("ironpxe"),
+        _ => std::env::temp_dir().join("ironpxe-cache"),
     }
 }
 
-/// Returns the path of a cloud kernel, downloading it into [`cache_dir`] when no
-/// kernel is cached yet. `$IRONPXE_LAB_KERNEL` names a kernel file to use instead.
+/// Returns the path of a cloud kernel in [`cache_dir`], downloading it first when
+/// none is cached. `$IRONPXE_LAB_KERNEL` names a kernel file to use instead.
 pub fn kernel() -> Result<PathBuf> {
+    kernel_in(&cache_dir())
+}
+
+/// [`kernel`] with an explicit cache directory.
+pub fn kernel_in(cache: &Path) -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("IRONPXE_LAB_KERNEL").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
         if !path.is_file() {
-            bail!("IRONPXE_LAB_KERNEL={} is not a file", path.display());
+            return Err(Error::Kernel(format!(
+                "IRONPXE_LAB_KERNEL={} is not a file",
+                path.display()
+            )));
         }
         return Ok(path);
     }
-    let cache = cache_dir();
-    if let Some(found) = cached_kernel(&cache) {
+    if let Some(found) = cached_kernel(cache) {
         return Ok(found);
     }
-    fs::create_dir_all(&cache)
-        .with_context(|| format!("cannot create cache dir {}", cache.display()))?;
-    // The cache holds downloads only; keep it out of version control and backups
-    // even where the workspace's .gitignore does not mention it.
+    fs::create_dir_all(cache).map_err(io_err("create the cache directory", cache))?;
+    // The cache holds downloads only; keep it out of version control and backups.
     let _ = fs::write(cache.join(".gitignore"), "*\n");
     let _ = fs::write(
         cache.join("CACHEDIR.TAG"),
@@ -76,27 +98,28 @@ pub fn kernel() -> Result<PathBuf> {
     );
 
     let package = resolve_kernel_package()?;
-    // Download and unpack in a private directory, then rename: two test processes
-    // racing here both succeed, and one of the renames wins.
+    // Download and unpack in a private directory, then rename: two processes racing
+    // here both succeed, and one of the renames wins.
     let work = tempfile::Builder::new()
         .prefix(".download-")
-        .tempdir_in(&cache)
-        .with_context(|| format!("cannot create a temporary dir in {}", cache.display()))?;
+        .tempdir_in(cache)
+        .map_err(io_err("create a temporary directory in", cache))?;
     run(
         Command::new("apt-get")
             .args(["download", &package])
             .current_dir(work.path()),
         "run `apt-get update` first, and check that Debian's package mirror is reachable",
     )?;
-    let deb = fs::read_dir(work.path())?
+    let deb = fs::read_dir(work.path())
+        .map_err(io_err("read", work.path()))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
         .ok_or_else(|| {
-            anyhow!(
+            Error::Kernel(format!(
                 "`apt-get download {package}` produced no .deb in {}",
                 work.path().display()
-            )
+            ))
         })?;
     let root = work.path().join("root");
     run(
@@ -111,22 +134,27 @@ pub fn kernel() -> Result<PathBuf> {
     if !dest.exists() {
         if let Err(e) = fs::rename(&root, &dest) {
             if !dest.exists() {
-                return Err(e).with_context(|| format!("cannot move kernel to {}", dest.display()));
+                return Err(io_err("move the kernel to", &dest)(e));
             }
         }
     }
-    cached_kernel(&cache).ok_or_else(|| {
-        anyhow!(
+    cached_kernel(cache).ok_or_else(|| {
+        Error::Kernel(format!(
             "package {package} unpacked into {} has no boot/vmlinuz-*",
             dest.display()
-        )
+        ))
     })
 }
 
 /// Whether [`kernel`] can answer without downloading.
 pub fn kernel_is_cached() -> bool {
+    kernel_is_cached_in(&cache_dir())
+}
+
+/// Whether [`kernel_in`] can answer for `cache` without downloading.
+pub fn kernel_is_cached_in(cache: &Path) -> bool {
     std::env::var_os("IRONPXE_LAB_KERNEL").is_some_and(|p| !p.is_empty())
-        || cached_kernel(&cache_dir()).is_some()
+        || cached_kernel(cache).is_some()
 }
 
 /// The newest `kernel-*/boot/vmlinuz-*` in the cache, if any.
@@ -155,10 +183,10 @@ fn resolve_kernel_package() -> Result<String> {
         "run `apt-get update` first",
     )?;
     parse_kernel_depends(&out).ok_or_else(|| {
-        anyhow!(
+        Error::Kernel(format!(
             "`apt-cache depends {KERNEL_META_PACKAGE}` names no linux-image package \
              (the package lists are probably missing): run `apt-get update` first"
-        )
+        ))
     })
 }
 
@@ -172,24 +200,20 @@ pub(crate) fn parse_kernel_depends(out: &str) -> Option<String> {
 }
 
 /// Runs a command and returns its stdout; the error names the command and a hint.
-fn run(cmd: &mut Command, hint: &str) -> Result<String> {
-    let shown = format!(
-        "{} {}",
-        cmd.get_program().to_string_lossy(),
-        cmd.get_args()
-            .map(|a| a.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run `{shown}`: {hint}"))?;
+pub(crate) fn run(cmd: &mut Command, hint: &str) -> Result<String> {
+    let shown = crate::proc::show_command(cmd);
+    let out = cmd.output().map_err(|source| Error::Spawn {
+        program: shown.clone(),
+        hint: Some(hint.to_string()),
+        source,
+    })?;
     if !out.status.success() {
-        bail!(
-            "`{shown}` failed ({}): {}\n{hint}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        return Err(Error::Command {
+            command: shown,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            hint: Some(hint.to_string()),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -204,8 +228,9 @@ pub fn busybox_path() -> Option<PathBuf> {
 
 /// Whether an ELF file has no program interpreter (is statically linked).
 pub fn is_static_elf(path: &Path) -> Result<bool> {
-    let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    static_elf(&data).ok_or_else(|| anyhow!("{} is not a 64-bit ELF file", path.display()))
+    let data = fs::read(path).map_err(io_err("read", path))?;
+    static_elf(&data)
+        .ok_or_else(|| Error::Invalid(format!("{} is not a 64-bit ELF file", path.display())))
 }
 
 fn static_elf(d: &[u8]) -> Option<bool> {
@@ -229,15 +254,16 @@ fn static_elf(d: &[u8]) -> Option<bool> {
 
 /// Builds the lab initrd in `dir` and returns its path (`dir/ironpxe-lab-initrd.cpio`).
 pub fn initrd(dir: &Path) -> Result<PathBuf> {
-    let busybox = busybox_path()
-        .ok_or_else(|| anyhow!("busybox not found: install the Debian package busybox-static"))?;
+    let busybox = busybox_path().ok_or_else(|| {
+        Error::Invalid("busybox not found: install the Debian package busybox-static".into())
+    })?;
     if !is_static_elf(&busybox)? {
-        bail!(
+        return Err(Error::Invalid(format!(
             "{} is dynamically linked: install the Debian package busybox-static",
             busybox.display()
-        );
+        )));
     }
-    let bb = fs::read(&busybox)?;
+    let bb = fs::read(&busybox).map_err(io_err("read", &busybox))?;
     let mut w = NewcWriter::default();
     for d in ["bin", "dev", "proc", "sys", "sbin", "usr", "usr/bin", "tmp"] {
         w.dir(d);
@@ -247,11 +273,10 @@ pub fn initrd(dir: &Path) -> Result<PathBuf> {
     w.symlink("bin/sh", "busybox");
     w.file("init", 0o755, INIT_SCRIPT.as_bytes());
     let bytes = w.finish();
-    fs::create_dir_all(dir)?;
+    fs::create_dir_all(dir).map_err(io_err("create", dir))?;
     let path = dir.join("ironpxe-lab-initrd.cpio");
-    let mut f =
-        fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(&bytes)?;
+    let mut f = fs::File::create(&path).map_err(io_err("create", &path))?;
+    f.write_all(&bytes).map_err(io_err("write", &path))?;
     Ok(path)
 }
 
@@ -324,6 +349,37 @@ impl NewcWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_dir_follows_the_variables_then_xdg_then_home() {
+        use std::collections::HashMap;
+        use std::ffi::OsString;
+        let with = |pairs: &[(&str, &str)]| {
+            let map: HashMap<String, OsString> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), OsString::from(v)))
+                .collect();
+            cache_dir_from(move |k| map.get(k).cloned())
+        };
+        let all = [
+            ("IRONPXE_LAB_CACHE", "/c"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h"),
+        ];
+        assert_eq!(with(&all), Path::new("/c"));
+        assert_eq!(with(&all[1..]), Path::new("/x/ironpxe"));
+        assert_eq!(with(&all[2..]), Path::new("/h/.cache/ironpxe"));
+        // Empty and relative values do not count.
+        assert_eq!(
+            with(&[
+                ("IRONPXE_LAB_CACHE", ""),
+                ("XDG_CACHE_HOME", "rel"),
+                ("HOME", "/h")
+            ]),
+            Path::new("/h/.cache/ironpxe")
+        );
+        assert_eq!(with(&[]), std::env::temp_dir().join("ironpxe-cache"));
+    }
 
     #[test]
     fn depends_line_is_parsed() {

@@ -1,19 +1,16 @@
-//! ironpxe's boot events as the lab reads them, and where its binary is.
+//! ironpxe's boot events as the lab reads them.
 //!
 //! The lab reads the events from ironpxe's own status feed, `GET /api/v1/log`
 //! ([`EventFeed`]): the typed events the status store received, in order, with
-//! their fields. For a process that has exited, the last feed read is kept.
+//! their fields. For a process that has exited, the last feed read is kept. The
+//! feed is fetched from inside ironpxe's namespace, by a thread that enters it.
 //!
 //! [`parse_event_line`] reads the same events from a log line instead (text format,
 //! values bare or double-quoted, span fields in `name{k=v}:` prefixes, or JSON), for
 //! people reading logs and for logs kept from elsewhere.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use anyhow::{bail, Result};
 
 pub use ironpxe_core::EVENT_TARGET;
 
@@ -54,20 +51,21 @@ impl Event {
 }
 
 /// Reads a running ironpxe's status feed (`GET /api/v1/log`) from inside its
-/// network namespace, keeping every event seen so far.
+/// network namespace (or the host's, with user networking), keeping every event
+/// seen so far.
 #[derive(Debug)]
 pub struct EventFeed {
-    ns: String,
+    ns: Option<String>,
     url: String,
     seen: Mutex<(u64, Vec<Event>)>,
 }
 
 impl EventFeed {
-    /// The feed of the ironpxe in namespace `ns` whose status server is at `base`
-    /// (`http://ADDR:PORT`).
-    pub fn new(ns: &str, base: &str) -> Self {
+    /// The feed of the ironpxe in namespace `ns` (`None`: this process's own)
+    /// whose status server is at `base` (`http://ADDR:PORT`).
+    pub fn new(ns: Option<&str>, base: &str) -> Self {
         EventFeed {
-            ns: ns.to_string(),
+            ns: ns.map(str::to_string),
             url: format!("{base}/api/v1/log"),
             seen: Mutex::new((0, Vec::new())),
         }
@@ -86,15 +84,13 @@ impl EventFeed {
     }
 
     fn fetch(&self, after: u64) -> Option<(u64, Vec<Event>)> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "curl", "-sf", "--max-time", "3"])
-            .arg(format!("{}?after={after}", self.url))
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        parse_log_json(&out.stdout, Instant::now(), SystemTime::now())
+        let url = format!("{}?after={after}", self.url);
+        let get = move || crate::fetch::http_get(&url, Duration::from_secs(3));
+        let body = match &self.ns {
+            Some(ns) => crate::netns::in_netns(ns, get).ok()??,
+            None => get()?,
+        };
+        parse_log_json(&body, Instant::now(), SystemTime::now())
     }
 }
 
@@ -266,58 +262,6 @@ pub(crate) fn parse_kv(s: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Finds the ironpxe binary: `$IRONPXE_BIN`, else `ironpxe` in the cargo target
-/// profile directory of the running executable (same profile first).
-pub fn ironpxe_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("IRONPXE_BIN").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        bail!(
-            "ironpxe binary not found at {} (from IRONPXE_BIN); build it with `cargo build -p ironpxe`",
-            p.display()
-        );
-    }
-    let exe = std::env::current_exe()?;
-    let candidates = bin_candidates(&exe, "ironpxe");
-    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
-        return Ok(found.clone());
-    }
-    let shown = candidates
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    bail!("ironpxe binary not found at {shown}; build it with `cargo build -p ironpxe`")
-}
-
-/// `target/<profile>/deps/x` or `target/<profile>/x` → `target/<profile>/<name>`,
-/// then the other profiles of the same target directory.
-pub(crate) fn bin_candidates(exe: &Path, name: &str) -> Vec<PathBuf> {
-    let mut dir = exe.parent().map(Path::to_path_buf);
-    if dir
-        .as_deref()
-        .and_then(Path::file_name)
-        .is_some_and(|n| n == "deps" || n == "examples")
-    {
-        dir = dir.and_then(|d| d.parent().map(Path::to_path_buf));
-    }
-    let mut out = Vec::new();
-    if let Some(profile_dir) = dir {
-        out.push(profile_dir.join(name));
-        if let Some(target) = profile_dir.parent() {
-            for profile in ["debug", "release"] {
-                let p = target.join(profile).join(name);
-                if !out.contains(&p) {
-                    out.push(p);
-                }
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,15 +300,6 @@ mod tests {
         let (name, fields) = parse_event_line(line).unwrap();
         assert_eq!(name, "http.booting");
         assert!(fields.contains(&("bytes".to_string(), "5".to_string())));
-    }
-
-    #[test]
-    fn binary_candidates_follow_profile() {
-        let c = bin_candidates(Path::new("/t/debug/deps/lab-123"), "ironpxe");
-        assert_eq!(c[0], Path::new("/t/debug/ironpxe"));
-        assert!(c.contains(&PathBuf::from("/t/release/ironpxe")));
-        let c = bin_candidates(Path::new("/t/release/ironpxe-lab"), "ironpxe");
-        assert_eq!(c[0], Path::new("/t/release/ironpxe"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use crate::error::{io_err, Error, Result};
 
 /// Which pipe a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +61,7 @@ pub(crate) struct LineLog {
 
 /// Why a wait ended without its condition becoming true.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WaitEnd {
+pub(crate) enum Stop {
     /// The deadline passed.
     Timeout,
     /// Every pipe of the process reached end of file: it exited.
@@ -105,18 +105,18 @@ impl LineLog {
         &self,
         deadline: Instant,
         mut check: impl FnMut(&[LogLine]) -> Option<T>,
-    ) -> Result<T, WaitEnd> {
+    ) -> std::result::Result<T, Stop> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(found) = check(&st.lines) {
                 return Ok(found);
             }
             if st.open_streams == 0 {
-                return Err(WaitEnd::Closed);
+                return Err(Stop::Closed);
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(WaitEnd::Timeout);
+                return Err(Stop::Timeout);
             }
             // Wake up at least every second so a stuck condition variable can never
             // outlive the deadline by much.
@@ -258,16 +258,42 @@ pub(crate) fn spawn(
         .stderr(Stdio::piped())
         .process_group(0);
     let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("failed to start {name}: {cmd:?}"))?;
+    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+        program: format!("{name} ({})", show_command(&cmd)),
+        hint: None,
+        source,
+    })?;
     let log = Arc::new(LineLog::new(2));
-    let out = child.stdout.take().context("child stdout")?;
-    let err = child.stderr.take().context("child stderr")?;
-    let readers = vec![
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Error::Startup {
+            process: name.to_string(),
+            why: "started without its output pipes".into(),
+            tail: String::new(),
+        });
+    };
+    let readers = [
         reader_thread(name, out, Stream::Stdout, stdout, log.clone(), t0),
         reader_thread(name, err, Stream::Stderr, stderr, log.clone(), t0),
     ];
+    let readers = match readers {
+        [Ok(a), Ok(b)] => vec![a, b],
+        [a, b] => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let source = [a.err(), b.err()]
+                .into_iter()
+                .flatten()
+                .next()
+                .unwrap_or_else(|| std::io::Error::other("no reader thread"));
+            return Err(Error::Spawn {
+                program: format!("the log reader of {name}"),
+                hint: None,
+                source,
+            });
+        }
+    };
     Ok(Arc::new(Proc {
         name: name.to_string(),
         pid: child.id(),
@@ -285,7 +311,7 @@ fn reader_thread(
     mut sink: PipeSink,
     log: Arc<LineLog>,
     t0: Instant,
-) -> JoinHandle<()> {
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("lab-{name}-{stream:?}").to_lowercase())
         .spawn(move || {
@@ -315,7 +341,6 @@ fn reader_thread(
             let _ = sink.log_file.flush();
             log.close_stream();
         })
-        .expect("spawn reader thread")
 }
 
 /// Removes ANSI escape sequences and a trailing line ending.
@@ -390,7 +415,16 @@ pub(crate) fn strip_ansi(s: &str) -> String {
 
 /// Creates (truncating) a log file, with a readable error.
 pub(crate) fn create_log(path: &Path) -> Result<File> {
-    File::create(path).with_context(|| format!("cannot create log file {}", path.display()))
+    File::create(path).map_err(io_err("create the log file", path))
+}
+
+/// `program arg arg ...`, for messages.
+pub(crate) fn show_command(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
