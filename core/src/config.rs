@@ -13,6 +13,10 @@
 //! http_port = 8080
 //! status_port = 8081            # unset: the status page is on http_port
 //! shutdown_timeout = "30s"      # after SIGTERM, transfers in flight get this long
+//! ipv6 = true                   # also DHCPv6, TFTP and HTTP on IPv6 (default off)
+//! listen_addr6 = "fd00::2"      # unset: the data NIC's global or unique-local address
+//! ipv6_range = "fd00::1000-fd00::1fff"  # unset: no addresses, boot information only
+//! ipv6_stateful = "ipxe"        # who gets an address from ipv6_range: "ipxe" or "all"
 //! default_profile = "installer" # unset: machines not listed are not answered
 //!
 //! [profiles.installer]
@@ -144,6 +148,8 @@ pub struct ServerSettings {
     pub status_port: Option<u16>,
     /// How long, after SIGTERM or SIGINT, transfers in flight may take to finish.
     pub shutdown_timeout: Option<Duration>,
+    /// `ipv6`, `listen_addr6`, `ipv6_range`, `ipv6_stateful`.
+    pub ipv6: Ipv6Settings,
 }
 
 /// `[ipxe]`: iPXE binaries by role (keys as in [`IpxeRole::config_key`]), relative
@@ -236,6 +242,10 @@ struct RawServer {
     http_port: Option<Spanned<u16>>,
     status_port: Option<Spanned<u16>>,
     shutdown_timeout: Option<S>,
+    ipv6: Option<Spanned<bool>>,
+    listen_addr6: Option<S>,
+    ipv6_range: Option<S>,
+    ipv6_stateful: Option<S>,
     default_profile: Option<S>,
 }
 
@@ -525,6 +535,7 @@ impl Validator<'_> {
             http_port: self.port_at(s.http_port.as_ref(), "server.http_port"),
             status_port: self.port_at(s.status_port.as_ref(), "server.status_port"),
             shutdown_timeout,
+            ipv6: self.ipv6(s),
         }
     }
 
@@ -881,6 +892,9 @@ fn text_spec(r: &Resolved) -> Option<BootSpec> {
         message: r.message.clone(),
     })
 }
+
+mod ipv6;
+pub use ipv6::{Ipv6Settings, StatefulFor};
 
 #[cfg(test)]
 mod tests;
