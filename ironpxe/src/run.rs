@@ -233,6 +233,7 @@ async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet
         }
     };
     let dhcp_thread = DhcpThread::open(open_dhcp)?;
+    let v6 = crate::v6::bind(args, device)?;
     let tftp_addr = SocketAddrV4::new(listen, args.tftp_port);
     let tftp_socket = tokio::net::UdpSocket::bind(tftp_addr)
         .await
@@ -315,6 +316,7 @@ async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet
         shutdown_drain: drain,
         ..ironpxe_tftp::TftpConfig::default()
     };
+    let (files6, tftp_cfg6) = (files.clone(), tftp_cfg.clone());
     let stop = shutdown.clone().cancelled_owned();
     servers.spawn(async move {
         let r = ironpxe_tftp::serve(tftp_socket, files, tftp_cfg, stop).await;
@@ -340,6 +342,19 @@ async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet
     if let Some(dir) = &state_dir {
         info!(file = %dir.file().display(), "boot status kept in the state directory");
         tokio::spawn(dir.clone().run(std::time::Duration::from_secs(2)));
+    }
+    if let Some(v6) = v6 {
+        let shared = crate::v6::Shared6 {
+            files: files6,
+            tftp_cfg: tftp_cfg6,
+            router: router.clone(),
+            booter: booter.clone(),
+            binaries: ipxe.binaries.clone(),
+            http_port: args.http_port,
+            lookup_wait: args.dhcp_lookup_wait,
+            drain,
+        };
+        v6.spawn(&mut servers, shared, &shutdown);
     }
     let stop = shutdown.clone().cancelled_owned();
     servers.spawn(async move {
