@@ -146,6 +146,8 @@ pub(crate) fn serve(args: &ServerConfig, booter: Arc<dyn Booter>) -> Result<()> 
         })?;
     }
 
+    crate::v6::check(args)?;
+
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

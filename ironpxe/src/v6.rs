@@ -43,15 +43,29 @@ fn v6_socket(ty: Type, proto: Protocol, listen: Ipv6Addr, port: u16) -> std::io:
     Ok(s)
 }
 
-/// Checks the IPv6 settings and binds DHCPv6 (547, 4011), TFTP and HTTP on IPv6.
-/// `None` when IPv6 is off.
-pub(crate) fn bind(args: &ServerConfig, device: Option<&str>) -> Result<Option<Bound6>> {
-    let Some(cfg) = args.ipv6.clone() else {
-        return Ok(None);
+/// Checks the IPv6 settings a server cannot run with, before anything is bound: an
+/// address that cannot be announced, a stateful range with nowhere to keep leases.
+pub(crate) fn check(args: &ServerConfig) -> Result<()> {
+    let Some(cfg) = &args.ipv6 else {
+        return Ok(());
     };
     if let Err(e) = check_announced_v6(cfg.listen) {
         bail!("{}: {e}", cfg.listen_origin);
     }
+    if let (Some(range), None) = (&cfg.range, &args.state_dir) {
+        bail!(
+            "ipv6_range {range} needs --state-dir DIR: the DHCPv6 leases are kept there across restarts"
+        );
+    }
+    Ok(())
+}
+
+/// Binds DHCPv6 (547, 4011), TFTP and HTTP on IPv6 (settings as [`check`] passed
+/// them). `None` when IPv6 is off.
+pub(crate) fn bind(args: &ServerConfig, device: Option<&str>) -> Result<Option<Bound6>> {
+    let Some(cfg) = args.ipv6.clone() else {
+        return Ok(None);
+    };
     let leases = match (&cfg.range, &args.state_dir) {
         (Some(range), Some(dir)) => {
             std::fs::create_dir_all(dir)
@@ -63,10 +77,7 @@ pub(crate) fn bind(args: &ServerConfig, device: Option<&str>) -> Result<Option<B
             info!(file = %file.path().display(), leases = leases.len(), range = %range, "DHCPv6 stateful mode");
             Some((leases, file))
         }
-        (Some(range), None) => bail!(
-            "ipv6_range {range} needs --state-dir DIR: the DHCPv6 leases are kept there across restarts"
-        ),
-        (None, _) => None,
+        _ => None,
     };
     let listen = cfg.listen;
     let tftp = v6_socket(Type::DGRAM, Protocol::UDP, listen, args.tftp_port)
