@@ -267,6 +267,11 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "WHO", requires = "ipv6_range")]
     pub ipv6_stateful: Option<StatefulFor>,
 
+    /// A DHCPv6 preference in ADVERTISEs without an address (for measuring
+    /// clients only).
+    #[arg(long, value_name = "N", hide = true, requires = "ipv6")]
+    pub dhcp6_proxy_preference: Option<u8>,
+
     /// UDP port for ProxyDHCP offers (change only for testing).
     #[arg(long, default_value_t = 67, hide = true)]
     pub dhcp_port: u16,

@@ -78,6 +78,8 @@ pub(crate) struct Ipv6Config {
     pub range: Option<Ipv6Range>,
     /// Who gets an address from it.
     pub stateful: StatefulFor,
+    /// `--dhcp6-proxy-preference` (hidden, for measurements).
+    pub proxy_preference: Option<u8>,
 }
 
 impl Ipv6Config {
@@ -101,6 +103,7 @@ impl Ipv6Config {
                 .ipv6_stateful
                 .or(file.stateful)
                 .unwrap_or(StatefulFor::Ipxe),
+            proxy_preference: args.dhcp6_proxy_preference,
         })
     }
 }

@@ -181,6 +181,7 @@ impl Bound6 {
                 for_whom: self.cfg.stateful,
                 ..Stateful::default()
             }),
+            proxy_preference: self.cfg.proxy_preference,
             ..Config6::default()
         };
         let done = self.dhcp.serve(

@@ -49,6 +49,10 @@ pub struct Config6 {
     pub stateful: Option<Stateful>,
     /// When the REPLY to a port 4011 REQUEST is sent again, after the first.
     pub pxe_resend: Vec<Duration>,
+    /// A preference option in ADVERTISEs without an address (none by default: with
+    /// 255, EDK2 selects at once and fails if the site server's answer has not
+    /// arrived yet). For measuring clients, not for production.
+    pub proxy_preference: Option<u8>,
 }
 
 /// The stateful mode's settings (the range lives in [`Leases`]).
@@ -82,6 +86,7 @@ impl Default for Config6 {
             binaries: IpxeBinaries::default(),
             stateful: None,
             pxe_resend: PXE_RESEND.to_vec(),
+            proxy_preference: None,
         }
     }
 }
@@ -408,11 +413,15 @@ pub fn answer6(
             }));
         }
     }
-    if answer == Answer6::Advertise && address.is_some() {
+    if answer == Answer6::Advertise {
         // Ours is a complete answer (address and boot file): a client may take it
-        // without waiting for others. A ProxyDHCP-style ADVERTISE never says 255,
-        // or EDK2 would select before the site server's address arrived.
-        o.insert(DhcpOption::Preference(255));
+        // without waiting for others. A ProxyDHCP-style ADVERTISE says nothing, or
+        // EDK2 would select before the site server's address arrived.
+        match (address, cfg.proxy_preference) {
+            (Some(_), _) => o.insert(DhcpOption::Preference(255)),
+            (None, Some(p)) => o.insert(DhcpOption::Preference(p)),
+            (None, None) => {}
+        }
     }
 
     let path = if releasing {
