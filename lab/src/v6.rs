@@ -296,7 +296,7 @@ mod tests {
         let payload = [1u8, 2, 3, 4];
         let mut ip = vec![0x60, 0, 0, 0, 0, 12, 17, 1];
         ip.extend_from_slice(&src.octets());
-        ip.extend_from_slice(&crate::v6::tests_ff02());
+        ip.extend_from_slice(&"ff02::1:2".parse::<Ipv6Addr>().unwrap().octets());
         ip.extend_from_slice(&[2, 0x22, 2, 0x23, 0, 12, 0, 0]);
         ip.extend_from_slice(&payload);
         v6.extend_from_slice(&ip);
@@ -316,9 +316,4 @@ mod tests {
         );
         assert!(frames_in_pcap(&[0; 10]).is_err());
     }
-}
-
-#[cfg(test)]
-fn tests_ff02() -> [u8; 16] {
-    "ff02::1:2".parse::<Ipv6Addr>().unwrap().octets()
 }
