@@ -521,10 +521,17 @@ fn a_full_range_says_so_and_still_names_the_boot_file() {
 fn a_proxy_preference_is_sent_only_when_asked_for() {
     let ll = eui64_link_local(MAC);
     let mut run = Run::new(None);
-    let r = run.go(&edk2_pxe(1, &[]), meta(ServerPort::Dhcp, ll)).unwrap();
-    assert!(decode(&r.bytes).opts().get(OptionCode::Preference).is_none());
+    let r = run
+        .go(&edk2_pxe(1, &[]), meta(ServerPort::Dhcp, ll))
+        .unwrap();
+    assert!(decode(&r.bytes)
+        .opts()
+        .get(OptionCode::Preference)
+        .is_none());
     run.cfg.proxy_preference = Some(255);
-    let r = run.go(&edk2_pxe(1, &[]), meta(ServerPort::Dhcp, ll)).unwrap();
+    let r = run
+        .go(&edk2_pxe(1, &[]), meta(ServerPort::Dhcp, ll))
+        .unwrap();
     assert!(matches!(
         decode(&r.bytes).opts().get(OptionCode::Preference),
         Some(DhcpOption::Preference(255))
