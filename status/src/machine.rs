@@ -205,7 +205,15 @@ impl Machine {
                     self.start_boot(t, &mut out);
                 }
                 if rec.text("path").as_deref() == Some("tftp") {
-                    self.tftp_offer = rec.text("boot").map(|b| (t, b));
+                    // Over IPv6 the boot file is a URL (`tftp://[addr]/name`); TFTP
+                    // requests name only the file.
+                    self.tftp_offer = rec.text("boot").map(|b| {
+                        let name = b
+                            .strip_prefix("tftp://")
+                            .and_then(|r| r.split_once('/'))
+                            .map(|(_, f)| f.to_string());
+                        (t, name.unwrap_or(b))
+                    });
                 }
                 // The family of the server address the answer announced is the one
                 // the boot goes on with.

@@ -49,3 +49,24 @@ fn machines_and_metrics_say_ipv4_or_ipv6() {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }
 }
+
+#[test]
+fn a_tftp_transfer_over_ipv6_finds_the_machine_its_url_was_offered_to() {
+    let st = Status::new(StoreConfig::default());
+    let mac = MacAddr([2, 0, 0, 0, 0, 7]);
+    let mut ev = offer(mac, "[fe80::ff:fe00:7%2]:546", "fd77:1::2");
+    if let BootEvent::DhcpAnswered { boot, .. } = &mut ev {
+        *boot = "tftp://[fd77:1::2]/snponly.efi".into();
+    }
+    st.event(&ev);
+    st.event(&BootEvent::TftpStart {
+        file: "snponly.efi".into(),
+        peer: "[fd77:1::99]:1053".parse().unwrap(),
+        blksize: 1228,
+        windowsize: 4,
+        tsize: false,
+        size: 10,
+    });
+    let m = st.machine_json(&mac, now_ms()).unwrap();
+    assert_eq!(m["state"], "chainloading", "{m}");
+}
