@@ -268,6 +268,7 @@ struct Shared {
     lease_file: Option<LeaseFile>,
     save_lock: tokio::sync::Mutex<()>,
     lookups: Arc<Semaphore>,
+    max_lookups: usize,
     lookup_wait: Duration,
     no_mac_warned: Mutex<Option<Instant>>,
 }
@@ -294,6 +295,7 @@ pub async fn serve6(
         lease_file,
         save_lock: tokio::sync::Mutex::new(()),
         lookups: Arc::new(Semaphore::new(setup.max_lookups.max(1))),
+        max_lookups: setup.max_lookups.max(1),
         lookup_wait: setup.lookup_wait,
         no_mac_warned: Mutex::new(None),
     });
@@ -389,7 +391,7 @@ async fn run_socket(sock: Arc<Dhcp6Socket>, shared: Arc<Shared>) -> io::Result<(
         let Ok(permit) = shared.lookups.clone().try_acquire_owned() else {
             emit(BootEvent::DhcpDropped {
                 mac: req.mac,
-                limit: shared.lookups.available_permits(),
+                limit: shared.max_lookups,
             });
             continue;
         };

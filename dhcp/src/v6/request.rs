@@ -169,8 +169,7 @@ impl Parsed6 {
         let client_id = o
             .get(opt::CLIENT_ID)
             .filter(|d| !d.is_empty())
-            .ok_or(NotBoot6::NoClientId)?
-            .to_vec();
+            .ok_or(NotBoot6::NoClientId)?;
         let mut class = None;
         let mut class_arch = None;
         if let Some(data) = o.get(opt::VENDOR_CLASS) {
@@ -211,6 +210,8 @@ impl Parsed6 {
         let ia_na = o.get(opt::IA_NA).map(IaNa::parse).transpose()?;
         let server_id = o.get(opt::SERVER_ID).map(<[u8]>::to_vec);
         let client_addr = d.relays.last().map_or(src, |r| r.peer_addr);
+        // Only boot clients get this far: allocate from here on.
+        let client_id = client_id.to_vec();
         let mac = mac_from_duid(&client_id)
             .map(|m| (m, MacSource::Duid))
             .or_else(|| {
