@@ -98,3 +98,35 @@ fn servers_refuse_unusable_ipv6_settings_in_one_line() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--ipv6"), "{err}");
 }
+
+#[test]
+fn the_pixiecore_name_takes_the_ipv6_flags_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("pixiecore");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ironpxe"), &link).unwrap();
+    let kernel = dir.path().join("vmlinuz");
+    std::fs::write(&kernel, b"k").unwrap();
+    let out = Command::new(&link)
+        .args([
+            "boot",
+            kernel.to_str().unwrap(),
+            "--ipv6",
+            "--listen-addr6",
+            "fe80::9",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        err.contains("--listen-addr6: fe80::9 is a link-local address"),
+        "{err}"
+    );
+    let help = Command::new(&link)
+        .args(["boot", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--ipv6"), "{help}");
+    assert!(help.contains("[default: off]"), "{help}");
+}
