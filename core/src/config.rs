@@ -17,6 +17,7 @@
 //! listen_addr6 = "fd00::2"      # unset: the data NIC's global or unique-local address
 //! ipv6_range = "fd00::1000-fd00::1fff"  # unset: no addresses, boot information only
 //! ipv6_stateful = "ipxe"        # who gets an address from ipv6_range: "ipxe" or "all"
+//! tftp_per_address = 8          # TFTP transfers one client address may run at once
 //! default_profile = "installer" # unset: machines not listed are not answered
 //!
 //! [profiles.installer]
@@ -150,6 +151,8 @@ pub struct ServerSettings {
     pub shutdown_timeout: Option<Duration>,
     /// `ipv6`, `listen_addr6`, `ipv6_range`, `ipv6_stateful`.
     pub ipv6: Ipv6Settings,
+    /// TFTP transfers one client address may run at once (at least 1).
+    pub tftp_per_address: Option<usize>,
 }
 
 /// `[ipxe]`: iPXE binaries by role (keys as in [`IpxeRole::config_key`]), relative
@@ -246,6 +249,7 @@ struct RawServer {
     listen_addr6: Option<S>,
     ipv6_range: Option<S>,
     ipv6_stateful: Option<S>,
+    tftp_per_address: Option<Spanned<u32>>,
     default_profile: Option<S>,
 }
 
@@ -536,6 +540,17 @@ impl Validator<'_> {
             status_port: self.port_at(s.status_port.as_ref(), "server.status_port"),
             shutdown_timeout,
             ipv6: self.ipv6(s),
+            tftp_per_address: s.tftp_per_address.as_ref().and_then(|n| {
+                if *n.get_ref() == 0 {
+                    self.problem(
+                        n.span().start,
+                        "server.tftp_per_address",
+                        "must be at least 1",
+                    );
+                    return None;
+                }
+                Some(*n.get_ref() as usize)
+            }),
         }
     }
 

@@ -449,8 +449,8 @@ fn build_reply(
     opts.insert(DhcpOption::ClassIdentifier(
         req.class.as_str().as_bytes().to_vec(),
     ));
-    if let Some(guid) = &req.guid {
-        opts.insert(DhcpOption::ClientMachineIdentifier(guid.clone()));
+    if let Some(guid) = req.guid {
+        opts.insert(DhcpOption::ClientMachineIdentifier(guid.to_option()));
     }
     opts.insert(DhcpOption::BootfileName(file.to_vec()));
     if !req.ipxe.is_ipxe && req.class == VendorClass::PxeClient {

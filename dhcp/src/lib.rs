@@ -25,6 +25,10 @@
 //! get the boot script URL directly, which also breaks the chainload loop that stock
 //! iPXE binaries would otherwise fall into.
 
+/// The DHCP message types of this crate's API ([`decide()`] takes a
+/// `dhcproto::v4::Message`), for callers that build or read them.
+pub use dhcproto;
+
 pub mod decide;
 pub mod nobind;
 pub mod request;
@@ -36,6 +40,6 @@ pub use decide::{
     answer, classify, decide, BootPath, ChainloadMemory, Classified, Destination, Ignored,
     IpxeBinaries, ProxyConfig, RecvMeta, Reply, ServerPort, LOOKUP_WAIT, MAX_LOOKUPS,
 };
-pub use request::{IpxeInfo, NotPxe, PxeRequest, VendorClass};
+pub use request::{ClientGuid, IpxeInfo, NotPxe, PxeRequest, VendorClass};
 pub use server::serve;
 pub use sock::DhcpSocket;

@@ -90,8 +90,13 @@ with kernel, initrd (list), cmdline (string, or the older object form), message,
 ipxe-script. Any non-200 answer, bad JSON or timeout means the machine is not answered.\n\n\
 URL may be file:///DIR: then DIR/v1/boot/<mac> is read directly (a static tree of JSON \
 files such as a Nix linkFarm; <mac> is lowercase aa:bb:cc:dd:ee:ff).\n\n\
-Answers are cached for 30 s, and the API is called off the DHCP path: a machine whose \
-answer is not cached yet is answered on its next DHCP retry."
+Answers are cached for 30 s (refreshed in the background after 15 s, and used while the \
+refresh runs), and the API is called off the DHCP path: a machine whose answer is not \
+cached yet is answered on its next DHCP retry. \"Don't boot\" answers are kept for \
+--api-negative-ttl.\n\n\
+Lookups are queued fairly: machines the API told to boot before go first, then new \
+machines that retransmitted, then first packets, within --api-rate and \
+--api-mac-interval, so a flood of invented MACs cannot lock real machines out."
     )]
     Api(ApiArgs),
 
@@ -135,6 +140,21 @@ pub(crate) struct ApiArgs {
     /// How long one API request may take, e.g. 5s, 500ms, 1m.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub api_request_timeout: std::time::Duration,
+
+    /// At most N API requests per second, all machines together (a burst of N is
+    /// allowed).
+    #[arg(long, value_name = "N", default_value_t = ironpxe_api::Limits::DEFAULT_RATE,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_rate: u32,
+
+    /// At most one API request per machine per DURATION, e.g. 5s.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub api_mac_interval: std::time::Duration,
+
+    /// How long a "don't boot" answer (any non-200) is kept before the API is asked
+    /// about that machine again, e.g. 30s.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub api_negative_ttl: std::time::Duration,
 
     #[command(flatten)]
     pub server: ServerArgs,
@@ -240,7 +260,8 @@ pub(crate) struct ServerArgs {
 
     /// Also serve the files under DIR over TFTP (GRUB, shim, pxelinux trees), next to
     /// the iPXE binaries, which keep their names. Read-only; paths cannot leave DIR,
-    /// not even through symlinks. Files are cached in memory and re-read when changed.
+    /// not even through symlinks. Small files are cached in memory and re-read when
+    /// changed; large ones are streamed from disk.
     #[arg(long, value_name = "DIR")]
     pub tftp_root: Option<PathBuf>,
 
@@ -271,6 +292,11 @@ pub(crate) struct ServerArgs {
     /// clients only).
     #[arg(long, value_name = "N", hide = true, requires = "ipv6")]
     pub dhcp6_proxy_preference: Option<u8>,
+
+    /// TFTP transfers one client address may run at once; its further requests get
+    /// "server busy", so one host cannot take every transfer slot [default: 8].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub tftp_per_address: Option<u32>,
 
     /// UDP port for ProxyDHCP offers (change only for testing).
     #[arg(long, default_value_t = 67, hide = true)]
@@ -451,5 +477,35 @@ mod tests {
         };
         assert_eq!(a.url, "http://boot.cluster/api");
         assert_eq!(a.api_request_timeout, std::time::Duration::from_secs(90));
+        // The flags' defaults are the API client's.
+        let d = ironpxe_api::Limits::default();
+        assert_eq!(
+            (a.api_rate, a.api_mac_interval, a.api_negative_ttl),
+            (d.rate, d.mac_interval, d.negative_ttl)
+        );
+        let cli = Cli::try_parse_from([
+            "ironpxe",
+            "api",
+            "file:///srv/api",
+            "--api-rate",
+            "5",
+            "--api-mac-interval",
+            "10s",
+            "--api-negative-ttl",
+            "2m",
+        ])
+        .unwrap();
+        let Command::Api(a) = cli.command else {
+            panic!("not api")
+        };
+        assert_eq!(
+            (a.api_rate, a.api_mac_interval, a.api_negative_ttl),
+            (
+                5,
+                std::time::Duration::from_secs(10),
+                std::time::Duration::from_secs(120)
+            )
+        );
+        assert!(Cli::try_parse_from(["ironpxe", "api", "x", "--api-rate", "0"]).is_err());
     }
 }

@@ -316,6 +316,7 @@ async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet
     let mut servers = tokio::task::JoinSet::new();
     let tftp_cfg = ironpxe_tftp::TftpConfig {
         shutdown_drain: drain,
+        max_per_address: args.tftp_per_address,
         ..ironpxe_tftp::TftpConfig::default()
     };
     let (files6, tftp_cfg6) = (files.clone(), tftp_cfg.clone());

@@ -59,6 +59,8 @@ pub(crate) struct ServerConfig {
     pub pxe_port: u16,
     /// UDP port of TFTP.
     pub tftp_port: u16,
+    /// TFTP transfers one client address may run at once.
+    pub tftp_per_address: usize,
     /// After SIGTERM or SIGINT, how long transfers in flight may take to finish.
     pub shutdown_timeout: Duration,
     /// How long a DHCP packet may wait for a slow boot source.
@@ -163,6 +165,11 @@ impl ServerConfig {
             dhcp_port: args.dhcp_port,
             pxe_port: args.pxe_port,
             tftp_port: args.tftp_port,
+            tftp_per_address: args
+                .tftp_per_address
+                .map(|n| n as usize)
+                .or(file.tftp_per_address)
+                .unwrap_or(ironpxe_tftp::DEFAULT_MAX_PER_ADDRESS),
             shutdown_timeout: args
                 .shutdown_timeout
                 .or(file.shutdown_timeout)
@@ -198,6 +205,7 @@ mod tests {
             status_port: Some(8081),
             shutdown_timeout: Some(Duration::from_secs(5)),
             ipv6: Ipv6Settings::default(),
+            tftp_per_address: Some(3),
         }
     }
 
@@ -216,6 +224,7 @@ mod tests {
         assert_eq!(m.http_port, 9090);
         assert_eq!(m.status_port, Some(8081));
         assert_eq!(m.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(m.tftp_per_address, 3);
         assert_eq!(m.ipxe.paths.get(IpxeRole::Bios), Some(&PathBuf::from("/b")));
         assert_eq!(m.ipxe.paths.get(IpxeRole::Efi64), None);
     }
@@ -231,10 +240,13 @@ mod tests {
             "30s",
             "--ipxe-bios",
             "/flag.kpxe",
+            "--tftp-per-address",
+            "8",
         ]);
         let i = IpxePaths::default().with(IpxeRole::Bios, "/file.kpxe");
         let m = ServerConfig::merge(&args, Path::new("f.toml"), &file(), &i);
         assert_eq!(m.http_port, 80);
+        assert_eq!(m.tftp_per_address, 8);
         assert_eq!(m.listen_addr, Ipv4Addr::UNSPECIFIED);
         assert_eq!(m.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(
@@ -260,6 +272,7 @@ mod tests {
         assert_eq!(m.status_port, None);
         assert_eq!(m.interface, None);
         assert_eq!(m.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+        assert_eq!(m.tftp_per_address, ironpxe_tftp::DEFAULT_MAX_PER_ADDRESS);
         assert_eq!((m.dhcp_port, m.pxe_port, m.tftp_port), (67, 4011, 69));
     }
 
