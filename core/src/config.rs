@@ -15,6 +15,10 @@
 //! status_addr = "192.168.1.2"   # unset: listen_addr
 //! shutdown_timeout = "30s"      # after SIGTERM, transfers in flight get this long
 //! http_max_connections = 4096   # unset: derived from the open-file limit
+//! ipv6 = true                   # also DHCPv6, TFTP and HTTP on IPv6 (default off)
+//! listen_addr6 = "fd00::2"      # unset: the data NIC's global or unique-local address
+//! ipv6_range = "fd00::1000-fd00::1fff"  # unset: no addresses, boot information only
+//! ipv6_stateful = "ipxe"        # who gets an address from ipv6_range: "ipxe" or "all"
 //! tftp_per_address = 8          # TFTP transfers one client address may run at once
 //! default_profile = "installer" # unset: machines not listed are not answered
 //!
@@ -153,6 +157,8 @@ pub struct ServerSettings {
     pub http_max_connections: Option<usize>,
     /// HTTP connections one client address may always hold.
     pub http_max_connections_per_addr: Option<usize>,
+    /// `ipv6`, `listen_addr6`, `ipv6_range`, `ipv6_stateful`.
+    pub ipv6: Ipv6Settings,
     /// TFTP transfers one client address may run at once (at least 1).
     pub tftp_per_address: Option<usize>,
 }
@@ -250,6 +256,10 @@ struct RawServer {
     shutdown_timeout: Option<S>,
     http_max_connections: Option<Spanned<i64>>,
     http_max_connections_per_addr: Option<Spanned<i64>>,
+    ipv6: Option<Spanned<bool>>,
+    listen_addr6: Option<S>,
+    ipv6_range: Option<S>,
+    ipv6_stateful: Option<S>,
     tftp_per_address: Option<Spanned<u32>>,
     default_profile: Option<S>,
 }
@@ -558,6 +568,7 @@ impl Validator<'_> {
                 s.http_max_connections_per_addr.as_ref(),
                 "server.http_max_connections_per_addr",
             ),
+            ipv6: self.ipv6(s),
             tftp_per_address: s.tftp_per_address.as_ref().and_then(|n| {
                 if *n.get_ref() == 0 {
                     self.problem(
@@ -957,6 +968,9 @@ fn text_spec(r: &Resolved) -> Option<BootSpec> {
         message: r.message.clone(),
     })
 }
+
+mod ipv6;
+pub use ipv6::{Ipv6Settings, StatefulFor};
 
 #[cfg(test)]
 mod tests;

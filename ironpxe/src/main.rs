@@ -11,6 +11,7 @@ mod ipxe_files;
 mod lab_cmd;
 mod run;
 mod server_config;
+mod v6;
 
 use std::process::ExitCode;
 
