@@ -792,7 +792,12 @@ fn a_full_store_evicts_its_oldest_eighth_at_once() {
     };
     let st = Status::with_neighbors(cfg, Box::new(NoNeighbors));
     for i in 0..17u64 {
-        st.record(offer(T0 + i, &format!("52:54:00:00:01:{i:02x}"), "http", "u"));
+        st.record(offer(
+            T0 + i,
+            &format!("52:54:00:00:01:{i:02x}"),
+            "http",
+            "u",
+        ));
     }
     let store = st.store();
     let macs: Vec<String> = store.machines().iter().map(|m| m.mac.to_string()).collect();
@@ -800,4 +805,43 @@ fn a_full_store_evicts_its_oldest_eighth_at_once() {
     assert!(!macs.contains(&"52:54:00:00:01:00".to_string()));
     assert!(!macs.contains(&"52:54:00:00:01:01".to_string()));
     assert!(macs.contains(&"52:54:00:00:01:10".to_string()));
+}
+
+#[test]
+fn active_transfer_gauges_follow_starts_and_ends() {
+    let st = status();
+    let active = |st: &Status| {
+        let text = st.metrics_text(T0);
+        let get = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<i64>().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        (
+            get("ironpxe_tftp_transfers_active"),
+            get("ironpxe_http_files_active"),
+        )
+    };
+    assert_eq!(active(&st), (0, 0));
+    let tftp =
+        |ev: &str, peer: &str| with_peer(Record::new(T0, ev).with("file", "undionly.kpxe"), peer);
+    let http = |ev: &str, peer: &str, id: &str| with_peer(Record::new(T0, ev).with("id", id), peer);
+    st.record(tftp("tftp.start", "10.0.0.5:2000"));
+    st.record(tftp("tftp.start", "10.0.0.6:2000"));
+    st.record(http("http.file.start", "10.0.0.5:40000", "k1"));
+    st.record(http("http.file.start", "10.0.0.6:40000", "k1"));
+    assert_eq!(active(&st), (2, 2));
+    // A refusal before any transfer began (server busy) has no start: no change.
+    st.record(tftp("tftp.failed", "10.0.0.7:2000"));
+    // The same client port's other file is another transfer.
+    st.record(http("http.file.done", "10.0.0.5:40000", "other"));
+    assert_eq!(active(&st), (2, 2));
+    st.record(tftp("tftp.aborted", "10.0.0.5:2000"));
+    st.record(tftp("tftp.failed", "10.0.0.6:2000"));
+    st.record(http("http.file.failed", "10.0.0.6:40000", "k1"));
+    assert_eq!(active(&st), (0, 1));
+    st.record(http("http.file.done", "10.0.0.5:40000", "k1"));
+    // An end seen twice counts once.
+    st.record(http("http.file.done", "10.0.0.5:40000", "k1"));
+    assert_eq!(active(&st), (0, 0));
 }
