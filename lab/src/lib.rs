@@ -83,6 +83,8 @@ pub use ironpxe::{ironpxe_bin, metric_value, Ironpxe, DEFAULT_HTTP_PORT, DEFAULT
 pub use lab::{Lab, LabBuilder, Network, UserPorts};
 pub use link::{Block, Class, Counts, Link, LinkCounters, LinkFaults};
 pub use netns::cleanup_stale;
+/// Signals for [`Ironpxe::signal`].
+pub use nix::sys::signal::Signal;
 pub use preflight::{preflight, Needs, Report};
 pub use proc::{LogLine, Stream};
 pub use segments::{save_dhcp_requests, Capture, CapturedUdp, LabProc, Segment};

@@ -35,12 +35,17 @@ pub struct LinkFaults {
     pub loss_one_in: Option<u32>,
     /// Limit traffic towards the guest to this `tc` rate, e.g. `16mbit`.
     pub rate_to_guest: Option<String>,
+    /// Drop what the guest sends to this TCP port from its first frame on, until
+    /// [`Link::unblock_all`] (see [`Link::block_tcp_from_guest`]).
+    pub blocked_tcp_port: Option<u16>,
 }
 
 impl LinkFaults {
     /// Whether there is anything to set up.
     pub fn is_empty(&self) -> bool {
-        self.loss_one_in.is_none() && self.rate_to_guest.is_none()
+        self.loss_one_in.is_none()
+            && self.rate_to_guest.is_none()
+            && self.blocked_tcp_port.is_none()
     }
 }
 
@@ -217,6 +222,9 @@ impl Link {
         if let Some(rate) = &faults.rate_to_guest {
             link.set_rate_to_guest(Some(rate))?;
         }
+        if let Some(port) = faults.blocked_tcp_port {
+            link.block_tcp_from_guest(port)?;
+        }
         Ok(link)
     }
 
@@ -242,7 +250,7 @@ impl Link {
                 for class in Class::ALL {
                     for m in class.matches() {
                         s.push_str(&format!(
-                            "    {m} counter comment \"{}\" {verdict}\n",
+                            "    {m} counter {verdict} comment \"{}\"\n",
                             class.as_str()
                         ));
                     }
@@ -305,16 +313,13 @@ impl Link {
             "dport",
             &port.to_string(),
             "counter",
+            "drop",
             "comment",
             "\"blocked\"",
-            "drop",
         ])?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         check(out, &format!("nft add rule (block tcp {port})"))?;
-        let handle = text
-            .rsplit("# handle ")
-            .next()
-            .and_then(|h| h.trim().parse().ok())
+        let handle = rule_handle(&text)
             .ok_or_else(|| Error::Invalid(format!("nft printed no rule handle: {text:?}")))?;
         Ok(Block { handle })
     }
@@ -331,6 +336,18 @@ impl Link {
             &block.handle.to_string(),
         ])?;
         check(out, "nft delete rule")
+    }
+
+    /// Removes every rule of [`Link::block_tcp_from_guest`] and
+    /// [`LinkFaults::blocked_tcp_port`].
+    pub fn unblock_all(&self) -> Result<()> {
+        let out = self.nft(&["-j", "list", "chain", "netdev", &self.table, "from_guest"])?;
+        let json = String::from_utf8_lossy(&out.stdout).into_owned();
+        check(out, "nft -j list chain")?;
+        for handle in blocked_handles(&json) {
+            self.unblock(Block { handle })?;
+        }
+        Ok(())
     }
 
     /// The counters so far.
@@ -373,6 +390,29 @@ fn check(out: Output, what: &str) -> Result<()> {
         stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         hint: None,
     })
+}
+
+/// The handle `nft --echo --handle add rule` printed: `... # handle 37`, maybe
+/// followed by a `# new generation` line.
+fn rule_handle(echo: &str) -> Option<u64> {
+    let rest = echo.split("# handle ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The handles of the rules commented `blocked` in `nft -j list` output.
+fn blocked_handles(json: &str) -> Vec<u64> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let Some(items) = v.get("nftables").and_then(|n| n.as_array()) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|i| i.get("rule"))
+        .filter(|r| r.get("comment").and_then(|c| c.as_str()) == Some("blocked"))
+        .filter_map(|r| r.get("handle")?.as_u64())
+        .collect()
 }
 
 /// Sums the counters of `nft -j list table` by chain and comment.
@@ -434,6 +474,14 @@ mod tests {
         assert_eq!(c.dropped(Class::Http), 7);
         assert_eq!(c.from_guest.dropped_total(), 0);
         assert_eq!(parse_counters("not json"), None);
+        let listing = r#"{"nftables": [{"rule": {"chain": "from_guest", "handle": 9, "comment": "blocked", "expr": []}},
+          {"rule": {"chain": "from_guest", "handle": 3, "expr": []}}]}"#;
+        assert_eq!(blocked_handles(listing), [9]);
+        assert_eq!(
+            rule_handle("add rule netdev t c tcp dport 80 drop # handle 37\n# new generation 3 by process 1 (nft)\n"),
+            Some(37)
+        );
+        assert_eq!(rule_handle("no handle"), None);
     }
 
     #[test]
