@@ -13,6 +13,7 @@
 //! http_port = 8080
 //! status_port = 8081            # unset: the status page is on http_port
 //! shutdown_timeout = "30s"      # after SIGTERM, transfers in flight get this long
+//! user = "ironpxe"              # started as root: run as this user once the ports are bound
 //! default_profile = "installer" # unset: machines not listed are not answered
 //!
 //! [profiles.installer]
@@ -144,6 +145,8 @@ pub struct ServerSettings {
     pub status_port: Option<u16>,
     /// How long, after SIGTERM or SIGINT, transfers in flight may take to finish.
     pub shutdown_timeout: Option<Duration>,
+    /// The user to run as once every port is bound, when started as root.
+    pub user: Option<String>,
 }
 
 /// `[ipxe]`: iPXE binaries by role (keys as in [`IpxeRole::config_key`]), relative
@@ -183,6 +186,14 @@ impl ConfigBooter {
     /// How many distinct files are served.
     pub fn file_count(&self) -> usize {
         self.files.len()
+    }
+
+    /// The local files served (kernels, initrds, templated files).
+    pub fn local_files(&self) -> impl Iterator<Item = &Path> {
+        self.files.values().filter_map(|f| match f {
+            FileRef::Local(p) => Some(p.as_path()),
+            FileRef::Remote(_) => None,
+        })
     }
 }
 
@@ -237,6 +248,7 @@ struct RawServer {
     status_port: Option<Spanned<u16>>,
     shutdown_timeout: Option<S>,
     default_profile: Option<S>,
+    user: Option<S>,
 }
 
 /// Keys are checked against the role table during validation.
@@ -519,12 +531,30 @@ impl Validator<'_> {
                         None
                     }
                 });
+        let user = s.user.as_ref().and_then(|u| {
+            let name = u.get_ref();
+            // Whether the user exists is checked where ironpxe runs, not here: the
+            // file may be checked on another machine.
+            if name.is_empty()
+                || name.contains(['\0', ':', '/'])
+                || name.chars().any(char::is_whitespace)
+            {
+                self.problem(
+                    u.span().start,
+                    "server.user",
+                    format!("{name:?} is not a user name"),
+                );
+                return None;
+            }
+            Some(name.clone())
+        });
         ServerSettings {
             interface: s.interface.as_ref().map(|i| i.get_ref().clone()),
             listen_addr,
             http_port: self.port_at(s.http_port.as_ref(), "server.http_port"),
             status_port: self.port_at(s.status_port.as_ref(), "server.status_port"),
             shutdown_timeout,
+            user,
         }
     }
 

@@ -218,6 +218,13 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "NAME")]
     pub interface: Option<String>,
 
+    /// Started as root: become this user (with its groups, and no capabilities) once
+    /// every port is bound. Kernels, initrds, the configuration and --tftp-root must
+    /// be readable by it, and --state-dir writable. Under systemd use User= or
+    /// DynamicUser= instead.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
     // The iPXE flags: one field per role of the table in ironpxe_core::ipxe_role,
     // which holds their names and help (`ipxe_flags_match_the_role_table` checks).
     #[arg(long, value_name = "FILE", help = IpxeRole::Bios.spec().help)]

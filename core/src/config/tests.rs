@@ -351,3 +351,20 @@ fn server_ports_and_shutdown_timeout() {
         ]
     );
 }
+
+#[test]
+fn server_user_is_a_name() {
+    let c = parse("[server]\nuser = \"ironpxe\"\n").unwrap();
+    assert_eq!(c.server.user.as_deref(), Some("ironpxe"));
+    assert_eq!(parse("[server]\n").unwrap().server.user, None);
+    let e = parse("[server]\nuser = \"\"\n").unwrap_err();
+    assert_eq!(
+        lines(e),
+        ["/etc/ironpxe/test.toml:2: server.user: \"\" is not a user name"]
+    );
+    let e = parse("[server]\nuser = \"a b\"\n").unwrap_err();
+    assert_eq!(
+        lines(e),
+        ["/etc/ironpxe/test.toml:2: server.user: \"a b\" is not a user name"]
+    );
+}
