@@ -46,6 +46,8 @@ let
     let
       cfg = defaults // {
         enable = true; openFirewall = true; machines = { };
+        # The stand-in lib applies no defaults; take the option's own.
+        memoryMax = opts.memoryMax.default;
         package = "/nix/store/eval-only-ironpxe";
       } // extra;
       evaluated = (evalModule { services.ironpxe = cfg; }).config;
@@ -60,7 +62,7 @@ in
     plain = serviceOf { };
     noBind = serviceOf { dhcpNoBind = true; };
   };
-  options = builtins.mapAttrs (n: o: { type = o.type.name; description = o.description; }) opts;
+  options = builtins.mapAttrs (n: o: { type = o.type.name; description = o.description; default = o.default or null; }) opts;
   cluster = {
     machines = map (m: { inherit (m) name mac profile; }) clusterSettings.machines;
     interface = clusterSettings.server.interface;
