@@ -23,7 +23,9 @@
 //!   network.
 //! - [`Lab::start_guest`] starts a QEMU [`Guest`] ([`guest`]) with KVM or TCG
 //!   ([`accel`]); [`Guest::wait_for_marker`] returns the [`Marker`] with the command
-//!   line the kernel received.
+//!   line the kernel received. [`link`] puts faults on a guest's link (random loss,
+//!   a rate limit, a blocked port); [`Ironpxe::signal`], [`Lab::restart_ironpxe`] and
+//!   [`Ironpxe::metrics`] act on ironpxe during a boot.
 //! - [`Lab::timeline`] merges power-on, serial lines, ironpxe events and site DHCP
 //!   lines into a [`Timeline`] in seconds since power-on.
 //! - [`run`] boots a list of guests, several at a time, to a pass or fail verdict
