@@ -492,7 +492,7 @@ fn root_user_refuses_what_it_cannot_do_with_one_line() {
 }
 
 #[test]
-fn root_without_user_is_warned_outside_systemd_only() {
+fn root_without_user_is_warned_outside_systemd_unless_root_is_asked_for() {
     in_private_network(|| {
         let dir = world_dir(&[("vmlinuz", b"k", 0o644), ("undionly.kpxe", b"x", 0o644)]);
         let args = |dir: &Path| {
@@ -507,18 +507,26 @@ fn root_without_user_is_warned_outside_systemd_only() {
         };
         let argv = args(dir.path());
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        for (systemd, warned) in [(false, true), (true, false)] {
-            let log = dir.path().join(format!("ironpxe-{systemd}.log"));
+        // Plain root; under systemd; root asked for with --user root.
+        for (case, warned) in [("plain", true), ("systemd", false), ("user-root", false)] {
+            let log = dir.path().join(format!("ironpxe-{case}.log"));
             let mut cmd = ironpxe(&argv, &log);
-            if systemd {
-                cmd.env("INVOCATION_ID", "0123456789abcdef0123456789abcdef");
+            match case {
+                "systemd" => {
+                    cmd.env("INVOCATION_ID", "0123456789abcdef0123456789abcdef");
+                }
+                "user-root" => {
+                    cmd.args(["--user", "nobody", "--user", "root"]);
+                }
+                _ => {}
             }
             let mut child = cmd.spawn().expect("start ironpxe");
             wait_log(&log, "ironpxe ready", &mut child);
             let _owned = Owned(child);
             let text = log_text(&log);
             let warning = "running as root: pass --user NAME";
-            assert_eq!(text.contains(warning), warned, "systemd={systemd}:\n{text}");
+            assert_eq!(text.contains(warning), warned, "{case}:\n{text}");
+            assert!(!text.contains("dropped root"), "{case}:\n{text}");
         }
     });
 }

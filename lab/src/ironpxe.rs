@@ -139,7 +139,9 @@ impl Lab {
     /// The arguments that make any serving mode of ironpxe (`boot`, `serve`, `api`)
     /// serve this lab's guests, with its status server on a port of its own:
     ///
-    /// - namespaces: `-l 10.77.N.2 -p 8080 --status-port 8081 --interface <pxe ifname>`;
+    /// - namespaces: `-l 10.77.N.2 -p 8080 --status-port 8081 --interface <pxe ifname>
+    ///   --user root` (ironpxe runs as root in the lab's own namespace on purpose;
+    ///   a later `--user NAME` wins);
     /// - user networking: `-l 127.0.0.1 -p H --status-port S --interface lo` and the
     ///   DHCP, PXE and TFTP ports, all free loopback ports.
     ///
@@ -165,14 +167,15 @@ impl Lab {
                 push("-p", DEFAULT_HTTP_PORT.to_string());
                 push("--status-port", DEFAULT_STATUS_PORT.to_string());
                 push("--interface", self.pxe_ifname());
+                push("--user", "root".into());
             }
         }
         args
     }
 
     /// The arguments of `ironpxe boot` for this lab: `boot KERNEL INITRD... --cmdline
-    /// CMDLINE -p 8080 --interface <pxe ifname>` (with user networking, the loopback
-    /// arguments of [`Lab::ironpxe_server_args`] instead).
+    /// CMDLINE -p 8080 --interface <pxe ifname> --user root` (with user networking,
+    /// the loopback arguments of [`Lab::ironpxe_server_args`] instead).
     pub fn ironpxe_boot_args(
         &self,
         kernel: &Path,
@@ -190,6 +193,8 @@ impl Lab {
                 args.push(DEFAULT_HTTP_PORT.to_string().into());
                 args.push("--interface".into());
                 args.push(self.pxe_ifname().into());
+                args.push("--user".into());
+                args.push("root".into());
             }
         }
         args
