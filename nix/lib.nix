@@ -22,7 +22,8 @@ rec {
     };
 
   # The command line of the service: config-file mode, or API mode when apiServer is set.
-  mkArgs = { apiServer, apiRequestTimeout, configFile, settings, interface, debug, dhcpNoBind, extraArguments }:
+  mkArgs = { apiServer, apiRequestTimeout, configFile, settings, interface, debug, dhcpNoBind, extraArguments
+           , ipv6 ? false, listenAddress6 ? null, ipv6Range ? null, ipv6Stateful ? "ipxe", stateDir ? "/var/lib/ironpxe" }:
     let
       server = settings.server or { };
       flag = cond: f: if cond then f else [ ];
@@ -35,6 +36,10 @@ rec {
       ++ flag (server ? http_port) [ "--port" (toString server.http_port) ]
       ++ flag (server ? status_port) [ "--status-port" (toString server.status_port) ]
       ++ flag (server ? shutdown_timeout) [ "--shutdown-timeout" server.shutdown_timeout ])
+    ++ flag ipv6 ([ "--ipv6" ]
+      ++ flag (listenAddress6 != null) [ "--listen-addr6" listenAddress6 ]
+      # The stateful mode keeps its leases in the service's StateDirectory.
+      ++ flag (ipv6Range != null) [ "--ipv6-range" ipv6Range "--ipv6-stateful" ipv6Stateful "--state-dir" stateDir ])
     ++ flag debug [ "--debug" ]
     ++ flag dhcpNoBind [ "--dhcp-no-bind" ]
     ++ extraArguments;

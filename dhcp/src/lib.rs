@@ -19,6 +19,7 @@
 //!   with a BPF filter, IPv4/UDP decoding, and raw sends from port 67.
 //! - [`server`]: the tokio driver: receive, decode, ask the booter (off the receive
 //!   loop when it must wait), answer, send, log an event.
+//! - [`v6`]: DHCPv6 for network boot, the IPv6 counterpart of all of the above.
 //!
 //! Firmware PXE clients are chainloaded into iPXE over TFTP; iPXE clients with HTTP
 //! get the boot script URL directly, which also breaks the chainload loop that stock
@@ -33,6 +34,7 @@ pub mod nobind;
 pub mod request;
 pub mod server;
 pub mod sock;
+pub mod v6;
 
 pub use decide::{
     answer, classify, decide, BootPath, ChainloadMemory, Classified, Destination, Ignored,

@@ -1,11 +1,13 @@
 //! Command-line interface. Flag names follow pixiecore so existing command lines
 //! keep working.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use ironpxe_core::config::StatefulFor;
 use ironpxe_core::ipxe_role::{IpxeRole, RoleMap};
+use ironpxe_core::net6::Ipv6Range;
 use ironpxe_core::parse_duration;
 
 #[derive(Parser, Debug)]
@@ -266,9 +268,43 @@ pub(crate) struct ServerArgs {
 
     /// Also serve the files under DIR over TFTP (GRUB, shim, pxelinux trees), next to
     /// the iPXE binaries, which keep their names. Read-only; paths cannot leave DIR,
-    /// not even through symlinks. Files are cached in memory and re-read when changed.
+    /// not even through symlinks. Small files are cached in memory and re-read when
+    /// changed; large ones are streamed from disk.
     #[arg(long, value_name = "DIR")]
     pub tftp_root: Option<PathBuf>,
+
+    /// Also boot over IPv6: answer DHCPv6 PXE and UEFI HTTP Boot clients on the data
+    /// NIC (boot information only, next to the site's DHCPv6 server and router
+    /// advertisements), and serve TFTP and HTTP on IPv6 [default: off].
+    #[arg(long)]
+    pub ipv6: bool,
+
+    /// IPv6 address to listen on and announce in IPv6 boot URLs (a global or
+    /// unique-local address; never link-local) [default: the data NIC's own].
+    #[arg(long, value_name = "ADDR6", requires = "ipv6")]
+    pub listen_addr6: Option<Ipv6Addr>,
+
+    /// Stateful DHCPv6: hand addresses from START-END (one /64) to iPXE, which
+    /// ignores an answer without one (needed on IPv6-only segments). Leases are kept
+    /// in --state-dir.
+    #[arg(long, value_name = "START-END", requires = "ipv6")]
+    pub ipv6_range: Option<Ipv6Range>,
+
+    /// Who gets an address from --ipv6-range: `ipxe` (firmware takes its address
+    /// from the site's server) or `all` boot clients (no other DHCPv6 server)
+    /// [default: ipxe].
+    #[arg(long, value_name = "WHO", requires = "ipv6_range")]
+    pub ipv6_stateful: Option<StatefulFor>,
+
+    /// A DHCPv6 preference in ADVERTISEs without an address (for measuring
+    /// clients only).
+    #[arg(long, value_name = "N", hide = true, requires = "ipv6")]
+    pub dhcp6_proxy_preference: Option<u8>,
+
+    /// TFTP transfers one client address may run at once; its further requests get
+    /// "server busy", so one host cannot take every transfer slot [default: 8].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub tftp_per_address: Option<u32>,
 
     /// UDP port for ProxyDHCP offers (change only for testing).
     #[arg(long, default_value_t = 67, hide = true)]

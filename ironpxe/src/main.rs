@@ -12,6 +12,7 @@ mod lab_cmd;
 mod privileges;
 mod run;
 mod server_config;
+mod v6;
 
 use std::process::ExitCode;
 

@@ -41,6 +41,7 @@ let
   defaults = {
     apiServer = null; apiRequestTimeout = "5s"; interface = null; debug = false;
     dhcpNoBind = false; extraArguments = [ ]; settings = { }; configFile = "/etc/ironpxe.toml";
+    ipv6 = false; listenAddress6 = null; ipv6Range = null; ipv6Stateful = "ipxe";
   };
   serviceOf = extra:
     let
@@ -61,6 +62,7 @@ in
   service = {
     plain = serviceOf { };
     noBind = serviceOf { dhcpNoBind = true; };
+    ipv6 = serviceOf { ipv6 = true; ipv6Range = "fd00::1000-fd00::10ff"; };
   };
   options = builtins.mapAttrs (n: o: { type = o.type.name; description = o.description; default = o.default or null; }) opts;
   cluster = {

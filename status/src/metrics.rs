@@ -47,6 +47,12 @@ struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabels {
+    family: String,
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
 }
@@ -87,6 +93,7 @@ pub(crate) struct Metrics {
     /// one, its end event takes it away. Ends without a start (a request refused
     /// before its transfer began) change nothing.
     active: Mutex<HashMap<String, u32>>,
+    by_family: Family<FamilyLabels, Counter>,
 }
 
 impl Metrics {
@@ -115,6 +122,7 @@ impl Metrics {
             tftp_active: Gauge::default(),
             http_active: Gauge::default(),
             active: Mutex::new(HashMap::new()),
+            by_family: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -197,6 +205,11 @@ impl Metrics {
             "HTTP file downloads running now (started, not yet done or failed)",
             m.http_active.clone(),
         );
+        registry.register(
+            "ironpxe_answers_by_family",
+            "DHCP answers, completed TFTP transfers and HTTP answers (scripts, files, iPXE binaries), by the client's address family (ipv4, ipv6) and protocol (dhcp, tftp, http)",
+            m.by_family.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -255,6 +268,21 @@ impl Metrics {
             return;
         }
         let r = &ing.record;
+        let protocol = match r.event.as_str() {
+            "dhcp.offer" | "dhcp.ack" => Some("dhcp"),
+            "tftp.done" => Some("tftp"),
+            "http.script" | "http.file.done" | "http.bin" => Some("http"),
+            _ => None,
+        };
+        let family = r.text("peer").as_deref().and_then(crate::store::peer_ip);
+        if let (Some(protocol), Some(ip)) = (protocol, family) {
+            self.by_family
+                .get_or_create(&FamilyLabels {
+                    family: ironpxe_core::net6::AddrFamily::of(ip).as_str().into(),
+                    protocol: protocol.into(),
+                })
+                .inc();
+        }
         let text = |k: &str| r.text(k).unwrap_or_else(|| "unknown".into());
         let kind = || r.text("kind").unwrap_or_else(|| "other".into());
         match r.event.as_str() {
