@@ -12,10 +12,8 @@
 //!
 //! ```text
 //!   table netdev <tap>
-//!     chain from_guest  (hook ingress)  jump seen_from; [first DHCP frame: jump lost_from];
-//!                                       [numgen random mod N 0 jump lost_from]; [tcp dport P counter drop]
-//!     chain to_guest    (hook egress)   jump seen_to;   [first DHCP frame: jump lost_to];
-//!                                       [numgen random mod N 0 jump lost_to]
+//!     chain from_guest  (hook ingress)  jump seen_from; [numgen random mod N 0 jump lost_from]; [tcp dport P counter drop]
+//!     chain to_guest    (hook egress)   jump seen_to;   [numgen random mod N 0 jump lost_to]
 //!     chain seen_*   one counter per class, then return
 //!     chain lost_*   one counter per class, then drop
 //! ```
@@ -40,10 +38,6 @@ pub struct LinkFaults {
     /// Drop what the guest sends to this TCP port from its first frame on, until
     /// [`Link::unblock_all`] (see [`Link::block_tcp_from_guest`]).
     pub blocked_tcp_port: Option<u16>,
-    /// Also drop the first DHCP frame in each direction (counted as lost DHCP), so
-    /// the loss hits DHCP in every run, not only when chance picks one of its few
-    /// frames.
-    pub drop_first_dhcp: bool,
 }
 
 impl LinkFaults {
@@ -52,7 +46,6 @@ impl LinkFaults {
         self.loss_one_in.is_none()
             && self.rate_to_guest.is_none()
             && self.blocked_tcp_port.is_none()
-            && !self.drop_first_dhcp
     }
 }
 
@@ -207,7 +200,7 @@ impl Lab {
         }
         let link = Link::new(self.switch_ns(), guest.tap());
         if !link.exists() {
-            link.create(None, false)?;
+            link.create(None)?;
         }
         Ok(link)
     }
@@ -225,7 +218,7 @@ impl Link {
     /// Sets up `faults` on `tap` (in switch namespace `ns`) before its guest starts.
     pub(crate) fn apply(ns: String, tap: &str, faults: &LinkFaults) -> Result<Link> {
         let link = Link::new(ns, tap);
-        link.create(faults.loss_one_in, faults.drop_first_dhcp)?;
+        link.create(faults.loss_one_in)?;
         if let Some(rate) = &faults.rate_to_guest {
             link.set_rate_to_guest(Some(rate))?;
         }
@@ -245,7 +238,7 @@ impl Link {
             .is_ok_and(|o| o.status.success())
     }
 
-    fn create(&self, loss_one_in: Option<u32>, drop_first_dhcp: bool) -> Result<()> {
+    fn create(&self, loss_one_in: Option<u32>) -> Result<()> {
         if loss_one_in == Some(0) {
             return Err(Error::Invalid("loss of one frame in 0".into()));
         }
@@ -265,31 +258,16 @@ impl Link {
                 s.push_str("  }\n");
             }
         }
-        // The first DHCP frame each way: a set remembers that one was dropped (keyed
-        // by its ether type, which is IPv4 for every DHCP frame).
-        let first_dhcp = |dir: &str| match drop_first_dhcp {
-            true => format!(
-                "    meta l4proto udp udp dport {{ 67, 68, 4011 }} meta protocol != @dhcp_{dir} \
-                 add @dhcp_{dir} {{ meta protocol }} jump lost_{dir}\n"
-            ),
-            false => String::new(),
-        };
-        if drop_first_dhcp {
-            s.push_str("  set dhcp_from {\n    type ether_type;\n  }\n");
-            s.push_str("  set dhcp_to {\n    type ether_type;\n  }\n");
-        }
         let loss = |lost: &str| match loss_one_in {
             Some(n) => format!("    numgen random mod {n} 0 jump {lost}\n"),
             None => String::new(),
         };
         s.push_str(&format!(
-            "  chain from_guest {{\n    type filter hook ingress device \"{tap}\" priority 0; policy accept;\n    jump seen_from\n{}{}  }}\n",
-            first_dhcp("from"),
+            "  chain from_guest {{\n    type filter hook ingress device \"{tap}\" priority 0; policy accept;\n    jump seen_from\n{}  }}\n",
             loss("lost_from")
         ));
         s.push_str(&format!(
-            "  chain to_guest {{\n    type filter hook egress device \"{tap}\" priority 0; policy accept;\n    jump seen_to\n{}{}  }}\n",
-            first_dhcp("to"),
+            "  chain to_guest {{\n    type filter hook egress device \"{tap}\" priority 0; policy accept;\n    jump seen_to\n{}  }}\n",
             loss("lost_to")
         ));
         s.push_str("}\n");
