@@ -20,6 +20,7 @@
 //! ipv6_range = "fd00::1000-fd00::1fff"  # unset: no addresses, boot information only
 //! ipv6_stateful = "ipxe"        # who gets an address from ipv6_range: "ipxe" or "all"
 //! tftp_per_address = 8          # TFTP transfers one client address may run at once
+//! user = "ironpxe"              # started as root: run as this user once the ports are bound
 //! default_profile = "installer" # unset: machines not listed are not answered
 //!
 //! [profiles.installer]
@@ -157,6 +158,8 @@ pub struct ServerSettings {
     pub http_max_connections: Option<usize>,
     /// HTTP connections one client address may always hold.
     pub http_max_connections_per_addr: Option<usize>,
+    /// The user to run as once every port is bound, when started as root.
+    pub user: Option<String>,
     /// `ipv6`, `listen_addr6`, `ipv6_range`, `ipv6_stateful`.
     pub ipv6: Ipv6Settings,
     /// TFTP transfers one client address may run at once (at least 1).
@@ -200,6 +203,14 @@ impl ConfigBooter {
     /// How many distinct files are served.
     pub fn file_count(&self) -> usize {
         self.files.len()
+    }
+
+    /// The local files served (kernels, initrds, templated files).
+    pub fn local_files(&self) -> impl Iterator<Item = &Path> {
+        self.files.values().filter_map(|f| match f {
+            FileRef::Local(p) => Some(p.as_path()),
+            FileRef::Remote(_) => None,
+        })
     }
 }
 
@@ -262,6 +273,7 @@ struct RawServer {
     ipv6_stateful: Option<S>,
     tftp_per_address: Option<Spanned<u32>>,
     default_profile: Option<S>,
+    user: Option<S>,
 }
 
 /// Keys are checked against the role table during validation.
@@ -553,6 +565,23 @@ impl Validator<'_> {
                         None
                     }
                 });
+        let user = s.user.as_ref().and_then(|u| {
+            let name = u.get_ref();
+            // Whether the user exists is checked where ironpxe runs, not here: the
+            // file may be checked on another machine.
+            if name.is_empty()
+                || name.contains(['\0', ':', '/'])
+                || name.chars().any(char::is_whitespace)
+            {
+                self.problem(
+                    u.span().start,
+                    "server.user",
+                    format!("{name:?} is not a user name"),
+                );
+                return None;
+            }
+            Some(name.clone())
+        });
         ServerSettings {
             interface: s.interface.as_ref().map(|i| i.get_ref().clone()),
             listen_addr,
@@ -568,6 +597,7 @@ impl Validator<'_> {
                 s.http_max_connections_per_addr.as_ref(),
                 "server.http_max_connections_per_addr",
             ),
+            user,
             ipv6: self.ipv6(s),
             tftp_per_address: s.tftp_per_address.as_ref().and_then(|n| {
                 if *n.get_ref() == 0 {

@@ -14,6 +14,10 @@ use crate::cli::ApiArgs;
 /// and the booter for [`crate::run::serve`].
 pub(crate) fn run(args: ApiArgs) -> Result<(crate::server_config::ServerConfig, Arc<dyn Booter>)> {
     let source = Source::parse(&args.url)?;
+    let mut server = crate::server_config::ServerConfig::from_args(&args.server);
+    if let Source::Dir { root, .. } = &source {
+        server.read_after_start.push(root.clone());
+    }
     let limits = Limits {
         rate: args.api_rate,
         mac_interval: args.api_mac_interval,
@@ -33,8 +37,5 @@ pub(crate) fn run(args: ApiArgs) -> Result<(crate::server_config::ServerConfig, 
         args.api_request_timeout,
         limits,
     )?);
-    Ok((
-        crate::server_config::ServerConfig::from_args(&args.server),
-        booter,
-    ))
+    Ok((server, booter))
 }

@@ -247,6 +247,14 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "NAME")]
     pub interface: Option<String>,
 
+    /// Started as root: become this user (with its groups, and no capabilities) once
+    /// every port is bound. Kernels, initrds, the configuration and --tftp-root must
+    /// be readable by it, and --state-dir writable. `root` stays root without the
+    /// warning. Under systemd use User= or DynamicUser= instead. Given twice, the
+    /// last one counts.
+    #[arg(long, value_name = "NAME", overrides_with = "user")]
+    pub user: Option<String>,
+
     // The iPXE flags: one field per role of the table in ironpxe_core::ipxe_role,
     // which holds their names and help (`ipxe_flags_match_the_role_table` checks).
     #[arg(long, value_name = "FILE", help = IpxeRole::Bios.spec().help)]

@@ -162,7 +162,11 @@ pub(crate) fn prepare(args: &ServeArgs) -> Result<(ServerConfig, Arc<dyn Booter>
             e.problems.len()
         ),
     })?;
-    let server = ServerConfig::merge(&args.server, &args.config, &cfg.server, &cfg.ipxe);
+    let mut server = ServerConfig::merge(&args.server, &args.config, &cfg.server, &cfg.ipxe);
+    // Reloads read the file again, and downloads its local files.
+    server.read_after_start = std::iter::once(args.config.clone())
+        .chain(cfg.booter.local_files().map(Path::to_path_buf))
+        .collect();
     info!(config = %args.config.display(), "{}", summary(&cfg));
     let applied = (cfg.server.clone(), cfg.ipxe.clone());
     let swap = Arc::new(SwapBooter::new(Arc::new(cfg.booter)));

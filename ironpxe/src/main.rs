@@ -9,6 +9,7 @@ mod cli;
 mod config_mode;
 mod ipxe_files;
 mod lab_cmd;
+mod privileges;
 mod run;
 mod server_config;
 mod v6;

@@ -95,8 +95,17 @@ fn boot_mode(args: &BootArgs) -> Result<(ServerConfig, Arc<dyn Booter>)> {
     for f in spec.files().chain(extra.iter()) {
         info!(file = %f, "serving");
     }
+    let mut server = ServerConfig::from_args(&args.server);
+    server.read_after_start = spec
+        .files()
+        .chain(extra.iter())
+        .filter_map(|f| match f {
+            FileRef::Local(p) => Some(p.clone()),
+            FileRef::Remote(_) => None,
+        })
+        .collect();
     let booter: Arc<dyn Booter> = Arc::new(StaticBooter::with_files(spec, extra));
-    Ok((ServerConfig::from_args(&args.server), booter))
+    Ok((server, booter))
 }
 
 /// Checks that `--cmdline` and `--bootmsg` can be carried through an iPXE script:
@@ -194,12 +203,14 @@ pub(crate) fn serve(args: &ServerConfig, booter: Arc<dyn Booter>) -> Result<()> 
     }
 
     crate::v6::check(args)?;
+    // Before anything is bound: a user that does not exist is refused now.
+    let user = crate::privileges::plan(args.user.as_deref(), &args.user_origin)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = rt.block_on(serve_async(args, booter, ipxe));
+    let result = rt.block_on(serve_async(args, booter, ipxe, user));
     // Transfers past the shutdown timeout are abandoned, not waited for.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     result
@@ -233,7 +244,12 @@ fn raise_open_file_limit() {
     }
 }
 
-async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet) -> Result<()> {
+async fn serve_async(
+    args: &ServerConfig,
+    booter: Arc<dyn Booter>,
+    ipxe: IpxeSet,
+    user: Option<crate::privileges::Target>,
+) -> Result<()> {
     let mut signals = Signals::new()?;
     let listen = args.listen_addr;
     // `-l IP` without --interface: answer DHCP only on the interface holding IP.
@@ -313,12 +329,24 @@ async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet
         }
         StatusPlace::Off | StatusPlace::BootPort => None,
     };
+    // Every privileged socket is open: with --user, become that user now, and check
+    // as it what the servers will read from here on.
+    let as_user = match &user {
+        Some(t) => {
+            crate::privileges::switch_to(t)?;
+            let mut read: Vec<std::path::PathBuf> = args.read_after_start.clone();
+            read.extend(args.tftp_root.iter().cloned());
+            crate::privileges::check_readable(&read, t.name())?;
+            format!(" (as user {})", t.name())
+        }
+        None => String::new(),
+    };
     status().set_stuck_after(args.stuck_after);
     let state_dir = match &args.state_dir {
         Some(dir) => Some(
             status()
                 .open_state_dir(dir)
-                .with_context(|| format!("--state-dir {}", dir.display()))?,
+                .with_context(|| format!("--state-dir {}{as_user}", dir.display()))?,
         ),
         None => None,
     };

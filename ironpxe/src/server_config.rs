@@ -81,6 +81,13 @@ pub(crate) struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// How long a DHCP packet may wait for a slow boot source.
     pub dhcp_lookup_wait: Duration,
+    /// The user to become once the ports are bound (when started as root).
+    pub user: Option<String>,
+    /// Where `user` was set, for messages: `--user`, or the file and key.
+    pub user_origin: String,
+    /// Files and directories read after start (kernels, the configuration file, an
+    /// API directory), checked as `user` once ironpxe has become it.
+    pub read_after_start: Vec<PathBuf>,
     /// DHCPv6, TFTP and HTTP on IPv6, when on.
     pub ipv6: Option<Ipv6Config>,
 }
@@ -202,6 +209,12 @@ impl ServerConfig {
                 .or(file.shutdown_timeout)
                 .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
             dhcp_lookup_wait: args.dhcp_lookup_wait,
+            user: args.user.clone().or_else(|| file.user.clone()),
+            user_origin: match (&args.user, &file.user) {
+                (None, Some(_)) => format!("{}: server.user", path.display()),
+                _ => "--user".to_string(),
+            },
+            read_after_start: Vec::new(),
             ipv6: Ipv6Config::merge(args, path, &file.ipv6),
         }
     }
@@ -234,6 +247,7 @@ mod tests {
             shutdown_timeout: Some(Duration::from_secs(5)),
             http_max_connections: Some(100),
             http_max_connections_per_addr: Some(10),
+            user: Some("ironpxe".into()),
             ipv6: Ipv6Settings::default(),
             tftp_per_address: Some(3),
         }
@@ -259,6 +273,8 @@ mod tests {
         assert_eq!(m.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(m.http_max_connections, Some(100));
         assert_eq!(m.http_max_connections_per_addr, Some(10));
+        assert_eq!(m.user.as_deref(), Some("ironpxe"));
+        assert_eq!(m.user_origin, "f.toml: server.user");
         assert_eq!(m.tftp_per_address, 3);
         assert_eq!(m.ipxe.paths.get(IpxeRole::Bios), Some(&PathBuf::from("/b")));
         assert_eq!(m.ipxe.paths.get(IpxeRole::Efi64), None);
@@ -308,6 +324,14 @@ mod tests {
         assert_eq!(m.http_max_connections, Some(7));
         assert_eq!(m.interface.as_deref(), Some("eth2"));
         assert_eq!(m.interface_origin, "--interface");
+        let m = ServerConfig::merge(
+            &serve_args(&["--user", "nobody"]),
+            Path::new("f.toml"),
+            &file(),
+            &i,
+        );
+        assert_eq!(m.user.as_deref(), Some("nobody"));
+        assert_eq!(m.user_origin, "--user");
     }
 
     #[test]

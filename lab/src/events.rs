@@ -71,6 +71,16 @@ impl EventFeed {
         }
     }
 
+    /// The feed of an ironpxe started in place of the one `previous` read: its
+    /// events start with those `previous` saw, and its own are read from the start
+    /// (a restarted ironpxe numbers its events afresh).
+    pub fn after(previous: &EventFeed, ns: Option<&str>, base: &str) -> Self {
+        let feed = EventFeed::new(ns, base);
+        let seen = previous.events();
+        feed.seen.lock().unwrap_or_else(|e| e.into_inner()).1 = seen;
+        feed
+    }
+
     /// Every event so far: what was read before, plus what the feed has now. When
     /// the feed cannot be read (ironpxe has exited), what was read before.
     pub fn events(&self) -> Vec<Event> {

@@ -71,6 +71,9 @@ pub struct GuestConfig {
     pub pcap: bool,
     /// More QEMU arguments.
     pub extra_args: Vec<String>,
+    /// Faults on the guest's link (loss, a rate limit), set up on its tap device
+    /// before QEMU starts; namespaces only. See [`crate::Lab::link`] for the counters.
+    pub link: crate::link::LinkFaults,
 }
 
 impl GuestConfig {
@@ -85,6 +88,7 @@ impl GuestConfig {
             ipxe_rom: true,
             pcap: false,
             extra_args: Vec::new(),
+            link: crate::link::LinkFaults::default(),
         }
     }
 

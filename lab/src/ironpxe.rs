@@ -26,6 +26,14 @@ pub const DEFAULT_STATUS_PORT: u16 = 8081;
 pub struct Ironpxe {
     proc: Arc<Proc>,
     feed: Arc<EventFeed>,
+    /// Its arguments, for [`Lab::restart_ironpxe`].
+    args: Vec<OsString>,
+    /// The namespace it runs in (`None`: the host's, with user networking).
+    ns: Option<String>,
+    /// Its status server, `http://ADDR:PORT`.
+    status_base: String,
+    /// How many times this ironpxe was started (1 for the first).
+    generation: u32,
 }
 
 impl Ironpxe {
@@ -81,13 +89,59 @@ impl Ironpxe {
     pub fn stop(&self) {
         self.proc.kill();
     }
+
+    /// Sends it `signal` (by PID, while it runs): `SIGHUP` reloads its configuration,
+    /// `SIGTERM` stops it gracefully. Whether the signal was sent.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> bool {
+        self.proc.signal(signal)
+    }
+
+    /// Waits up to `timeout` for it to exit; its exit status if it did.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.proc.wait_exit(timeout)
+    }
+
+    /// The arguments it was started with.
+    pub fn args(&self) -> &[OsString] {
+        &self.args
+    }
+
+    /// Its status server, `http://ADDR:PORT` (as reached from its namespace).
+    pub fn status_base(&self) -> &str {
+        &self.status_base
+    }
+
+    /// `GET /metrics` (Prometheus text) from its status server, read from inside its
+    /// namespace; `None` when it does not answer.
+    pub fn metrics(&self) -> Option<String> {
+        let url = format!("{}/metrics", self.status_base);
+        let get = move || crate::fetch::http_get(&url, Duration::from_secs(3));
+        let body = match &self.ns {
+            Some(ns) => crate::netns::in_netns(ns, get).ok()??,
+            None => get()?,
+        };
+        String::from_utf8(body).ok()
+    }
+}
+
+/// The value of one sample in Prometheus text: `name` is the metric name with its
+/// labels exactly as printed (`ironpxe_http_files_total{kind="kernel",outcome="failed"}`),
+/// or a name without labels. `None` if the sample is not there.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let value = rest.strip_prefix(' ')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
 }
 
 impl Lab {
     /// The arguments that make any serving mode of ironpxe (`boot`, `serve`, `api`)
     /// serve this lab's guests, with its status server on a port of its own:
     ///
-    /// - namespaces: `-l 10.77.N.2 -p 8080 --status-port 8081 --interface <pxe ifname>`;
+    /// - namespaces: `-l 10.77.N.2 -p 8080 --status-port 8081 --interface <pxe ifname>
+    ///   --user root` (ironpxe runs as root in the lab's own namespace on purpose;
+    ///   a later `--user NAME` wins);
     /// - user networking: `-l 127.0.0.1 -p H --status-port S --interface lo` and the
     ///   DHCP, PXE and TFTP ports, all free loopback ports.
     ///
@@ -115,14 +169,15 @@ impl Lab {
                 push("-p", DEFAULT_HTTP_PORT.to_string());
                 push("--status-port", DEFAULT_STATUS_PORT.to_string());
                 push("--interface", self.pxe_ifname());
+                push("--user", "root".into());
             }
         }
         args
     }
 
     /// The arguments of `ironpxe boot` for this lab: `boot KERNEL INITRD... --cmdline
-    /// CMDLINE -p 8080 --interface <pxe ifname>` (with user networking, the loopback
-    /// arguments of [`Lab::ironpxe_server_args`] instead).
+    /// CMDLINE -p 8080 --interface <pxe ifname> --user root` (with user networking,
+    /// the loopback arguments of [`Lab::ironpxe_server_args`] instead).
     pub fn ironpxe_boot_args(
         &self,
         kernel: &Path,
@@ -140,6 +195,8 @@ impl Lab {
                 args.push(DEFAULT_HTTP_PORT.to_string().into());
                 args.push("--interface".into());
                 args.push(self.pxe_ifname().into());
+                args.push("--user".into());
+                args.push("root".into());
             }
         }
         args
@@ -176,7 +233,30 @@ impl Lab {
             args.push("--status-port".into());
             args.push(port.into());
         }
-        let args = &args[..];
+        self.spawn_ironpxe(ns, &args, None)
+    }
+
+    /// Starts ironpxe again after `old` (the ironpxe started last) has exited: the
+    /// same binary, namespace and arguments, as a service manager restarts a crashed
+    /// server. It logs to `ironpxe.<N>.log` (N = 2, 3, ...), and its events continue
+    /// those of `old` in [`Lab::ironpxe_events`] and timelines. Fails if `old` still
+    /// runs: stop it first ([`Ironpxe::signal`], [`Ironpxe::stop`]).
+    pub fn restart_ironpxe(&self, old: &Ironpxe) -> Result<Ironpxe> {
+        if old.is_running() {
+            return Err(Error::Invalid(format!(
+                "ironpxe (pid {}) still runs; stop it before restarting it",
+                old.pid()
+            )));
+        }
+        self.spawn_ironpxe(old.ns.as_deref(), &old.args, Some(old))
+    }
+
+    fn spawn_ironpxe<S: AsRef<OsStr>>(
+        &self,
+        ns: Option<&str>,
+        args: &[S],
+        previous: Option<&Ironpxe>,
+    ) -> Result<Ironpxe> {
         let bin = match self.ironpxe_bin_override() {
             Some(b) => b.to_path_buf(),
             None => ironpxe_bin()?,
@@ -187,9 +267,17 @@ impl Lab {
             None => Command::new(&bin),
         };
         cmd.args(args).env("NO_COLOR", "1");
-        let log = self.out_dir().join("ironpxe.log");
+        let generation = previous.map_or(1, |p| p.generation + 1);
+        let log = match generation {
+            1 => self.out_dir().join("ironpxe.log"),
+            n => self.out_dir().join(format!("ironpxe.{n}.log")),
+        };
         let proc = self.spawn_proc("ironpxe", cmd, &log, LineMode::Plain, None)?;
-        let feed = Arc::new(EventFeed::new(ns, &status_base_of(args)));
+        let status_base = status_base_of(args);
+        let feed = Arc::new(match previous {
+            Some(p) => EventFeed::after(&p.feed, ns, &status_base),
+            None => EventFeed::new(ns, &status_base),
+        });
         *self.inner.ironpxe.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((proc.clone(), feed.clone()));
 
@@ -217,7 +305,14 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(Ironpxe { proc, feed })
+        Ok(Ironpxe {
+            proc,
+            feed,
+            args: args.iter().map(|a| a.as_ref().to_os_string()).collect(),
+            ns: ns.map(str::to_string),
+            status_base,
+            generation,
+        })
     }
 
     /// Whether something in `ns` (or the host) listens on TCP `http_port` (or UDP
@@ -387,6 +482,22 @@ mod tests {
             status_base_of(&["boot", "--status-port=81"]),
             "http://127.0.0.1:81"
         );
+    }
+
+    #[test]
+    fn metric_values_by_name_and_labels() {
+        let text = "# HELP x y\nironpxe_boots_total 3\nironpxe_http_files_active 0\n\
+                    ironpxe_http_files_total{kind=\"kernel\",outcome=\"failed\"} 1\n";
+        assert_eq!(metric_value(text, "ironpxe_boots_total"), Some(3.0));
+        assert_eq!(metric_value(text, "ironpxe_boots"), None);
+        assert_eq!(
+            metric_value(
+                text,
+                "ironpxe_http_files_total{kind=\"kernel\",outcome=\"failed\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(metric_value(text, "ironpxe_http_files_active"), Some(0.0));
     }
 
     #[test]

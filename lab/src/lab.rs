@@ -732,6 +732,12 @@ impl Lab {
         match self.inner.network {
             Network::Namespaces => self.start_guest_on(&self.bridge(), config),
             Network::User => {
+                if !config.link.is_empty() {
+                    return Err(Error::Invalid(
+                        "link faults need a lab with network namespaces, not user networking"
+                            .into(),
+                    ));
+                }
                 let (n, mac, name) = self.next_guest(&config)?;
                 let _ = n;
                 crate::guest::start(self, config, name, mac, None)
@@ -749,6 +755,9 @@ impl Lab {
         self.ip(&["-n", &sw, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
         self.ip(&["-n", &sw, "link", "set", &tap, "master", bridge])?;
         self.ip(&["-n", &sw, "link", "set", &tap, "up"])?;
+        if !config.link.is_empty() {
+            crate::link::Link::apply(sw, &tap, &config.link)?;
+        }
         crate::guest::start(self, config, name, mac, Some(&tap))
     }
 

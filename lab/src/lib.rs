@@ -23,7 +23,9 @@
 //!   network.
 //! - [`Lab::start_guest`] starts a QEMU [`Guest`] ([`guest`]) with KVM or TCG
 //!   ([`accel`]); [`Guest::wait_for_marker`] returns the [`Marker`] with the command
-//!   line the kernel received.
+//!   line the kernel received. [`link`] puts faults on a guest's link (random loss,
+//!   a rate limit, a blocked port); [`Ironpxe::signal`], [`Lab::restart_ironpxe`] and
+//!   [`Ironpxe::metrics`] act on ironpxe during a boot.
 //! - [`Lab::timeline`] merges power-on, serial lines, ironpxe events and site DHCP
 //!   lines into a [`Timeline`] in seconds since power-on.
 //! - [`v6`]: the site server's IPv6 modes ([`SiteV6`]), IPv6-only labs, OVMF guests
@@ -61,6 +63,7 @@ pub mod firmware;
 pub mod guest;
 pub mod ironpxe;
 pub mod lab;
+pub mod link;
 pub mod netns;
 pub mod preflight;
 pub mod proc;
@@ -81,9 +84,12 @@ pub use error::{Error, Result, WaitEnd};
 pub use events::{parse_event_line, parse_log_json, Event, EventFeed};
 pub use firmware::GuestFirmware;
 pub use guest::{Firmware, Guest, GuestConfig, Marker, DEFAULT_MARKER_TIMEOUT};
-pub use ironpxe::{ironpxe_bin, Ironpxe, DEFAULT_HTTP_PORT, DEFAULT_STATUS_PORT};
+pub use ironpxe::{ironpxe_bin, metric_value, Ironpxe, DEFAULT_HTTP_PORT, DEFAULT_STATUS_PORT};
 pub use lab::{Lab, LabBuilder, Network, UserPorts};
+pub use link::{Block, Class, Counts, Link, LinkCounters, LinkFaults};
 pub use netns::cleanup_stale;
+/// Signals for [`Ironpxe::signal`].
+pub use nix::sys::signal::Signal;
 pub use preflight::{preflight, Needs, Report};
 pub use proc::{LogLine, Stream};
 pub use segments::{save_dhcp_requests, Capture, CapturedUdp, LabProc, Segment};

@@ -203,6 +203,20 @@ impl Proc {
         }
     }
 
+    /// Sends `signal` to the process, by PID, while it has not been reaped (so the
+    /// PID cannot belong to another process). Whether it was sent.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> bool {
+        let mut guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(child) = guard.as_mut() else {
+            return false;
+        };
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).is_ok()
+    }
+
     /// Waits for the process to exit on its own, up to `timeout`.
     pub fn wait_exit(&self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;

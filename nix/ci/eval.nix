@@ -47,6 +47,8 @@ let
     let
       cfg = defaults // {
         enable = true; openFirewall = true; machines = { };
+        # The stand-in lib applies no defaults; take the option's own.
+        memoryMax = opts.memoryMax.default;
         package = "/nix/store/eval-only-ironpxe";
       } // extra;
       evaluated = (evalModule { services.ironpxe = cfg; }).config;
@@ -62,7 +64,7 @@ in
     noBind = serviceOf { dhcpNoBind = true; };
     ipv6 = serviceOf { ipv6 = true; ipv6Range = "fd00::1000-fd00::10ff"; };
   };
-  options = builtins.mapAttrs (n: o: { type = o.type.name; description = o.description; }) opts;
+  options = builtins.mapAttrs (n: o: { type = o.type.name; description = o.description; default = o.default or null; }) opts;
   cluster = {
     machines = map (m: { inherit (m) name mac profile; }) clusterSettings.machines;
     interface = clusterSettings.server.interface;

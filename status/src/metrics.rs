@@ -1,6 +1,9 @@
 //! Prometheus metrics (prometheus-client), counted from the same events as the
 //! timelines.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -84,6 +87,12 @@ pub(crate) struct Metrics {
     phase_seconds: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     machines: Family<StateLabels, Gauge>,
     stuck: Gauge,
+    tftp_active: Gauge,
+    http_active: Gauge,
+    /// The transfers running now, by [`Metrics::transfer_key`]: a start event adds
+    /// one, its end event takes it away. Ends without a start (a request refused
+    /// before its transfer began) change nothing.
+    active: Mutex<HashMap<String, u32>>,
     by_family: Family<FamilyLabels, Counter>,
 }
 
@@ -110,6 +119,9 @@ impl Metrics {
             phase_seconds: Family::new_with_constructor(phase_histogram),
             machines: Family::default(),
             stuck: Gauge::default(),
+            tftp_active: Gauge::default(),
+            http_active: Gauge::default(),
+            active: Mutex::new(HashMap::new()),
             by_family: Family::default(),
             registry: Registry::default(),
         };
@@ -184,11 +196,59 @@ impl Metrics {
             m.stuck.clone(),
         );
         registry.register(
+            "ironpxe_tftp_transfers_active",
+            "TFTP transfers running now (started, not yet done, failed or aborted)",
+            m.tftp_active.clone(),
+        );
+        registry.register(
+            "ironpxe_http_files_active",
+            "HTTP file downloads running now (started, not yet done or failed)",
+            m.http_active.clone(),
+        );
+        registry.register(
             "ironpxe_answers_by_family",
             "DHCP answers, completed TFTP transfers and HTTP answers (scripts, files, iPXE binaries), by the client's address family (ipv4, ipv6) and protocol (dhcp, tftp, http)",
             m.by_family.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// What pairs a transfer's start with its end: the protocol, the client's
+    /// address and port, and the file (TFTP: its name; HTTP: its id). A client port
+    /// runs one transfer of a file at a time.
+    fn transfer_key(r: &crate::record::Record, tftp: bool) -> Option<String> {
+        let peer = r.text("peer")?;
+        let what = if tftp { r.text("file") } else { r.text("id") }?;
+        Some(format!(
+            "{} {peer} {what}",
+            if tftp { "tftp" } else { "http" }
+        ))
+    }
+
+    /// Counts a transfer in (`start`) or out, and sets its protocol's gauge.
+    fn track(&self, r: &crate::record::Record, tftp: bool, start: bool) {
+        let Some(key) = Self::transfer_key(r, tftp) else {
+            return;
+        };
+        let gauge = if tftp {
+            &self.tftp_active
+        } else {
+            &self.http_active
+        };
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if start {
+            *active.entry(key).or_insert(0) += 1;
+            gauge.inc();
+            return;
+        }
+        match active.get_mut(&key) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                active.remove(&key);
+            }
+            None => return,
+        }
+        gauge.dec();
     }
 
     /// Counts one applied event: counters only for fresh events (a late attribution
@@ -243,7 +303,10 @@ impl Metrics {
                 let stage = r.event.split('.').next().unwrap_or("dhcp").to_string();
                 self.ignored.get_or_create(&StageLabels { stage }).inc();
             }
+            "tftp.start" => self.track(r, true, true),
+            "http.file.start" => self.track(r, false, true),
             "tftp.done" | "tftp.failed" | "tftp.aborted" => {
+                self.track(r, true, false);
                 let outcome = r.event.trim_start_matches("tftp.").to_string();
                 self.tftp_transfers
                     .get_or_create(&OutcomeLabels { outcome })
@@ -263,6 +326,7 @@ impl Metrics {
                 }
             }
             "http.file.done" | "http.file.failed" => {
+                self.track(r, false, false);
                 let outcome = r.event.trim_start_matches("http.file.").to_string();
                 self.http_files
                     .get_or_create(&FileLabels {

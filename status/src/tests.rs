@@ -996,3 +996,42 @@ fn the_log_comes_in_pages() {
     assert!(LogQuery::parse("limit=0").is_err());
     assert!(LogQuery::parse("after=-1").is_err());
 }
+
+#[test]
+fn active_transfer_gauges_follow_starts_and_ends() {
+    let st = status();
+    let active = |st: &Status| {
+        let text = st.metrics_text(T0);
+        let get = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<i64>().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        (
+            get("ironpxe_tftp_transfers_active"),
+            get("ironpxe_http_files_active"),
+        )
+    };
+    assert_eq!(active(&st), (0, 0));
+    let tftp =
+        |ev: &str, peer: &str| with_peer(Record::new(T0, ev).with("file", "undionly.kpxe"), peer);
+    let http = |ev: &str, peer: &str, id: &str| with_peer(Record::new(T0, ev).with("id", id), peer);
+    st.record(tftp("tftp.start", "10.0.0.5:2000"));
+    st.record(tftp("tftp.start", "10.0.0.6:2000"));
+    st.record(http("http.file.start", "10.0.0.5:40000", "k1"));
+    st.record(http("http.file.start", "10.0.0.6:40000", "k1"));
+    assert_eq!(active(&st), (2, 2));
+    // A refusal before any transfer began (server busy) has no start: no change.
+    st.record(tftp("tftp.failed", "10.0.0.7:2000"));
+    // The same client port's other file is another transfer.
+    st.record(http("http.file.done", "10.0.0.5:40000", "other"));
+    assert_eq!(active(&st), (2, 2));
+    st.record(tftp("tftp.aborted", "10.0.0.5:2000"));
+    st.record(tftp("tftp.failed", "10.0.0.6:2000"));
+    st.record(http("http.file.failed", "10.0.0.6:40000", "k1"));
+    assert_eq!(active(&st), (0, 1));
+    st.record(http("http.file.done", "10.0.0.5:40000", "k1"));
+    // An end seen twice counts once.
+    st.record(http("http.file.done", "10.0.0.5:40000", "k1"));
+    assert_eq!(active(&st), (0, 0));
+}

@@ -117,6 +117,7 @@ fn module_declares_the_documented_options() {
         "machines",
         "apiServer",
         "dhcpNoBind",
+        "memoryMax",
     ] {
         let o = opts
             .get(name)
@@ -128,6 +129,7 @@ fn module_declares_the_documented_options() {
     }
     assert_eq!(opts["settings"]["type"], "toml");
     assert_eq!(opts["machines"]["type"], "attrsOf submodule");
+    assert_eq!(opts["memoryMax"]["default"], "512M");
 }
 
 #[test]
@@ -148,6 +150,8 @@ fn service_runs_unprivileged_with_only_the_capabilities_it_needs() {
     assert_eq!(plain["PrivateTmp"], true);
     assert_eq!(plain["Restart"], "on-failure");
     assert_eq!(plain["StateDirectory"], "ironpxe");
+    assert_eq!(plain["LimitNOFILE"], 65536);
+    assert_eq!(plain["MemoryMax"], "512M");
     assert!(plain["ExecReload"]
         .as_str()
         .unwrap()

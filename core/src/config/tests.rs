@@ -409,6 +409,23 @@ fn a_toml_error_without_a_message_still_says_what_is_wrong() {
 }
 
 #[test]
+fn server_user_is_a_name() {
+    let c = parse("[server]\nuser = \"ironpxe\"\n").unwrap();
+    assert_eq!(c.server.user.as_deref(), Some("ironpxe"));
+    assert_eq!(parse("[server]\n").unwrap().server.user, None);
+    let e = parse("[server]\nuser = \"\"\n").unwrap_err();
+    assert_eq!(
+        lines(e),
+        ["/etc/ironpxe/test.toml:2: server.user: \"\" is not a user name"]
+    );
+    let e = parse("[server]\nuser = \"a b\"\n").unwrap_err();
+    assert_eq!(
+        lines(e),
+        ["/etc/ironpxe/test.toml:2: server.user: \"a b\" is not a user name"]
+    );
+}
+
+#[test]
 fn server_tftp_per_address() {
     let c = parse("[server]\ntftp_per_address = 2\n").unwrap();
     assert_eq!(c.server.tftp_per_address, Some(2));
