@@ -142,6 +142,7 @@ impl Status {
     /// Records one event: attributes it, updates the machine, counts it, and sends
     /// it to live subscribers.
     pub fn record(&self, rec: Record) {
+        let rec = Arc::new(rec);
         {
             let mut feed = self.inner.feed.lock().unwrap_or_else(|p| p.into_inner());
             let seq = feed.next;
@@ -149,7 +150,7 @@ impl Status {
             if feed.records.len() >= FEED_LEN {
                 feed.records.pop_front();
             }
-            feed.records.push_back((seq, Arc::new(rec.clone())));
+            feed.records.push_back((seq, rec.clone()));
         }
         let (ingested, payloads) = {
             let mut store = self.store();

@@ -218,7 +218,7 @@ impl Machine {
     /// Records `rec` in the timeline (keeping at most `max_events`) and advances the
     /// state. `idle_restart_ms`: an offer after this long without events starts a new
     /// boot even mid-way (the machine was reset).
-    pub fn apply(&mut self, rec: Record, max_events: usize, idle_restart_ms: u64) -> Applied {
+    pub fn apply(&mut self, rec: Arc<Record>, max_events: usize, idle_restart_ms: u64) -> Applied {
         let t = rec.t_ms;
         let idle = t.saturating_sub(self.last_seen_ms);
         self.last_seen_ms = self.last_seen_ms.max(t);
@@ -316,7 +316,7 @@ impl Machine {
             // request or a timeout will show); other events only join the timeline.
             _ => {}
         }
-        self.events.push_back(Arc::new(rec));
+        self.events.push_back(rec);
         while self.events.len() > max_events {
             self.events.pop_front();
         }

@@ -45,6 +45,11 @@ impl Record {
         }
     }
 
+    /// A detail that is text, borrowed.
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.details.get(key)?.as_str()
+    }
+
     /// A detail as a number, if it is one.
     pub fn number(&self, key: &str) -> Option<u64> {
         self.details.get(key)?.as_u64()

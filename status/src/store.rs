@@ -36,6 +36,8 @@ use ironpxe_core::{BootSpec, MacAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::machine::{Applied, Expected, Machine, Phase};
+use std::sync::Arc;
+
 use crate::record::Record;
 
 /// Limits and thresholds of the store.
@@ -142,8 +144,9 @@ pub struct Unattributed {
 pub struct Ingested {
     /// The machine it went to, if any.
     pub mac: Option<MacAddr>,
-    /// The event, with the details the store adds (`kind`, `bytes_per_s`).
-    pub record: Record,
+    /// The event, with the details the store adds (`kind`, `bytes_per_s`); shared
+    /// with the machine's timeline and the log.
+    pub record: Arc<Record>,
     /// What it changed in the machine's state.
     pub applied: Applied,
     /// `false` for an event seen before that has only now found its machine.
@@ -319,11 +322,11 @@ impl Store {
     /// Attributes `rec` to a machine, enriches it, and applies it. Returns the
     /// events applied, oldest first: `rec` itself, preceded by earlier unattributed
     /// events that `rec` has now placed.
-    pub fn ingest(&mut self, rec: Record, neighbors: &dyn Neighbors) -> Vec<Ingested> {
+    pub fn ingest(&mut self, rec: Arc<Record>, neighbors: &dyn Neighbors) -> Vec<Ingested> {
         let t = rec.t_ms;
-        let peer = rec.text("peer");
+        let peer = rec.str("peer").map(str::to_owned);
         let ip = peer.as_deref().and_then(peer_ip);
-        let named = rec.text("mac").and_then(|m| m.parse::<MacAddr>().ok());
+        let named = rec.str("mac").and_then(|m| m.parse::<MacAddr>().ok());
         let is_client_event = rec.event.starts_with("tftp.") || rec.event.starts_with("http.");
 
         let mut out = Vec::new();
@@ -362,7 +365,7 @@ impl Store {
                 let rec = enrich_rate(rec);
                 self.data.unattributed.push_back(Unattributed {
                     ip: ip.map(|i| i.to_string()),
-                    record: rec.clone(),
+                    record: Record::clone(&rec),
                 });
                 while self.data.unattributed.len() > self.cfg.max_unattributed {
                     self.data.unattributed.pop_front();
@@ -375,7 +378,7 @@ impl Store {
                 });
             }
             None => {
-                self.data.server.push_back(rec.clone());
+                self.data.server.push_back(Record::clone(&rec));
                 while self.data.server.len() > self.cfg.max_unattributed {
                     self.data.server.pop_front();
                 }
@@ -448,7 +451,7 @@ impl Store {
                 });
         self.data.unattributed = rest;
         for u in waiting {
-            let rec = u.record;
+            let rec = Arc::new(u.record);
             if rec.event == "tftp.start" {
                 if let Some(p) = rec.text("peer") {
                     self.data.tftp_peers.insert(p, mac);
@@ -458,11 +461,13 @@ impl Store {
         }
     }
 
-    fn apply(&mut self, mac: MacAddr, rec: Record, fresh: bool) -> Ingested {
+    fn apply(&mut self, mac: MacAddr, rec: Arc<Record>, fresh: bool) -> Ingested {
         let mut rec = enrich_rate(rec);
         if rec.event.starts_with("http.file.") {
             if let Some(kind) = self.kind_of(mac, &rec) {
-                rec.details.insert("kind".into(), kind.into());
+                Arc::make_mut(&mut rec)
+                    .details
+                    .insert("kind".into(), kind.into());
             }
         }
         let max_events = self.cfg.max_events;
@@ -594,11 +599,13 @@ impl Store {
 }
 
 /// Adds `bytes_per_s` to transfer-done events that have bytes and a duration.
-fn enrich_rate(mut rec: Record) -> Record {
+fn enrich_rate(mut rec: Arc<Record>) -> Arc<Record> {
     if rec.event.ends_with(".done") {
         if let (Some(bytes), Some(ms)) = (rec.number("bytes"), rec.number("duration_ms")) {
             let rate = bytes.saturating_mul(1000) / ms.max(1);
-            rec.details.insert("bytes_per_s".into(), rate.into());
+            Arc::make_mut(&mut rec)
+                .details
+                .insert("bytes_per_s".into(), rate.into());
         }
     }
     rec
