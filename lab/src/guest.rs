@@ -69,6 +69,11 @@ pub struct GuestConfig {
     pub ipxe_rom: bool,
     /// Record the NIC's traffic to `<out_dir>/<name>.pcap` (QEMU's `filter-dump`).
     pub pcap: bool,
+    /// A local disk, after the NIC in the boot order ([`crate::disk`]).
+    pub disk: Option<crate::disk::GuestDisk>,
+    /// Let the guest reboot (a reset restarts the firmware). Off (the default), QEMU
+    /// exits when the guest resets, as after a power-off.
+    pub reboot: bool,
     /// More QEMU arguments.
     pub extra_args: Vec<String>,
 }
@@ -84,6 +89,8 @@ impl GuestConfig {
             uefi_http_only: false,
             ipxe_rom: true,
             pcap: false,
+            disk: None,
+            reboot: false,
             extra_args: Vec::new(),
         }
     }
@@ -214,8 +221,11 @@ pub(crate) fn start(
         .args(["-m", &config.memory_mib.to_string()])
         .args(["-uuid", &uuid])
         .args(["-nodefaults", "-display", "none", "-monitor", "none"])
-        .args(["-serial", "stdio", "-no-reboot"])
-        .arg("-netdev");
+        .args(["-serial", "stdio"]);
+    if !config.reboot {
+        cmd.arg("-no-reboot");
+    }
+    cmd.arg("-netdev");
     match tap {
         Some(tap) => {
             cmd.arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
@@ -242,6 +252,13 @@ pub(crate) fn start(
             cmd.arg("-device")
                 .arg(format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"));
         }
+    }
+    if let Some(disk) = &config.disk {
+        // After the NIC: the firmware reaches it when the network boot returns.
+        cmd.arg("-drive")
+            .arg(disk.drive("disk0"))
+            .arg("-device")
+            .arg("virtio-blk-pci,drive=disk0,bootindex=2");
     }
     if config.pcap {
         let pcap = lab.out_dir().join(format!("{name}.pcap"));

@@ -12,6 +12,8 @@
 //! - [`assets`] provides what guests boot: [`kernel`] (a Debian cloud kernel fetched
 //!   once into the [`cache_dir`]) and [`initrd`] (busybox and an `/init` that prints
 //!   `IRONPXE-MARKER cmdline=[...]` on ttyS0 and powers off), built at run time.
+//!   [`disk`] writes a local disk for guests that prints [`DISK_MARKER`] when the
+//!   firmware boots it (a BIOS boot sector, or an EFI application on a FAT disk).
 //! - [`Lab`] ([`lab`]) is the network and everything started in it; [`netns`]
 //!   creates, enters and removes namespaces and cleans up after killed labs;
 //!   [`site`] runs the site DHCP server; [`Lab::start_ironpxe`] ([`ironpxe`]) runs
@@ -52,6 +54,7 @@
 pub mod accel;
 pub mod assets;
 pub mod client;
+pub mod disk;
 pub mod error;
 pub mod events;
 mod fetch;
@@ -74,6 +77,7 @@ use std::time::Duration;
 pub use accel::{Accel, AccelChoice};
 pub use assets::{cache_dir, initrd, kernel, kernel_in, workspace_dir, MARKER_PREFIX};
 pub use client::Client;
+pub use disk::{bios_disk, uefi_disk, GuestDisk, DISK_MARKER};
 pub use error::{Error, Result, WaitEnd};
 pub use events::{parse_event_line, parse_log_json, Event, EventFeed};
 pub use firmware::GuestFirmware;
