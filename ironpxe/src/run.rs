@@ -13,6 +13,7 @@ use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{BootArgs, Cli, Command, LogArgs, LogFormat};
+use crate::install::InstallWiring;
 use crate::ipxe_files::{IpxeSet, SEARCH_DIRS};
 use crate::server_config::ServerConfig;
 
@@ -57,14 +58,25 @@ pub(crate) fn init_logging(args: &LogArgs) {
 /// Runs the command: each serving mode yields its runtime configuration and booter,
 /// and [`serve`] runs them.
 pub(crate) fn run(cli: Cli) -> Result<()> {
-    let (server, booter) = match cli.command {
-        Command::Boot(args) => boot_mode(&args)?,
+    let plain = |s: &ServerConfig| InstallWiring::plain(s.state_dir.as_deref());
+    let (server, booter, install) = match cli.command {
+        Command::Boot(args) => {
+            let (s, b) = boot_mode(&args)?;
+            let w = plain(&s)?;
+            (s, b, w)
+        }
         Command::Serve(args) => crate::config_mode::prepare(&args)?,
         Command::Check(args) => return crate::config_mode::check(&args),
-        Command::Api(args) => crate::api::run(args)?,
+        Command::Api(args) => {
+            let (s, b) = crate::api::run(args)?;
+            let w = plain(&s)?;
+            (s, b, w)
+        }
+        Command::Machines(args) => return crate::machines_cmd::machines(&args),
+        Command::Reinstall(args) => return crate::machines_cmd::reinstall(&args),
         Command::Lab(_) => bail!("`ironpxe lab` is run by main, not as a server"),
     };
-    serve(&server, booter)
+    serve(&server, booter, install)
 }
 
 /// `ironpxe boot`: one spec for every machine.
@@ -120,7 +132,11 @@ fn check_readable(p: &Path) -> Result<()> {
 
 /// Runs the servers with `booter` until SIGTERM or SIGINT, then shuts down (see
 /// [`serve_async`]).
-pub(crate) fn serve(args: &ServerConfig, booter: Arc<dyn Booter>) -> Result<()> {
+pub(crate) fn serve(
+    args: &ServerConfig,
+    booter: Arc<dyn Booter>,
+    install: InstallWiring,
+) -> Result<()> {
     raise_open_file_limit();
     // The status store learns each machine's kernel and initrds from the booter.
     let booter = status().observe_booter(booter);
@@ -150,7 +166,7 @@ pub(crate) fn serve(args: &ServerConfig, booter: Arc<dyn Booter>) -> Result<()> 
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = rt.block_on(serve_async(args, booter, ipxe));
+    let result = rt.block_on(serve_async(args, booter, ipxe, install));
     // Transfers past the shutdown timeout are abandoned, not waited for.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     result
@@ -184,7 +200,12 @@ fn raise_open_file_limit() {
     }
 }
 
-async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet) -> Result<()> {
+async fn serve_async(
+    args: &ServerConfig,
+    booter: Arc<dyn Booter>,
+    ipxe: IpxeSet,
+    install: InstallWiring,
+) -> Result<()> {
     let mut signals = Signals::new()?;
     let listen = args.listen_addr;
     // `-l IP` without --interface: answer DHCP only on the interface holding IP.
@@ -323,19 +344,34 @@ async fn serve_async(args: &ServerConfig, booter: Arc<dyn Booter>, ipxe: IpxeSet
     let state = ironpxe_http::HttpState::new(booter.clone())
         .context("cannot set up the HTTP client for remote files")?
         .with_ipxe_binaries(http_binaries);
-    let mut router = ironpxe_http::router(state);
+    // Installers report success on the boot port, where they reach ironpxe.
+    let install_api = ironpxe_status::InstallApi::new(
+        install.fleet.clone(),
+        status().clone(),
+        install.admin_token.clone(),
+        install.db.as_ref().map(|d| d.leases()),
+    );
+    let mut router = ironpxe_http::router(state).merge(install_api.installer_router());
+    if let Some(db) = &install.db {
+        info!(file = %db.path().display(), "install state and leases kept in the state database");
+    }
     // The status page, API and metrics: on their own port, or next to the boot files.
     match status_listener {
         Some(l) => {
             let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
             info!(status = %addr, "boot status on its own port");
             let stop = shutdown.clone().cancelled_owned();
+            let routes = status().router().merge(install_api.router());
             servers.spawn(async move {
-                let r = ironpxe_http::serve(l, status().router(), stop, drain).await;
+                let r = ironpxe_http::serve(l, routes, stop, drain).await;
                 ("status", r)
             });
         }
-        None => router = router.merge(status().router()),
+        None => {
+            router = router
+                .merge(status().router())
+                .merge(install_api.admin_router())
+        }
     }
     if let Some(dir) = &state_dir {
         info!(file = %dir.file().display(), "boot status kept in the state directory");

@@ -213,7 +213,8 @@ fn sigterm_lets_a_download_finish_refuses_new_connections_and_exits_0() {
     // An open status page (its live stream) does not hold up the shutdown.
     let mut live = TcpStream::connect(("127.0.0.1", http)).unwrap();
     // A read that never returns fails the test instead of hanging it.
-    live.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     dl.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(live, "GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut head = [0u8; 12];

@@ -18,9 +18,13 @@
 //!   (JSON), `GET /api/v1/events` (server-sent events), `GET /api/v1/log` (every
 //!   recent event in order, JSON, for tools and the lab) and `GET /metrics`
 //!   (Prometheus text, [`prometheus_client`]).
+//! - [`InstallApi`] ([`install`]) serves the install API: installers report
+//!   success, operators ask for reinstalls, `GET /api/v1/installs` lists install
+//!   states with each machine's phase.
 //! - [`Status::open_state_dir`] restores a saved store and [`StateDir::run`] saves it
 //!   every few seconds when it changed, so a restart keeps history.
 
+pub mod install;
 pub mod machine;
 mod metrics;
 pub mod record;
@@ -37,6 +41,7 @@ use ironpxe_core::{BootEvent, EventSink};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
+pub use install::InstallApi;
 pub use machine::{Machine, Phase, PhaseSpan};
 pub use record::{Record, EVENT_TARGET};
 pub use store::{Neighbors, NoNeighbors, ProcNetArp, Store, StoreConfig};

@@ -792,7 +792,12 @@ fn a_full_store_evicts_its_oldest_eighth_at_once() {
     };
     let st = Status::with_neighbors(cfg, Box::new(NoNeighbors));
     for i in 0..17u64 {
-        st.record(offer(T0 + i, &format!("52:54:00:00:01:{i:02x}"), "http", "u"));
+        st.record(offer(
+            T0 + i,
+            &format!("52:54:00:00:01:{i:02x}"),
+            "http",
+            "u",
+        ));
     }
     let store = st.store();
     let macs: Vec<String> = store.machines().iter().map(|m| m.mac.to_string()).collect();
