@@ -12,7 +12,9 @@
 //! - [`assets`] provides what guests boot: [`kernel`] (a Debian cloud kernel fetched
 //!   once into the [`cache_dir`]) and [`initrd`] (busybox and an `/init` that prints
 //!   `IRONPXE-MARKER cmdline=[...]` on ttyS0 and powers off), built at run time.
-//!   [`disk`] writes a local disk for guests that prints [`DISK_MARKER`] when the
+//!   [`installer`] builds a stand-in installer initrd that reports success to its
+//!   `ironpxe.done=` URL and reboots (with the kernel's network modules, kept in
+//!   the cache). [`disk`] writes a local disk for guests that prints [`DISK_MARKER`] when the
 //!   firmware boots it (a BIOS boot sector, or an EFI application on a FAT disk).
 //! - [`Lab`] ([`lab`]) is the network and everything started in it; [`netns`]
 //!   creates, enters and removes namespaces and cleans up after killed labs;
@@ -60,6 +62,7 @@ pub mod events;
 mod fetch;
 pub mod firmware;
 pub mod guest;
+pub mod installer;
 pub mod ironpxe;
 pub mod lab;
 pub mod netns;
@@ -82,6 +85,7 @@ pub use error::{Error, Result, WaitEnd};
 pub use events::{parse_event_line, parse_log_json, Event, EventFeed};
 pub use firmware::GuestFirmware;
 pub use guest::{Firmware, Guest, GuestConfig, Marker, DEFAULT_MARKER_TIMEOUT};
+pub use installer::{installer_initrd, net_modules, INSTALLED_MARKER, INSTALLER_MARKER};
 pub use ironpxe::{ironpxe_bin, Ironpxe, DEFAULT_HTTP_PORT, DEFAULT_STATUS_PORT};
 pub use lab::{Lab, LabBuilder, Network, UserPorts};
 pub use netns::cleanup_stale;
@@ -94,6 +98,11 @@ impl Lab {
     /// Builds the lab initrd in the lab's temporary directory.
     pub fn initrd(&self) -> Result<PathBuf> {
         initrd(self.tmp_dir())
+    }
+
+    /// Builds the installer initrd ([`installer`]) in the lab's temporary directory.
+    pub fn installer_initrd(&self) -> Result<PathBuf> {
+        installer_initrd(self.tmp_dir())
     }
 }
 

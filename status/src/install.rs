@@ -106,7 +106,11 @@ impl InstallApi {
                     "installs": rec.as_ref().map(|r| r.installs).unwrap_or(0),
                     "by": rec.as_ref().and_then(|r| r.by.clone()),
                     "bmc": conf.as_ref().and_then(|c| c.bmc.as_ref()).map(|b| b.address()),
-                    "phase": field("state"),
+                    // A machine whose last step was the local script boots its disk.
+                    "phase": match st.as_ref().and_then(|s| s["last_event"]["event"].as_str()) {
+                        Some("http.local") => Some(json!("local")),
+                        _ => field("state"),
+                    },
                     "ip": field("ip"),
                     "last_boot_ms": field("boot_started_ms"),
                     "last_seen_ms": field("last_seen_ms"),
