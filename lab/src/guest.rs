@@ -210,16 +210,59 @@ pub(crate) fn start(
     tap: Option<&str>,
 ) -> Result<Guest> {
     let uuid = random_uuid()?;
+    let cmd = qemu_command(lab, &config, &name, mac, &uuid, tap, tap.is_some())?;
+    let out = lab.out_dir();
+    let serial_log = out.join(format!("{name}.serial.log"));
+    let _ = fs::write(
+        out.join(format!("{name}.cmd.txt")),
+        format!(
+            "{}\nmac={mac} uuid={uuid} tap={}\n",
+            crate::proc::show_command(&cmd),
+            tap.unwrap_or("-")
+        ),
+    );
+    let proc = lab.spawn_proc(
+        &name,
+        cmd,
+        &serial_log,
+        LineMode::Terminal,
+        Some(&out.join(format!("{name}.serial.raw"))),
+    )?;
+    Ok(Guest {
+        name,
+        mac,
+        uuid,
+        firmware: config.firmware,
+        tap: tap.unwrap_or_default().to_string(),
+        proc,
+        serial_log,
+    })
+}
+
+/// The QEMU command of a guest (its serial port is QEMU's stdout). With `tap`, its
+/// NIC is that tap device of the switch namespace, and with `in_switch_ns` the
+/// command enters that namespace itself (`ip netns exec`); without `tap`, a QEMU
+/// user network.
+pub(crate) fn qemu_command(
+    lab: &Lab,
+    config: &GuestConfig,
+    name: &str,
+    mac: MacAddr,
+    uuid: &str,
+    tap: Option<&str>,
+    in_switch_ns: bool,
+) -> Result<Command> {
     let tmp = lab.tmp_dir();
     let qemu = program(QEMU_X86_64);
-    let mut cmd = match tap {
-        Some(_) => exec_in(&lab.switch_ns(), qemu),
-        None => Command::new(qemu),
+    let mut cmd = if in_switch_ns {
+        exec_in(&lab.switch_ns(), qemu)
+    } else {
+        Command::new(qemu)
     };
     let accel = lab.accel().accel.qemu_name();
-    cmd.args(["-name", &name, "-accel", accel, "-smp", "1"])
+    cmd.args(["-name", name, "-accel", accel, "-smp", "1"])
         .args(["-m", &config.memory_mib.to_string()])
-        .args(["-uuid", &uuid])
+        .args(["-uuid", uuid])
         .args(["-nodefaults", "-display", "none", "-monitor", "none"])
         .args(["-serial", "stdio"]);
     if !config.reboot {
@@ -300,33 +343,7 @@ pub(crate) fn start(
         }
     }
     cmd.args(&config.extra_args);
-
-    let out = lab.out_dir();
-    let serial_log = out.join(format!("{name}.serial.log"));
-    let _ = fs::write(
-        out.join(format!("{name}.cmd.txt")),
-        format!(
-            "{}\nmac={mac} uuid={uuid} tap={}\n",
-            crate::proc::show_command(&cmd),
-            tap.unwrap_or("-")
-        ),
-    );
-    let proc = lab.spawn_proc(
-        &name,
-        cmd,
-        &serial_log,
-        LineMode::Terminal,
-        Some(&out.join(format!("{name}.serial.raw"))),
-    )?;
-    Ok(Guest {
-        name,
-        mac,
-        uuid,
-        firmware: config.firmware,
-        tap: tap.unwrap_or_default().to_string(),
-        proc,
-        serial_log,
-    })
+    Ok(cmd)
 }
 
 impl Guest {
@@ -458,7 +475,7 @@ fn set_writable(path: &std::path::Path) -> std::io::Result<()> {
     fs::set_permissions(path, perm)
 }
 
-fn random_uuid() -> Result<String> {
+pub(crate) fn random_uuid() -> Result<String> {
     use std::io::Read;
     let mut b = [0u8; 16];
     fs::File::open("/dev/urandom")

@@ -10,8 +10,9 @@
 //! The installer prints, on ttyS0:
 //! - `IRONPXE-INSTALLER cmdline=[...]` when it starts;
 //! - [`INSTALLED_MARKER`] and the server's answer once its POST was acknowledged
-//!   (`IRONPXE-INSTALL-REPORT-FAILED` otherwise);
-//! then it reboots (`reboot -f`).
+//!   (`IRONPXE-INSTALL-REPORT-FAILED` otherwise).
+//!
+//! Then it reboots (`reboot -f`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

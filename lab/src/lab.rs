@@ -227,6 +227,8 @@ impl LabBuilder {
             teardown_lock: Mutex::new(()),
             next_guest: AtomicU32::new(0),
             next_client: AtomicU32::new(0),
+            next_bmc: AtomicU32::new(0),
+            pid_files: Mutex::new(Vec::new()),
             relays: Mutex::new(Vec::new()),
             relay_stop: Arc::new(AtomicBool::new(false)),
         });
@@ -272,6 +274,10 @@ pub(crate) struct LabInner {
     teardown_lock: Mutex<()>,
     next_guest: AtomicU32,
     next_client: AtomicU32,
+    next_bmc: AtomicU32,
+    /// Processes the lab started indirectly (a BMC's QEMU), by PID file; killed at
+    /// teardown.
+    pid_files: Mutex<Vec<PathBuf>>,
     /// `host:port` of every server relayed into the ironpxe namespace.
     pub(crate) relays: Mutex<Vec<String>>,
     /// Set at teardown; the relay threads end.
@@ -294,6 +300,14 @@ impl LabInner {
             .collect();
         for p in procs.iter().rev() {
             p.kill();
+        }
+        for f in self
+            .pid_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            crate::bmc::kill_qemu(&f);
         }
         *self.site.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *self.ironpxe.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -710,14 +724,25 @@ impl Lab {
     /// Starts a QEMU guest on another bridge of the switch namespace (see
     /// [`Lab::add_segment`]).
     pub fn start_guest_on(&self, bridge: &str, config: GuestConfig) -> Result<Guest> {
+        let (mac, name, tap) = self.guest_tap(bridge, &config)?;
+        crate::guest::start(self, config, name, mac, Some(&tap))
+    }
+
+    /// A new guest's MAC, name and tap device (created on `bridge`, and persistent:
+    /// it outlives a QEMU that exits, so a guest can be powered on again).
+    pub(crate) fn guest_tap(
+        &self,
+        bridge: &str,
+        config: &GuestConfig,
+    ) -> Result<(ironpxe_core::MacAddr, String, String)> {
         self.require_namespaces("a guest on a bridge")?;
-        let (n, mac, name) = self.next_guest(&config)?;
+        let (n, mac, name) = self.next_guest(config)?;
         let tap = format!("{}-t{n}", self.inner.id);
         let sw = self.switch_ns();
         self.ip(&["-n", &sw, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
         self.ip(&["-n", &sw, "link", "set", &tap, "master", bridge])?;
         self.ip(&["-n", &sw, "link", "set", &tap, "up"])?;
-        crate::guest::start(self, config, name, mac, Some(&tap))
+        Ok((mac, name, tap))
     }
 
     /// The next guest's number, MAC (`52:54:00:<lab>:<N>` unless configured) and name.
@@ -740,6 +765,20 @@ impl Lab {
 
     pub(crate) fn next_client_index(&self) -> u32 {
         self.inner.next_client.fetch_add(1, Ordering::SeqCst)
+    }
+
+    pub(crate) fn next_bmc_index(&self) -> u32 {
+        self.inner.next_bmc.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Kills the process whose PID is in `pid_file` at teardown (one the lab
+    /// started through another process, such as a BMC's QEMU).
+    pub(crate) fn kill_at_teardown(&self, pid_file: PathBuf) {
+        self.inner
+            .pid_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pid_file);
     }
 
     /// Merges a guest's serial lines, ironpxe's events and the site server's DHCP

@@ -21,7 +21,9 @@
 //!   [`site`] runs the site DHCP server; [`Lab::start_ironpxe`] ([`ironpxe`]) runs
 //!   the binary and reads its boot [`Event`]s from its status server; [`client`]
 //!   adds ordinary client namespaces; [`segments`] adds bridges, relays and
-//!   captures; [`Lab::relay_url`] lets ironpxe reach one server of the host's
+//!   captures; [`Lab::start_bmc`] ([`bmc`]) gives a guest a BMC (OpenIPMI's
+//!   `ipmi_sim`, IPMI over LAN on a management link) that powers its QEMU on and
+//!   off; [`Lab::relay_url`] lets ironpxe reach one server of the host's
 //!   network (an API, a kernel URL) and nothing else. With [`Network::User`] there
 //!   are no namespaces: ironpxe listens on loopback and each guest has a QEMU user
 //!   network.
@@ -55,6 +57,7 @@
 
 pub mod accel;
 pub mod assets;
+pub mod bmc;
 pub mod client;
 pub mod disk;
 pub mod error;
@@ -79,6 +82,7 @@ use std::time::Duration;
 
 pub use accel::{Accel, AccelChoice};
 pub use assets::{cache_dir, initrd, kernel, kernel_in, workspace_dir, MARKER_PREFIX};
+pub use bmc::{Bmc, BMC_USER};
 pub use client::Client;
 pub use disk::{bios_disk, uefi_disk, GuestDisk, DISK_MARKER};
 pub use error::{Error, Result, WaitEnd};

@@ -117,6 +117,10 @@ impl IpmiTool {
         a.push(bmc.user.clone().into());
         a.push("-f".into());
         a.push(bmc.password_file.clone().into());
+        if let Some(c) = bmc.cipher_suite {
+            a.push("-C".into());
+            a.push(c.to_string().into());
+        }
         for x in ["-N", "2", "-R", "2"] {
             a.push(x.into());
         }
@@ -252,6 +256,7 @@ mod tests {
             port,
             user: "admin".into(),
             password_file: "/run/secrets/bmc".into(),
+            cipher_suite: None,
         }
     }
 
@@ -263,9 +268,16 @@ mod tests {
             a.join(" "),
             "-I lanplus -H 10.1.0.30 -U admin -f /run/secrets/bmc -N 2 -R 2 chassis bootdev pxe"
         );
-        let a = IpmiTool::command_line(&bmc(Some(6230)), &["chassis", "power", "cycle"]);
+        let b = BmcSettings {
+            cipher_suite: Some(3),
+            ..bmc(Some(6230))
+        };
+        let a = IpmiTool::command_line(&b, &["chassis", "power", "cycle"]);
         let a: Vec<String> = a.iter().map(|s| s.to_string_lossy().into_owned()).collect();
-        assert!(a.join(" ").contains("-H 10.1.0.30 -p 6230 -U admin"));
+        assert_eq!(
+            a.join(" "),
+            "-I lanplus -H 10.1.0.30 -p 6230 -U admin -f /run/secrets/bmc -C 3 -N 2 -R 2 chassis power cycle"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! mac = "3c:ec:ef:30:00:00"
 //! profile = "installer"
 //! bmc = { address = "10.1.0.30", user = "admin", password_file = "/run/secrets/bmc-node-00" }
+//! # optional in bmc: cipher_suite = 17   (ipmitool -C)
 //! ```
 
 use std::net::IpAddr;
@@ -33,6 +34,9 @@ pub struct BmcSettings {
     pub user: String,
     /// A file holding the password (read by ipmitool itself, `-f FILE`).
     pub password_file: PathBuf,
+    /// The IPMI 2.0 cipher suite (`ipmitool -C`), when ipmitool's own choice does
+    /// not suit the BMC (many answer fastest, or only, to 3 or 17).
+    pub cipher_suite: Option<u8>,
 }
 
 impl BmcSettings {
@@ -52,6 +56,7 @@ pub(super) struct RawBmc {
     address: S,
     user: S,
     password_file: S,
+    cipher_suite: Option<Spanned<u8>>,
 }
 
 impl Validator<'_> {
@@ -99,11 +104,23 @@ impl Validator<'_> {
             }
             p
         };
+        let cipher_suite = b.cipher_suite.as_ref().map(|c| *c.get_ref());
+        if let Some(c) = &b.cipher_suite {
+            if *c.get_ref() > 17 {
+                self.problem(
+                    c.span().start,
+                    format!("{key}.bmc.cipher_suite"),
+                    format!("{} is not an IPMI 2.0 cipher suite (0 to 17)", c.get_ref()),
+                );
+                ok = false;
+            }
+        }
         ok.then(|| BmcSettings {
             host,
             port,
             user: user.clone(),
             password_file,
+            cipher_suite,
         })
     }
 
