@@ -19,6 +19,9 @@
 //!   with a BPF filter, IPv4/UDP decoding, and raw sends from port 67.
 //! - [`server`]: the tokio driver: receive, decode, ask the booter (off the receive
 //!   loop when it must wait), answer, send, log an event.
+//! - [`server_mode`]: the built-in DHCPv4 server (`[dhcp] mode = "server"`, off by
+//!   default): reservations, a pool, leases in the state database, and ProxyDHCP's
+//!   boot information in the offers of PXE clients.
 //!
 //! Firmware PXE clients are chainloaded into iPXE over TFTP; iPXE clients with HTTP
 //! get the boot script URL directly, which also breaks the chainload loop that stock
@@ -28,6 +31,7 @@ pub mod decide;
 pub mod nobind;
 pub mod request;
 pub mod server;
+pub mod server_mode;
 pub mod sock;
 
 pub use decide::{

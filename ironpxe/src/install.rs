@@ -128,3 +128,32 @@ pub(crate) fn read_token(path: &Path) -> Result<String> {
     }
     Ok(token)
 }
+
+/// Probes the data NIC for another DHCP server ([`ironpxe_dhcp::server_mode::probe`])
+/// and fails, naming each one, if one answers.
+pub(crate) async fn refuse_other_dhcp_servers(device: &str) -> Result<()> {
+    let dev = device.to_string();
+    let found = tokio::task::spawn_blocking(move || {
+        ironpxe_dhcp::server_mode::probe(&dev, ironpxe_dhcp::server_mode::PROBE_WAIT)
+    })
+    .await
+    .context("the DHCP probe failed")?
+    .with_context(|| {
+        format!("cannot probe {device} for another DHCP server (UDP 68 must be free; --force skips the probe)")
+    })?;
+    if found.is_empty() {
+        tracing::info!(
+            interface = device,
+            "no other DHCP server answered; serving DHCP"
+        );
+        return Ok(());
+    }
+    let list: Vec<String> = found
+        .iter()
+        .map(|s| format!("{} (it offered {})", s.server, s.offered))
+        .collect();
+    bail!(
+        "another DHCP server answers on {device}: {}; not starting [dhcp] mode = \"server\" next to it (stop it, use mode = \"proxy\", or start with --force)",
+        list.join(", ")
+    )
+}

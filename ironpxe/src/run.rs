@@ -222,6 +222,33 @@ async fn serve_async(
         None => None,
     };
 
+    // `[dhcp] mode = "server"`: ironpxe is the segment's DHCP server. Unless forced,
+    // first make sure no other DHCP server answers there.
+    let dhcp_server = match &install.dhcp {
+        ironpxe_core::config::DhcpMode::Proxy => None,
+        ironpxe_core::config::DhcpMode::Server(settings) => {
+            let Some(dev) = device.map(str::to_string) else {
+                bail!("[dhcp] mode = \"server\" answers only on the data NIC: set --interface or [server] interface");
+            };
+            if args.dhcp_no_bind {
+                bail!("[dhcp] mode = \"server\" is the DHCP server on UDP 67 itself; --dhcp-no-bind does not go with it");
+            }
+            let db = install
+                .db
+                .clone()
+                .context("[dhcp] mode = \"server\" keeps its leases in the state directory: give --state-dir DIR")?;
+            if install.force {
+                tracing::warn!(interface = %dev, "--force: not probing for another DHCP server");
+            } else {
+                crate::install::refuse_other_dhcp_servers(&dev).await?;
+            }
+            Some(ironpxe_dhcp::server_mode::ServerMode {
+                settings: settings.clone(),
+                store: Arc::new(db.leases()),
+            })
+        }
+    };
+
     // Bind everything first, so a port in use is reported before anything runs.
     // ProxyDHCP gets a thread and runtime of its own (its sockets belong to that
     // runtime), so that downloads keeping the main workers busy cannot delay an
@@ -382,12 +409,17 @@ async fn serve_async(
         let r = ironpxe_http::serve(http_listener, router, stop, drain).await;
         ("HTTP", r)
     });
-    let done = dhcp_thread.serve(proxy, booter, shutdown.clone().cancelled_owned());
+    let done = dhcp_thread.serve(
+        proxy,
+        booter,
+        dhcp_server,
+        shutdown.clone().cancelled_owned(),
+    );
     servers.spawn(async move {
         let r = done
             .await
             .unwrap_or_else(|_| Err(std::io::Error::other("the ProxyDHCP thread ended")));
-        ("ProxyDHCP", r)
+        ("DHCP", r)
     });
 
     // Until a signal, or until a server stops on its own, which is a failure.
@@ -438,10 +470,12 @@ struct DhcpThread {
     jobs: std::sync::mpsc::SyncSender<DhcpJob>,
 }
 
-/// What the DHCP thread is told to run once its sockets are open.
+/// What the DHCP thread is told to run once its sockets are open: ProxyDHCP, and
+/// with a [`ironpxe_dhcp::server_mode::ServerMode`] the DHCP server on UDP 67.
 type DhcpJob = (
     ProxyConfig,
     Arc<dyn Booter>,
+    Option<ironpxe_dhcp::server_mode::ServerMode>,
     tokio_util::sync::WaitForCancellationFutureOwned,
     tokio::sync::oneshot::Sender<std::io::Result<()>>,
 );
@@ -476,10 +510,15 @@ impl DhcpThread {
                     }
                 };
                 let _ = opened_tx.send(Ok(()));
-                let Ok((proxy, booter, stop, done)) = job_rx.recv() else {
+                let Ok((proxy, booter, server, stop, done)) = job_rx.recv() else {
                     return;
                 };
-                let r = rt.block_on(ironpxe_dhcp::serve(sockets, proxy, booter, stop));
+                let r = match server {
+                    Some(server) => rt.block_on(ironpxe_dhcp::server_mode::serve(
+                        sockets, proxy, booter, server, stop,
+                    )),
+                    None => rt.block_on(ironpxe_dhcp::serve(sockets, proxy, booter, stop)),
+                };
                 let _ = done.send(r);
             })
             .context("cannot start the ProxyDHCP thread")?;
@@ -494,11 +533,12 @@ impl DhcpThread {
         self,
         proxy: ProxyConfig,
         booter: Arc<dyn Booter>,
+        server: Option<ironpxe_dhcp::server_mode::ServerMode>,
         stop: tokio_util::sync::WaitForCancellationFutureOwned,
     ) -> tokio::sync::oneshot::Receiver<std::io::Result<()>> {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         // The thread waits for exactly this one job; if it is gone, `done_rx` says so.
-        let _ = self.jobs.send((proxy, booter, stop, done_tx));
+        let _ = self.jobs.send((proxy, booter, server, stop, done_tx));
         done_rx
     }
 }

@@ -86,6 +86,7 @@ pub struct LabBuilder {
     name: String,
     network: Network,
     site_dhcp: bool,
+    site_addresses: bool,
     router_advertisements: bool,
     relayed_segment: bool,
     out_dir: Option<PathBuf>,
@@ -105,6 +106,14 @@ impl LabBuilder {
     /// Whether the site namespace runs dnsmasq as the site DHCP server (default on).
     pub fn site_dhcp(mut self, on: bool) -> Self {
         self.site_dhcp = on;
+        self
+    }
+
+    /// Whether the site dnsmasq hands out IPv4 addresses (default on). Off, it only
+    /// sends router advertisements, so that ironpxe can be the segment's DHCP server
+    /// (`[dhcp] mode = "server"`) while iPXE still gets its RA at once.
+    pub fn site_addresses(mut self, on: bool) -> Self {
+        self.site_addresses = on;
         self
     }
 
@@ -243,8 +252,12 @@ impl LabBuilder {
         if namespaces {
             netns::register_owner(&id)?;
             lab.create_network()?;
-            if self.site_dhcp {
-                lab.start_site_dhcp(self.router_advertisements, self.relayed_segment)?;
+            if self.site_dhcp && (self.site_addresses || self.router_advertisements) {
+                lab.start_site_dhcp(
+                    self.site_addresses,
+                    self.router_advertisements,
+                    self.relayed_segment,
+                )?;
             }
         }
         lab.write_description()?;
@@ -352,6 +365,7 @@ impl Lab {
             name: name.to_string(),
             network: Network::Namespaces,
             site_dhcp: true,
+            site_addresses: true,
             router_advertisements: true,
             relayed_segment: false,
             out_dir: None,

@@ -13,12 +13,14 @@ use crate::netns::exec_in;
 use crate::proc::{LineMode, Stop};
 
 impl Lab {
-    pub(crate) fn start_site_dhcp(&self, ra: bool, relayed: bool) -> Result<()> {
+    pub(crate) fn start_site_dhcp(&self, addresses: bool, ra: bool, relayed: bool) -> Result<()> {
         let (lo, hi) = self.dhcp_range();
         let leases = self.tmp_dir().join("site-dnsmasq.leases");
         let mut cmd = dnsmasq_cmd(&self.site_ns(), &self.site_ifname());
-        cmd.arg(format!("--dhcp-range={lo},{hi},255.255.255.0,1h"))
-            .arg(format!("--dhcp-leasefile={}", leases.display()));
+        cmd.arg(format!("--dhcp-leasefile={}", leases.display()));
+        if addresses {
+            cmd.arg(format!("--dhcp-range={lo},{hi},255.255.255.0,1h"));
+        }
         if relayed {
             let far = crate::segments::segment_prefix(1, self.subnet());
             cmd.arg(format!(
@@ -38,7 +40,11 @@ impl Lab {
             .wait_for(Instant::now() + Duration::from_secs(10), |lines| {
                 lines
                     .iter()
-                    .any(|l| l.text.contains("DHCP, IP range") || l.text.contains("sockets bound"))
+                    .any(|l| {
+                        l.text.contains("DHCP, IP range")
+                            || l.text.contains("sockets bound")
+                            || l.text.contains("router advertisement on")
+                    })
                     .then_some(())
             });
         match ready {

@@ -8,8 +8,8 @@
 //!   server (`[dhcp] mode = "server"`), cut by `kill -9`; every ACKed address is
 //!   still the client's after the restart.
 //!
-//! Each test runs in a private network namespace of its own thread, so ironpxe's
-//! ports are on a loopback nothing else sees. Needs the `ironpxe` binary built
+//! Each test runs in a private network namespace of its own thread (and the threads
+//! it starts), so ironpxe's ports are on a loopback nothing else sees. Needs the `ironpxe` binary built
 //! (`cargo build -p ironpxe`) and root.
 
 mod install_common;
@@ -200,4 +200,175 @@ fn root_install_state_survives_kill_9_during_a_burst() {
         lost.is_empty(),
         "acknowledged reinstalls lost after kill -9: {lost:?}"
     );
+}
+
+/// A DHCP client speaking through a relay on 127.0.0.1: requests go to ironpxe's
+/// DHCP port, replies come back to the relay's port 67.
+struct Relay {
+    sock: std::net::UdpSocket,
+    server_port: u16,
+}
+
+impl Relay {
+    fn new(server_port: u16) -> Relay {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:67").expect("bind 127.0.0.1:67");
+        sock.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        Relay { sock, server_port }
+    }
+
+    fn exchange(
+        &self,
+        mac: [u8; 6],
+        xid: u32,
+        kind: dhcproto::v4::MessageType,
+        opts: Vec<dhcproto::v4::DhcpOption>,
+    ) -> Option<dhcproto::v4::Message> {
+        use dhcproto::v4::{DhcpOption, HType, Message, Opcode};
+        use dhcproto::{Decodable, Decoder, Encodable};
+        let mut m = Message::default();
+        m.set_opcode(Opcode::BootRequest)
+            .set_htype(HType::Eth)
+            .set_xid(xid)
+            .set_chaddr(&mac)
+            .set_hops(1)
+            .set_giaddr(std::net::Ipv4Addr::LOCALHOST);
+        m.opts_mut().insert(DhcpOption::MessageType(kind));
+        for o in opts {
+            m.opts_mut().insert(o);
+        }
+        self.sock
+            .send_to(&m.to_vec().unwrap(), ("127.0.0.1", self.server_port))
+            .ok()?;
+        let mut buf = [0u8; 1500];
+        loop {
+            let (n, _) = self.sock.recv_from(&mut buf).ok()?;
+            let r = Message::decode(&mut Decoder::new(&buf[..n])).ok()?;
+            if r.xid() == xid {
+                return Some(r);
+            }
+        }
+    }
+
+    /// DISCOVER, REQUEST: the ACKed address, or `None` when the server did not
+    /// acknowledge (it is gone).
+    fn lease(&self, mac: [u8; 6], xid: u32) -> Option<std::net::Ipv4Addr> {
+        use dhcproto::v4::{DhcpOption, MessageType};
+        let offer = self.exchange(mac, xid, MessageType::Discover, vec![])?;
+        assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+        let ack = self.exchange(
+            mac,
+            xid,
+            MessageType::Request,
+            vec![
+                DhcpOption::ServerIdentifier(std::net::Ipv4Addr::LOCALHOST),
+                DhcpOption::RequestedIpAddress(offer.yiaddr()),
+            ],
+        )?;
+        (ack.opts().msg_type() == Some(MessageType::Ack)).then_some(ack.yiaddr())
+    }
+}
+
+#[test]
+fn root_dhcp_leases_survive_kill_9_during_a_burst() {
+    private_network();
+    const DHCP_PORT: u16 = 1067;
+    const CLIENTS: usize = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dummy_kernel(dir.path());
+    let cfg = dir.path().join("ironpxe.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\ninterface = \"lo\"\n\n[dhcp]\nmode = \"server\"\nsubnet = \"127.0.0.0/8\"\n\
+             pool = \"127.0.16.1-127.0.31.254\"\nlease_time = \"1h\"\n\n\
+             [profiles.p]\nkernel = \"{}\"\n",
+            kernel.display()
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let log = dir.path().join("ironpxe.log");
+    let mut args = server_args(&cfg, &state);
+    // The relay's replies go to port 67, so the server listens elsewhere; there is
+    // no other DHCP server on this private loopback to probe for.
+    args.extend([
+        "--dhcp-port".into(),
+        DHCP_PORT.to_string(),
+        "--force".into(),
+    ]);
+    let mut server = Server::start(&args, &log, STATUS_PORT);
+    let relay = Relay::new(DHCP_PORT);
+    let acked: Arc<Mutex<Vec<(usize, std::net::Ipv4Addr)>>> = Arc::default();
+    let client = {
+        let acked = acked.clone();
+        std::thread::spawn(move || {
+            // The private namespace is per thread: this one joins the test's.
+            let mut unanswered = 0;
+            for i in 0..CLIENTS {
+                match relay.lease(client_mac(i), 0x5000_0000 + i as u32) {
+                    Some(ip) => acked.lock().unwrap().push((i, ip)),
+                    None => {
+                        unanswered += 1;
+                        break;
+                    }
+                }
+            }
+            unanswered
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked.lock().unwrap().len() < 150 {
+        assert!(
+            Instant::now() < deadline,
+            "the DHCP burst did not get going:\n{}",
+            server.tail()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    server.kill9();
+    let unanswered = client.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    println!(
+        "lease burst: {} acknowledged, killed with {unanswered} exchange(s) cut",
+        acked.len()
+    );
+    assert!(
+        unanswered > 0,
+        "the kill came after the burst ended; nothing was tested"
+    );
+
+    let _server = Server::start(&args, &log, STATUS_PORT);
+    let v = get_json(STATUS_PORT, "/api/v1/leases");
+    let stored: BTreeMap<String, String> = v["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["mac"].as_str().unwrap().to_string(),
+                l["ip"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let lost: Vec<String> = acked
+        .iter()
+        .filter(|(i, ip)| stored.get(&mac_text(client_mac(*i))) != Some(&ip.to_string()))
+        .map(|(i, ip)| format!("{} {ip}", mac_text(client_mac(*i))))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged leases lost after kill -9: {lost:?}"
+    );
+}
+
+fn client_mac(i: usize) -> [u8; 6] {
+    [0x52, 0x54, 0x00, 0xdd, (i >> 8) as u8, i as u8]
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
