@@ -222,3 +222,62 @@ fn qemu_install_once_then_local_disk_then_reinstall() {
     assert_eq!(count("install.done"), 2);
     assert!(install_column(&lab, &server).starts_with("installed"));
 }
+
+/// The `local` answer under UEFI: OVMF with the iPXE NIC ROM gets the local script,
+/// whose `exit 1` hands the machine back to OVMF's boot manager, which boots the
+/// disk (an EFI application on a FAT disk that prints the marker). OVMF's own PXE
+/// options are off, as they would only come between the two here.
+#[test]
+fn qemu_local_answer_boots_the_disk_under_uefi() {
+    const UEFI_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x1e, 0x00, 0x02]);
+    let lab = Lab::new("qemu_local_uefi").expect("build lab");
+    let kernel = ironpxe_lab::kernel().expect("lab kernel");
+    let cfg = lab.tmp_dir().join("ironpxe.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[profiles.p]\nkernel = \"{}\"\n\n[[machines]]\nmac = \"{UEFI_MAC}\"\nprofile = \"p\"\nboot = \"local\"\n",
+            kernel.display()
+        ),
+    )
+    .unwrap();
+    let mut args: Vec<std::ffi::OsString> = vec!["serve".into(), "--config".into(), cfg.into()];
+    args.extend(lab.ironpxe_server_args());
+    let _ironpxe = lab.start_ironpxe(&args).expect("start ironpxe");
+    let disk = GuestDisk::FatDir(ironpxe_lab::uefi_disk(lab.tmp_dir()).expect("EFI disk"));
+    let guest = lab
+        .start_guest(GuestConfig {
+            mac: Some(UEFI_MAC),
+            disk: Some(disk),
+            extra_args: [
+                "-fw_cfg",
+                "name=opt/org.tianocore/IPv4PXESupport,string=no",
+                "-fw_cfg",
+                "name=opt/org.tianocore/IPv6PXESupport,string=no",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..GuestConfig::uefi()
+        })
+        .expect("start guest");
+    wait(
+        &guest,
+        &lab,
+        "boots from its next boot device",
+        "no local script ran",
+    );
+    wait(
+        &guest,
+        &lab,
+        DISK_MARKER,
+        "OVMF did not boot the disk after the local script",
+    );
+    println!("{}", lab.write_timeline(&guest));
+    assert!(
+        !guest
+            .serial_lines()
+            .iter()
+            .any(|l| l.text.contains("sanboot") || l.text.contains("SAN device")),
+        "the UEFI local script used sanboot"
+    );
+}
