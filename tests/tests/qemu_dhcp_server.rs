@@ -76,7 +76,10 @@ fn start(lab: &Lab, cfg: &Path, state: &Path) -> ironpxe_lab::Result<Ironpxe> {
 
 /// The leases ironpxe lists, as (mac, ip).
 fn leases(lab: &Lab) -> Vec<(String, String)> {
-    let url = format!("http://{}:{DEFAULT_STATUS_PORT}/api/v1/leases", lab.pxe_addr());
+    let url = format!(
+        "http://{}:{DEFAULT_STATUS_PORT}/api/v1/leases",
+        lab.pxe_addr()
+    );
     let out = lab
         .run_in(&lab.pxe_ns(), "curl", &["-sf", &url])
         .expect("curl (apt-get install curl)");
@@ -128,9 +131,9 @@ fn qemu_dhcp_server_reservations_pool_and_restart() {
     assert_eq!(marker.cmdline, "console=ttyS0 role=reserved");
     let serial = outcome.guest.serial_lines();
     assert!(
-        serial
-            .iter()
-            .any(|l| l.text.contains(&format!("net0: 10.77.{n}.60/255.255.255.0 gw 10.77.{n}.1"))),
+        serial.iter().any(|l| l
+            .text
+            .contains(&format!("net0: 10.77.{n}.60/255.255.255.0 gw 10.77.{n}.1"))),
         "iPXE did not configure the reserved address"
     );
     ironpxe
@@ -155,7 +158,10 @@ fn qemu_dhcp_server_reservations_pool_and_restart() {
         "{pooled} is not a pool address"
     );
     let before = leases(&lab);
-    assert!(before.contains(&(pool_mac.to_string(), pooled.to_string())), "{before:?}");
+    assert!(
+        before.contains(&(pool_mac.to_string(), pooled.to_string())),
+        "{before:?}"
+    );
 
     // kill -9, restart: the leases are still there, and the pool client keeps its
     // address.
@@ -165,7 +171,10 @@ fn qemu_dhcp_server_reservations_pool_and_restart() {
     let again = lab
         .client_dhcp(&pool, Duration::from_secs(20))
         .expect("udhcpc after the restart");
-    assert_eq!(again, pooled, "the pool client lost its address over the restart");
+    assert_eq!(
+        again, pooled,
+        "the pool client lost its address over the restart"
+    );
 }
 
 #[test]
