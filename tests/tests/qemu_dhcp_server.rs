@@ -141,7 +141,7 @@ fn qemu_dhcp_server_reservations_pool_and_restart() {
             e.name == "dhcp.lease"
                 && e.field("mac") == Some(&GUEST_MAC.to_string())
                 && e.field("ip") == Some(&format!("10.77.{n}.60"))
-                && e.field("kind") == Some(&"reserved".to_string())
+                && e.field("kind") == Some("reserved")
         })
         .expect("a dhcp.lease event for the guest's reservation");
 
