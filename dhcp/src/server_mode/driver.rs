@@ -280,13 +280,34 @@ pub fn merge_boot(into: &mut Message, boot: &Message) {
     }
 }
 
+/// The client's hardware address for logs. `Message::chaddr` slices by the
+/// untrusted hlen, so it is read only when hlen fits the 16-byte field.
 fn chaddr(msg: &Message) -> String {
+    if msg.hlen() > 16 {
+        return format!("(hlen {})", msg.hlen());
+    }
     msg.chaddr()
         .iter()
         .take(6)
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dhcproto::Decodable;
+
+    #[test]
+    fn a_hostile_hlen_is_logged_not_sliced() {
+        let mut m = Message::default();
+        m.set_chaddr(&[1, 2, 3, 4, 5, 6]);
+        let mut bytes = m.to_vec().unwrap();
+        bytes[2] = 200; // hlen
+        let m = Message::decode(&mut dhcproto::Decoder::new(&bytes)).unwrap();
+        assert_eq!(chaddr(&m), "(hlen 200)");
+    }
 }
 
 fn via(dest: Destination) -> String {
