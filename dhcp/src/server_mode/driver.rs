@@ -294,22 +294,6 @@ fn chaddr(msg: &Message) -> String {
         .join(":")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use dhcproto::Decodable;
-
-    #[test]
-    fn a_hostile_hlen_is_logged_not_sliced() {
-        let mut m = Message::default();
-        m.set_chaddr(&[1, 2, 3, 4, 5, 6]);
-        let mut bytes = m.to_vec().unwrap();
-        bytes[2] = 200; // hlen
-        let m = Message::decode(&mut dhcproto::Decoder::new(&bytes)).unwrap();
-        assert_eq!(chaddr(&m), "(hlen 200)");
-    }
-}
-
 fn via(dest: Destination) -> String {
     match dest {
         Destination::Broadcast { .. } => "broadcast".to_string(),
@@ -331,4 +315,20 @@ async fn send(sock: &DhcpSocket, reply: &ServerReply, meta: &RecvMeta) -> bool {
         return false;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dhcproto::Decodable;
+
+    #[test]
+    fn a_hostile_hlen_is_logged_not_sliced() {
+        let mut m = Message::default();
+        m.set_chaddr(&[1, 2, 3, 4, 5, 6]);
+        let mut bytes = m.to_vec().unwrap();
+        bytes[2] = 200; // hlen
+        let m = Message::decode(&mut dhcproto::Decoder::new(&bytes)).unwrap();
+        assert_eq!(chaddr(&m), "(hlen 200)");
+    }
 }
