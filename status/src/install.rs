@@ -156,6 +156,17 @@ async fn installed(
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let fleet = api.inner.fleet.clone();
+    // Only machines this server knows: a flood of invented MACs from the segment
+    // cannot grow the database.
+    let known = fleet.directory().get(&mac).is_some()
+        || fleet.installs().is_some_and(|i| i.get(&mac).is_some())
+        || api.inner.status.machine_json(&mac, now_ms()).is_some();
+    if !known {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown machine {mac}: not in the configuration, and not seen booting here"),
+        );
+    }
     let by = peer.map(|p| p.ip().to_string());
     let done = tokio::task::spawn_blocking(move || fleet.installed(mac, now_ms(), by)).await;
     match done {
@@ -334,9 +345,15 @@ mod tests {
 
     fn api(dir: &std::path::Path, token: Option<&str>) -> InstallApi {
         let db = StateDb::open(dir).unwrap();
+        let cfg = ironpxe_core::config::Config::parse(
+            &format!("[[machines]]\nmac = \"{M}\"\nname = \"node-01\"\nkernel = \"/k\"\n"),
+            std::path::Path::new("/c.toml"),
+            &ironpxe_core::config::NoChecks,
+        )
+        .unwrap();
         let fleet = Fleet::new(
             Some(db.installs().unwrap()),
-            Directory::default(),
+            Directory::from_config(&cfg.booter),
             IpmiTool::default(),
         );
         InstallApi::new(
@@ -408,6 +425,16 @@ mod tests {
         assert_eq!(s, StatusCode::NOT_FOUND);
         let (s, _) = call(&r, "POST", "/api/v1/machines/zz/installed", None).await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
+        let by_name = "/api/v1/machines/node-01/reinstall";
+        let (s, _) = call(&r, "POST", by_name, Some("Bearer s3cret")).await;
+        assert_eq!(s, StatusCode::OK, "by name");
+        // A MAC nobody configured and nobody saw booting is not recorded.
+        let stranger = "/api/v1/machines/02:00:00:00:00:99/installed";
+        let (s, v) = call(&r, "POST", stranger, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert!(v["error"].as_str().unwrap().contains("unknown machine"));
+        let (_, v) = call(&r, "GET", "/api/v1/installs", None).await;
+        assert_eq!(v["machines"].as_array().unwrap().len(), 1);
     }
 
     #[tokio::test]
