@@ -40,6 +40,7 @@ rec {
 
   # The command line of the service: config-file mode, or API mode when apiServer is set.
   mkArgs = { apiServer, apiRequestTimeout, configFile, settings, interface, debug, dhcpNoBind, extraArguments
+           , ipv6 ? false, listenAddress6 ? null, ipv6Range ? null, ipv6Stateful ? "ipxe"
            , stateDir ? null, forceDhcpServer ? false, ... }:
     let
       server = settings.server or { };
@@ -53,7 +54,13 @@ rec {
       ++ flag (server ? http_port) [ "--port" (toString server.http_port) ]
       ++ flag (server ? status_port) [ "--status-port" (toString server.status_port) ]
       ++ flag (server ? shutdown_timeout) [ "--shutdown-timeout" server.shutdown_timeout ])
-    ++ flag (stateDir != null) [ "--state-dir" stateDir ]
+    # The stateful IPv6 mode names the state directory with its flags; every other
+    # mode gets it on its own (install state and DHCP leases live there too).
+    ++ flag ipv6 ([ "--ipv6" ]
+      ++ flag (listenAddress6 != null) [ "--listen-addr6" listenAddress6 ]
+      ++ flag (ipv6Range != null) [ "--ipv6-range" ipv6Range "--ipv6-stateful" ipv6Stateful
+                                     "--state-dir" (if stateDir == null then "/var/lib/ironpxe" else stateDir) ])
+    ++ flag (stateDir != null && !(ipv6 && ipv6Range != null)) [ "--state-dir" stateDir ]
     ++ flag (forceDhcpServer && apiServer == null) [ "--force" ]
     ++ flag debug [ "--debug" ]
     ++ flag dhcpNoBind [ "--dhcp-no-bind" ]

@@ -13,7 +13,8 @@ let
   adminTokenCredential = "/run/credentials/ironpxe.service/admin-token";
   configFile = settingsFormat.generate "ironpxe.toml" settings;
   args = helpers.mkArgs {
-    inherit (cfg) apiServer apiRequestTimeout interface debug dhcpNoBind extraArguments forceDhcpServer;
+    inherit (cfg) apiServer apiRequestTimeout interface debug dhcpNoBind extraArguments
+      ipv6 listenAddress6 ipv6Range ipv6Stateful forceDhcpServer;
     inherit settings;
     stateDir = "/var/lib/ironpxe";
     configFile = "${configFile}";
@@ -223,6 +224,32 @@ in
       description = "Receive DHCP without binding UDP 67 (next to a DHCP server on this host); needs CAP_NET_RAW.";
     };
 
+    ipv6 = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Also boot over IPv6: answer DHCPv6 PXE and UEFI HTTP Boot clients on the data NIC (boot information only) and serve TFTP and HTTP on IPv6 (`--ipv6`). Opens UDP 547 with openFirewall.";
+    };
+
+    listenAddress6 = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "fd00::2";
+      description = "The global or unique-local IPv6 address to listen on and announce in IPv6 boot URLs (`--listen-addr6`); null: the data NIC's own.";
+    };
+
+    ipv6Range = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "fd00::1000-fd00::1fff";
+      description = "Stateful DHCPv6: hand addresses from START-END (one /64) to iPXE, which ignores a DHCPv6 answer without one; needed on IPv6-only segments. Leases are kept in the service's state directory.";
+    };
+
+    ipv6Stateful = mkOption {
+      type = types.enum [ "ipxe" "all" ];
+      default = "ipxe";
+      description = "Who gets an address from ipv6Range: only iPXE (firmware takes its address from the site's DHCPv6 server), or all boot clients (no other DHCPv6 server on the segment).";
+    };
+
     debug = mkOption {
       type = types.bool;
       default = false;
@@ -238,7 +265,7 @@ in
 
   config = lib.mkIf cfg.enable {
     networking.firewall = lib.mkIf cfg.openFirewall {
-      allowedUDPPorts = ports.udp;
+      allowedUDPPorts = ports.udp ++ lib.optional cfg.ipv6 547;
       allowedTCPPorts = ports.tcp;
     };
 

@@ -1,8 +1,10 @@
 //! The pixiecore API client: ironpxe's booter for `ironpxe api URL`.
 //!
 //! [`Source::parse`] reads the URL; [`ApiBooter::start`] starts the lookup thread;
-//! the [`ApiBooter`] then answers [`Booter::decide`] from its cache, asking the API
+//! the [`ApiBooter`] then answers [`Booter::decide`] from its memory, asking the API
 //! (or reading the file tree) on a miss, and resolves the file ids its answers named.
+//! [`lookups`] is the deterministic core: what a machine is answered, and which
+//! machine the API is asked about next.
 //!
 //! # The protocol
 //!
@@ -18,14 +20,20 @@
 //! # Off the DHCP path
 //!
 //! A slow API must not stall other machines (a PXE client gives up on an offer in
-//! seconds). Answers are cached ([`CACHE_TTL`]). On a miss the booter queues a
-//! lookup, which a separate thread performs, and waits for it only as long as its
-//! caller allows ([`Booter::decide`]'s `wait`): the DHCP driver waits up to its
-//! lookup wait (1 s by default) off its receive loop, so the first DISCOVER of a
-//! machine the API answers quickly gets its offer; when the API is slower, the
-//! answer is cached for the client's retransmit. Answers older than half the TTL are
-//! refreshed in the background while still being used. The HTTP script request
-//! waits longer, up to the request timeout.
+//! seconds). Answers are kept ([`CACHE_TTL`]; "don't boot" answers for
+//! [`Limits::negative_ttl`]). On a miss the booter queues a lookup, which a separate
+//! thread performs, and waits for it only as long as its caller allows
+//! ([`Booter::decide`]'s `wait`): the DHCP driver waits up to its lookup wait (1 s by
+//! default) off its receive loop, so the first DISCOVER of a machine the API answers
+//! quickly gets its offer; when the API is slower, the answer is kept for the
+//! client's retransmit. Answers older than half the TTL are refreshed in the
+//! background while still being used. The HTTP script request waits longer, up to
+//! the request timeout.
+//!
+//! A flood of invented MACs cannot lock real machines out: the queue serves
+//! machines the API told to boot before first, then never-seen machines that
+//! retransmitted, then first packets, within a global and a per-machine rate limit
+//! ([`Limits`]); see [`lookups`].
 //!
 //! # Files, and restarts
 //!
@@ -43,8 +51,9 @@
 //! `linkFarm`). Reading a local file is fast, so this needs no cache: every request
 //! sees the tree as it is now.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,25 +64,16 @@ use serde::Deserialize;
 use tracing::debug;
 use url::Url;
 
-/// How long an API answer is used.
-pub const CACHE_TTL: Duration = Duration::from_secs(30);
+pub mod lookups;
 
-/// How many cached answers are kept at most.
-const MAX_ENTRIES: usize = 4096;
-
-/// Lookups waiting for the API. Past this, new MACs are not queued (they are asked
-/// about again on their next DHCP retry), so a flood of invented MACs cannot grow the
-/// queue or push real machines far back in it.
-const MAX_PENDING: usize = 256;
+use lookups::{AnswerKind, Asked, Lookups};
+pub use lookups::{Limits, CACHE_TTL};
 
 /// The largest API answer read; a boot answer is a few hundred bytes.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 /// How many served files are remembered at most.
 pub const MAX_FILES: usize = 4096;
-
-/// How many API requests run at once.
-const MAX_CONCURRENT: usize = 16;
 
 /// Why the API client could not start.
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +139,8 @@ impl Source {
         }
     }
 
-    fn base(&self) -> &Url {
+    /// The URL relative answers resolve against: `<URL>/v1/`.
+    pub fn base(&self) -> &Url {
         match self {
             Source::Http { base } | Source::Dir { base, .. } => base,
         }
@@ -170,6 +171,14 @@ enum Outcome {
     Declined(String),
     /// Something is wrong (bad JSON, timeout, unreachable).
     Failed(String),
+}
+
+/// Translates one JSON answer into a boot decision and the files it names (which
+/// the booter then serves), resolving relative URLs against `base` (see
+/// [`Source::base`]). The reason an answer is refused is one line. The lookup uses
+/// this; it is public for tools and the fuzzer.
+pub fn interpret_answer(body: &[u8], base: &Url) -> Result<(BootDecision, Vec<FileRef>), String> {
+    interpret(body, base)
 }
 
 /// Turns a JSON answer into a decision. `base` resolves relative URLs.
@@ -295,18 +304,6 @@ fn go_quote(s: &str) -> String {
     out
 }
 
-/// A cached answer.
-struct Entry {
-    decision: BootDecision,
-    at: Instant,
-}
-
-#[derive(Default)]
-struct Cache {
-    entries: HashMap<MacAddr, Entry>,
-    inflight: HashSet<MacAddr>,
-}
-
 /// Files handed out, least recently used forgotten first.
 #[derive(Default)]
 struct FileMemory {
@@ -340,8 +337,13 @@ impl FileMemory {
 
 struct Shared {
     source: Source,
-    cache: Mutex<Cache>,
+    lookups: Mutex<Lookups>,
+    /// Signalled when a lookup completes.
     answered: Condvar,
+    /// Wakes the lookup thread: a lookup was queued, or one finished.
+    wake: tokio::sync::Notify,
+    /// Set when the booter is dropped; the lookup thread then ends.
+    closed: AtomicBool,
     files: Mutex<FileMemory>,
 }
 
@@ -353,8 +355,12 @@ impl Shared {
         }
     }
 
+    fn lookups(&self) -> std::sync::MutexGuard<'_, Lookups> {
+        self.lookups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Logs a lookup's outcome once and turns it into a decision.
-    fn settle(&self, mac: MacAddr, outcome: Outcome) -> BootDecision {
+    fn settle(&self, mac: MacAddr, outcome: Outcome) -> (AnswerKind, BootDecision) {
         match outcome {
             Outcome::Boot(decision, files) => {
                 let kind = match &decision {
@@ -367,17 +373,17 @@ impl Shared {
                     files: files.len() as u64,
                 });
                 self.remember(files);
-                decision
+                (AnswerKind::Boot, decision)
             }
             Outcome::Declined(reason) => {
                 let why = format!("the API declined: {reason}");
                 emit(BootEvent::ApiDeclined { mac, reason });
-                BootDecision::Ignore(why)
+                (AnswerKind::Declined, BootDecision::Ignore(why))
             }
             Outcome::Failed(reason) => {
                 let why = format!("no usable API answer: {reason}");
                 emit(BootEvent::ApiError { mac, reason });
-                BootDecision::Ignore(why)
+                (AnswerKind::Failed, BootDecision::Ignore(why))
             }
         }
     }
@@ -386,41 +392,43 @@ impl Shared {
 /// The booter of `ironpxe api`.
 pub struct ApiBooter {
     shared: Arc<Shared>,
-    queue: Option<tokio::sync::mpsc::Sender<MacAddr>>,
     timeout: Duration,
 }
 
 impl ApiBooter {
-    /// Starts the lookup thread (for an HTTP source).
+    /// Starts the lookup thread (for an HTTP source), with the default [`Limits`].
     pub fn start(source: Source, timeout: Duration) -> Result<ApiBooter, ApiError> {
+        ApiBooter::start_with(source, timeout, Limits::default())
+    }
+
+    /// Starts the lookup thread (for an HTTP source); `limits` bound how hard the API
+    /// is pressed.
+    pub fn start_with(
+        source: Source,
+        timeout: Duration,
+        limits: Limits,
+    ) -> Result<ApiBooter, ApiError> {
         let shared = Arc::new(Shared {
             source: source.clone(),
-            cache: Mutex::new(Cache::default()),
+            lookups: Mutex::new(Lookups::new(limits)),
             answered: Condvar::new(),
+            wake: tokio::sync::Notify::new(),
+            closed: AtomicBool::new(false),
             files: Mutex::new(FileMemory::default()),
         });
-        let queue = match &source {
-            Source::Dir { .. } => None,
-            Source::Http { .. } => {
-                let client = reqwest::Client::builder()
-                    .timeout(timeout)
-                    .user_agent(concat!("ironpxe/", env!("CARGO_PKG_VERSION")))
-                    .build()
-                    .map_err(ApiError::Client)?;
-                let (tx, rx) = tokio::sync::mpsc::channel(MAX_PENDING);
-                let sh = shared.clone();
-                std::thread::Builder::new()
-                    .name("ironpxe-api".into())
-                    .spawn(move || lookup_thread(sh, client, rx))
-                    .map_err(ApiError::Thread)?;
-                Some(tx)
-            }
-        };
-        Ok(ApiBooter {
-            shared,
-            queue,
-            timeout,
-        })
+        if let Source::Http { .. } = &source {
+            let client = reqwest::Client::builder()
+                .timeout(timeout)
+                .user_agent(concat!("ironpxe/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(ApiError::Client)?;
+            let sh = shared.clone();
+            std::thread::Builder::new()
+                .name("ironpxe-api".into())
+                .spawn(move || lookup_thread(sh, client))
+                .map_err(ApiError::Thread)?;
+        }
+        Ok(ApiBooter { shared, timeout })
     }
 
     /// Reads `DIR/v1/boot/<mac>`.
@@ -450,72 +458,39 @@ impl ApiBooter {
         Outcome::Declined(format!("no file {}", dir.join(&lower).display()))
     }
 
-    /// The cached answer for `mac`, or whether a lookup is now under way. Answers
-    /// older than half the TTL are refreshed in the background while still used.
-    fn cached(&self, mac: MacAddr) -> Cached {
-        let mut c = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let (fresh, refresh) = match c.entries.get(&mac) {
-            Some(e) if e.at.elapsed() < CACHE_TTL => {
-                (Some(e.decision.clone()), e.at.elapsed() > CACHE_TTL / 2)
-            }
-            _ => (None, true),
-        };
-        let mut asked = c.inflight.contains(&mac);
-        if refresh && !asked {
-            if let Some(q) = &self.queue {
-                if q.try_send(mac).is_ok() {
-                    c.inflight.insert(mac);
-                    asked = true;
-                    if fresh.is_none() {
-                        debug!(%mac, "asking the API");
-                    }
-                }
-            }
-        }
-        match (fresh, asked) {
-            (Some(d), _) => Cached::Fresh(d),
-            (None, true) => Cached::Asked,
-            (None, false) => Cached::Full,
-        }
-    }
-
-    /// Waits until `deadline` for an answer about `mac` that arrived after `asked`.
+    /// Waits until `deadline` for an answer about `mac` that arrived after `asked`;
+    /// gives up early when no lookup of it is pending any more.
     fn wait_for(&self, mac: MacAddr, asked: Instant, deadline: Instant) -> Option<BootDecision> {
-        let mut c = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = self.shared.lookups();
         loop {
-            if let Some(e) = c.entries.get(&mac) {
-                if e.at >= asked {
-                    return Some(e.decision.clone());
-                }
+            if let Some(d) = l.answered_since(mac, asked) {
+                return Some(d);
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || !l.is_pending(mac) {
                 return None;
             }
-            c = self
+            l = self
                 .shared
                 .answered
-                .wait_timeout(c, deadline - now)
+                .wait_timeout(l, deadline - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
     }
 }
 
-/// What the cache knows about a machine.
-enum Cached {
-    /// A usable answer.
-    Fresh(BootDecision),
-    /// No answer yet; a lookup is under way.
-    Asked,
-    /// No answer, and the lookup queue is full.
-    Full,
+impl Drop for ApiBooter {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+    }
 }
 
 impl Booter for ApiBooter {
-    /// Answers from the cache. On a miss, asks the API and waits up to `wait` (and
+    /// Answers from memory. On a miss, queues a lookup and waits up to `wait` (and
     /// never longer than the request timeout plus a second) for its answer; if it has
-    /// not come by then, [`BootDecision::Pending`]: the answer is cached when it
+    /// not come by then, [`BootDecision::Pending`]: the answer is kept when it
     /// arrives, for the client's retransmit.
     fn decide(&self, mac: MacAddr, _arch: ClientArch, wait: Duration) -> BootDecision {
         if let Source::Dir { root, .. } = &self.shared.source {
@@ -525,16 +500,21 @@ impl Booter for ApiBooter {
                 debug!(%mac, %reason, "not in the API directory");
                 return BootDecision::Ignore(reason.clone());
             }
-            return self.shared.settle(mac, outcome);
+            return self.shared.settle(mac, outcome).1;
         }
         let asked = Instant::now();
-        match self.cached(mac) {
-            Cached::Fresh(d) => d,
-            Cached::Full => BootDecision::Ignore(format!(
-                "{MAX_PENDING} API lookups are already waiting; asking again on the client's retry"
-            )),
-            Cached::Asked if wait.is_zero() => BootDecision::Pending,
-            Cached::Asked => {
+        let (answer, queued) = self.shared.lookups().ask(mac, asked);
+        if queued {
+            debug!(%mac, "asking the API");
+            self.shared.wake.notify_one();
+        }
+        match answer {
+            Asked::Use(d) => d,
+            Asked::Full => BootDecision::Ignore(
+                "the API lookup queue is full; asking again on the client's retry".into(),
+            ),
+            Asked::Pending if wait.is_zero() => BootDecision::Pending,
+            Asked::Pending => {
                 let wait = wait.min(self.timeout + Duration::from_secs(1));
                 self.wait_for(mac, asked, asked + wait)
                     .unwrap_or(BootDecision::Pending)
@@ -551,12 +531,9 @@ impl Booter for ApiBooter {
     }
 }
 
-/// Performs queued lookups, [`MAX_CONCURRENT`] at a time, on its own runtime.
-fn lookup_thread(
-    shared: Arc<Shared>,
-    client: reqwest::Client,
-    mut rx: tokio::sync::mpsc::Receiver<MacAddr>,
-) {
+/// Performs the lookups [`Lookups::next`] hands out, on its own runtime, until the
+/// booter is dropped.
+fn lookup_thread(shared: Arc<Shared>, client: reqwest::Client) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -570,39 +547,34 @@ fn lookup_thread(
     let Source::Http { base } = shared.source.clone() else {
         return;
     };
-    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     rt.block_on(async move {
-        while let Some(mac) = rx.recv().await {
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                return;
+        while !shared.closed.load(Ordering::SeqCst) {
+            let next_timer = {
+                let mut l = shared.lookups();
+                let now = Instant::now();
+                while let Some(mac) = l.next(now) {
+                    let (shared, client, base) = (shared.clone(), client.clone(), base.clone());
+                    tokio::spawn(async move {
+                        let outcome = fetch(&client, &base, mac).await;
+                        let (kind, decision) = shared.settle(mac, outcome);
+                        shared
+                            .lookups()
+                            .complete(mac, kind, decision, Instant::now());
+                        shared.answered.notify_all();
+                        shared.wake.notify_one();
+                    });
+                }
+                l.poll_timeout(now)
             };
-            let (shared, client, base) = (shared.clone(), client.clone(), base.clone());
-            tokio::spawn(async move {
-                let outcome = fetch(&client, &base, mac).await;
-                drop(permit);
-                let decision = shared.settle(mac, outcome);
-                let mut c = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-                c.inflight.remove(&mac);
-                if c.entries.len() >= MAX_ENTRIES {
-                    c.entries.retain(|_, e| e.at.elapsed() < CACHE_TTL);
-                    if c.entries.len() >= MAX_ENTRIES {
-                        // Still full of fresh answers: keep the newest half.
-                        let mut ats: Vec<Instant> = c.entries.values().map(|e| e.at).collect();
-                        ats.sort_unstable();
-                        let cut = ats[ats.len() / 2];
-                        c.entries.retain(|_, e| e.at > cut);
+            match next_timer {
+                Some(at) => {
+                    tokio::select! {
+                        () = shared.wake.notified() => {}
+                        () = tokio::time::sleep_until(at.into()) => {}
                     }
                 }
-                c.entries.insert(
-                    mac,
-                    Entry {
-                        decision,
-                        at: Instant::now(),
-                    },
-                );
-                drop(c);
-                shared.answered.notify_all();
-            });
+                None => shared.wake.notified().await,
+            }
         }
     });
 }

@@ -365,14 +365,89 @@ fn a_slow_api_does_not_stall_anyone_and_times_out() {
             BootDecision::Pending
         );
     }
+    // The first of them is among the lookups running; it ends with the timeout.
+    // (A machine queued behind all 50 is reached later than its caller waits, since
+    // lookups start at most `Limits::rate` a second.)
     match b.decide(
-        MacAddr([0x52, 0x54, 0, 0, 2, 0]),
+        MacAddr([0x52, 0x54, 0, 0, 1, 0]),
         ClientArch::Bios,
         SCRIPT_WAIT,
     ) {
         BootDecision::Ignore(r) => assert!(r.contains("no answer within the timeout"), "{r}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// The flood of the audit, against an API on loopback that takes 500 ms per
+/// answer: 400 invented MACs arrive at once. A machine booted before is still
+/// answered at once, and a new real machine's retransmit is looked up ahead of the
+/// flood, so it is answered within the script wait. (Before, the first 272 invented
+/// MACs filled the queue, the real machine's first packet found it full, and its
+/// retransmit queued behind them.)
+#[test]
+fn a_flood_of_invented_macs_does_not_lock_out_a_new_machine() {
+    let api = fake_api(
+        vec![
+            (
+                "/api/v1/boot/52:54:00:00:00:0a",
+                200,
+                r#"{"kernel": "/k", "cmdline": "real"}"#,
+            ),
+            (
+                "/api/v1/boot/52:54:00:00:00:0b",
+                200,
+                r#"{"kernel": "/k", "cmdline": "cached"}"#,
+            ),
+        ],
+        Duration::from_millis(500),
+    );
+    let b = ApiBooter::start(Source::parse(&api.url).unwrap(), Duration::from_secs(2)).unwrap();
+    let real = MacAddr([0x52, 0x54, 0, 0, 0, 0x0a]);
+    let cached = MacAddr([0x52, 0x54, 0, 0, 0, 0x0b]);
+    let cmdline = |d: BootDecision| match d {
+        BootDecision::Netboot(s) => s.cmdline.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        cmdline(b.decide(cached, ClientArch::Bios, SCRIPT_WAIT)),
+        "cached"
+    );
+    let t0 = Instant::now();
+    for n in 0..400u16 {
+        let [hi, lo] = n.to_be_bytes();
+        b.decide(
+            MacAddr([0x02, 0xf1, 0, 0, hi, lo]),
+            ClientArch::Bios,
+            Duration::ZERO,
+        );
+    }
+    assert_eq!(
+        cmdline(b.decide(cached, ClientArch::Bios, Duration::ZERO)),
+        "cached"
+    );
+    // The real machine's first DISCOVER is one among the flood...
+    assert_eq!(
+        b.decide(real, ClientArch::Bios, Duration::ZERO),
+        BootDecision::Pending
+    );
+    // ...its retransmit is a retry, looked up ahead of every invented MAC.
+    std::thread::sleep(Duration::from_millis(2100)); // past lookups::REPEAT_GAP
+    match b.decide(real, ClientArch::Bios, SCRIPT_WAIT) {
+        BootDecision::Netboot(s) => assert_eq!(s.cmdline, "real"),
+        other => panic!("the new machine was not answered: {other:?}"),
+    }
+    assert_eq!(
+        cmdline(b.decide(cached, ClientArch::Bios, Duration::ZERO)),
+        "cached"
+    );
+    // The API was asked at most 20 times a second (after a burst of 20), not once
+    // per invented MAC.
+    let hits = api.hits.load(Ordering::SeqCst) - 1;
+    let bound = 20 + (20.0 * t0.elapsed().as_secs_f64()).ceil() as usize;
+    assert!(
+        hits <= bound,
+        "{hits} API requests, at most {bound} allowed"
+    );
 }
 
 /// The restart story: a new booter (a restarted ironpxe) does not know the ids, and
@@ -467,4 +542,43 @@ fn file_tree_answers_must_be_small_regular_files() {
             "machine {n} was answered"
         );
     }
+}
+
+/// The fuzzer's seeds in `testdata/api/`: `bad-*` answers are refused with a reason,
+/// every other one boots, and every file its script names is one the answer lets
+/// ironpxe serve.
+#[test]
+fn testdata_answers_translate_as_their_names_say() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/api");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let body = std::fs::read(&path).unwrap();
+        n += 1;
+        let got = interpret_answer(&body, &base());
+        if name.starts_with("bad-") {
+            let e = got.expect_err(&name);
+            assert!(!e.is_empty() && !e.contains('\n'), "{name}: {e:?}");
+            continue;
+        }
+        match got {
+            Ok((BootDecision::Netboot(s), files)) => {
+                assert!(files.contains(&s.kernel), "{name}");
+                assert!(s.initrds.iter().all(|i| files.contains(i)), "{name}");
+                let named = std::cell::RefCell::new(Vec::new());
+                ironpxe_core::template::render_cmdline(&s.cmdline, &|id| {
+                    named.borrow_mut().push(id.clone());
+                    String::new()
+                })
+                .unwrap();
+                for id in named.into_inner() {
+                    assert!(files.iter().any(|f| f.id() == id), "{name}: {id}");
+                }
+            }
+            Ok((BootDecision::Script(_), files)) => assert!(files.is_empty(), "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    assert!(n >= 10, "{n} answers in {}", dir.display());
 }

@@ -74,6 +74,9 @@ pub fn ironpxe(env: &Env) -> Result<Ironpxe> {
         env.lab.pxe_ifname(),
         "--tftp-root".into(),
         env.root.display().to_string(),
+        // The benchmark clients stand for many machines but share one address.
+        "--tftp-per-address".into(),
+        "100000".into(),
     ];
     Ok(env.lab.start_ironpxe(&args)?)
 }

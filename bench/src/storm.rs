@@ -809,6 +809,9 @@ pub fn run_storm(config: &StormConfig) -> Result<Report> {
         .ironpxe_boot_args(&kernel, &[&initrd], "console=ttyS0 ironpxe-storm");
     args.push("-l".into());
     args.push(env.lab.pxe_addr().to_string().into());
+    // The simulated machines share the client namespace's address.
+    args.push("--tftp-per-address".into());
+    args.push("100000".into());
     args.extend(config.ironpxe_args.iter().map(Into::into));
     let ironpxe = env.lab.start_ironpxe(&args)?;
     let pid = ironpxe.pid();

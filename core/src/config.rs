@@ -13,6 +13,11 @@
 //! http_port = 8080
 //! status_port = 8081            # unset: the status page is on http_port
 //! shutdown_timeout = "30s"      # after SIGTERM, transfers in flight get this long
+//! ipv6 = true                   # also DHCPv6, TFTP and HTTP on IPv6 (default off)
+//! listen_addr6 = "fd00::2"      # unset: the data NIC's global or unique-local address
+//! ipv6_range = "fd00::1000-fd00::1fff"  # unset: no addresses, boot information only
+//! ipv6_stateful = "ipxe"        # who gets an address from ipv6_range: "ipxe" or "all"
+//! tftp_per_address = 8          # TFTP transfers one client address may run at once
 //! default_profile = "installer" # unset: machines not listed are not answered
 //!
 //! [profiles.installer]
@@ -155,6 +160,10 @@ pub struct ServerSettings {
     pub status_port: Option<u16>,
     /// How long, after SIGTERM or SIGINT, transfers in flight may take to finish.
     pub shutdown_timeout: Option<Duration>,
+    /// `ipv6`, `listen_addr6`, `ipv6_range`, `ipv6_stateful`.
+    pub ipv6: Ipv6Settings,
+    /// TFTP transfers one client address may run at once (at least 1).
+    pub tftp_per_address: Option<usize>,
 }
 
 /// `[ipxe]`: iPXE binaries by role (keys as in [`IpxeRole::config_key`]), relative
@@ -261,6 +270,11 @@ struct RawServer {
     http_port: Option<Spanned<u16>>,
     status_port: Option<Spanned<u16>>,
     shutdown_timeout: Option<S>,
+    ipv6: Option<Spanned<bool>>,
+    listen_addr6: Option<S>,
+    ipv6_range: Option<S>,
+    ipv6_stateful: Option<S>,
+    tftp_per_address: Option<Spanned<u32>>,
     default_profile: Option<S>,
     admin_token_file: Option<S>,
 }
@@ -574,6 +588,18 @@ impl Validator<'_> {
             http_port: self.port_at(s.http_port.as_ref(), "server.http_port"),
             status_port: self.port_at(s.status_port.as_ref(), "server.status_port"),
             shutdown_timeout,
+            ipv6: self.ipv6(s),
+            tftp_per_address: s.tftp_per_address.as_ref().and_then(|n| {
+                if *n.get_ref() == 0 {
+                    self.problem(
+                        n.span().start,
+                        "server.tftp_per_address",
+                        "must be at least 1",
+                    );
+                    return None;
+                }
+                Some(*n.get_ref() as usize)
+            }),
         }
     }
 
@@ -946,6 +972,9 @@ fn text_spec(r: &Resolved) -> Option<BootSpec> {
         message: r.message.clone(),
     })
 }
+
+mod ipv6;
+pub use ipv6::{Ipv6Settings, StatefulFor};
 
 #[cfg(test)]
 mod tests;

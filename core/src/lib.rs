@@ -19,6 +19,9 @@
 //! - [`urls`] builds and parses every URL ironpxe hands out ([`BootUrls`]): the
 //!   script URL ProxyDHCP announces, the file and callback URLs of a script, and the
 //!   iPXE binaries of UEFI HTTP Boot.
+//! - [`net6`]: IPv6 address ranges (stateful DHCPv6), which IPv6 addresses can be
+//!   announced in boot URLs, MACs from EUI-64 link-local addresses, and the
+//!   [`AddrFamily`](net6::AddrFamily) label of status and metrics.
 //! - [`ipxe_role`] is the table of iPXE binary roles ([`IpxeRole`]): their flags,
 //!   config keys, default file names and the firmware each serves, and
 //!   [`IpxeBinaries`], the file chosen per role.
@@ -34,6 +37,7 @@ mod duration;
 pub mod event;
 pub mod ipxe_role;
 mod mac;
+pub mod net6;
 mod spec;
 pub mod template;
 pub mod urls;

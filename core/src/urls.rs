@@ -19,6 +19,9 @@
 //! [`FileId`]. Parameters are always written in this order; parsing accepts any
 //! order, and the first of repeated parameters wins.
 //!
+//! DHCPv6 names the first file a firmware PXE client fetches as a URL too (option
+//! 59): [`tftp_url`] builds `tftp://[fd00::2]/snponly.efi`.
+//!
 //! [`BootUrls`] holds the server part (`http://10.0.0.2:8080`) and builds URLs;
 //! [`MachineQuery`], [`FileQuery`], [`binary_name`] and [`BootRoute`] parse what a
 //! client sends back. Parse errors are [`UrlError`]s naming the bad parameter.
@@ -233,6 +236,16 @@ impl MachineAction {
 impl fmt::Display for BootUrls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.base)
+    }
+}
+
+/// The URL of a file on ironpxe's TFTP server, as DHCPv6 option 59 names it for a
+/// firmware PXE client: `tftp://[fd00::2]/snponly.efi` (`tftp://10.0.0.2/x` for
+/// IPv4). The file name is one percent-encoded path segment.
+pub fn tftp_url(server: impl Into<IpAddr>, file: &str) -> String {
+    match server.into() {
+        IpAddr::V4(a) => format!("tftp://{a}/{}", encode_segment(file)),
+        IpAddr::V6(a) => format!("tftp://[{a}]/{}", encode_segment(file)),
     }
 }
 
@@ -563,6 +576,28 @@ mod tests {
         ] {
             assert!(MachineAction::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn tftp_urls_bracket_ipv6() {
+        let v6: Ipv6Addr = "fd77:1::2".parse().unwrap();
+        assert_eq!(
+            tftp_url(v6, "snponly.efi"),
+            "tftp://[fd77:1::2]/snponly.efi"
+        );
+        assert_eq!(
+            tftp_url(Ipv4Addr::new(10, 0, 0, 2), "a b.efi"),
+            "tftp://10.0.0.2/a%20b.efi"
+        );
+        let u = BootUrls::http(v6, 8080);
+        assert_eq!(
+            u.script(MAC_A, ClientArch::EfiX64),
+            "http://[fd77:1::2]:8080/_/ipxe?mac=52:54:00:12:34:56&arch=7"
+        );
+        assert_eq!(
+            u.binary("snponly.efi"),
+            "http://[fd77:1::2]:8080/_/bin/snponly.efi"
+        );
     }
 
     #[test]

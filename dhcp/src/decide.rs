@@ -184,6 +184,10 @@ pub enum Ignored {
     /// A UEFI HTTP Boot client for which no iPXE binary is configured.
     #[error("no iPXE binary configured for UEFI HTTP Boot client {0} (option 93 = {code})", code = .0.code())]
     NoHttpBinary(ClientArch),
+    /// The receiving interface has no IPv4 address to announce (an IPv6-only
+    /// segment): an offer would name 0.0.0.0 as the boot server.
+    #[error("no IPv4 address on interface {0} to announce; not answering over IPv4")]
+    NoLocalAddress(u32),
     /// iPXE without HTTP, right after we chainloaded it: answering again would loop.
     #[error(
         "iPXE without HTTP support came back after a chainload; not answering to avoid a boot loop"
@@ -194,7 +198,10 @@ pub enum Ignored {
 impl Ignored {
     /// True for traffic that is simply not ours (logged at debug level only).
     pub fn is_routine(&self) -> bool {
-        matches!(self, Ignored::NotPxe(_) | Ignored::WrongPort { .. })
+        matches!(
+            self,
+            Ignored::NotPxe(_) | Ignored::WrongPort { .. } | Ignored::NoLocalAddress(_)
+        )
     }
 }
 
@@ -265,6 +272,9 @@ pub fn classify(request: PxeRequest, meta: &RecvMeta) -> Result<Classified, Igno
         (ServerPort::Pxe, MessageType::Request | MessageType::Inform) => MessageType::Ack,
         (port, msg_type) => return Err(Ignored::WrongPort { msg_type, port }),
     };
+    if meta.local_ip.is_unspecified() {
+        return Err(Ignored::NoLocalAddress(meta.ifindex));
+    }
     if matches!(
         request.arch,
         ClientArch::Unknown(_) | ClientArch::EfiArm32 | ClientArch::HttpArm32
@@ -439,8 +449,8 @@ fn build_reply(
     opts.insert(DhcpOption::ClassIdentifier(
         req.class.as_str().as_bytes().to_vec(),
     ));
-    if let Some(guid) = &req.guid {
-        opts.insert(DhcpOption::ClientMachineIdentifier(guid.clone()));
+    if let Some(guid) = req.guid {
+        opts.insert(DhcpOption::ClientMachineIdentifier(guid.to_option()));
     }
     opts.insert(DhcpOption::BootfileName(file.to_vec()));
     if !req.ipxe.is_ipxe && req.class == VendorClass::PxeClient {

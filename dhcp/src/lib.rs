@@ -22,10 +22,15 @@
 //! - [`server_mode`]: the built-in DHCPv4 server (`[dhcp] mode = "server"`, off by
 //!   default): reservations, a pool, leases in the state database, and ProxyDHCP's
 //!   boot information in the offers of PXE clients.
+//! - [`v6`]: DHCPv6 for network boot, the IPv6 counterpart of all of the above.
 //!
 //! Firmware PXE clients are chainloaded into iPXE over TFTP; iPXE clients with HTTP
 //! get the boot script URL directly, which also breaks the chainload loop that stock
 //! iPXE binaries would otherwise fall into.
+
+/// The DHCP message types of this crate's API ([`decide()`] takes a
+/// `dhcproto::v4::Message`), for callers that build or read them.
+pub use dhcproto;
 
 pub mod decide;
 pub mod nobind;
@@ -33,11 +38,12 @@ pub mod request;
 pub mod server;
 pub mod server_mode;
 pub mod sock;
+pub mod v6;
 
 pub use decide::{
     answer, classify, decide, BootPath, ChainloadMemory, Classified, Destination, Ignored,
     IpxeBinaries, ProxyConfig, RecvMeta, Reply, ServerPort, LOOKUP_WAIT, MAX_LOOKUPS,
 };
-pub use request::{IpxeInfo, NotPxe, PxeRequest, VendorClass};
+pub use request::{ClientGuid, IpxeInfo, NotPxe, PxeRequest, VendorClass};
 pub use server::serve;
 pub use sock::DhcpSocket;

@@ -24,6 +24,37 @@ impl VendorClass {
     }
 }
 
+/// A client machine identifier (option 97, RFC 4578 section 2.3): type 0 followed by
+/// a 16-byte GUID. PXE clients send it and expect it back in the offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientGuid([u8; 16]);
+
+impl ClientGuid {
+    /// The option's length on the wire: the type octet and the GUID.
+    pub const OPTION_LEN: usize = 17;
+
+    /// Reads the option's data; `None` unless it is exactly type 0 and 16 bytes.
+    pub fn from_option(data: &[u8]) -> Option<ClientGuid> {
+        match data {
+            [0, guid @ ..] => guid.try_into().ok().map(ClientGuid),
+            _ => None,
+        }
+    }
+
+    /// The option's data, as echoed in a reply.
+    pub fn to_option(self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::OPTION_LEN);
+        v.push(0);
+        v.extend_from_slice(&self.0);
+        v
+    }
+
+    /// The 16 GUID bytes, in the order the client sent them.
+    pub fn octets(self) -> [u8; 16] {
+        self.0
+    }
+}
+
 /// What iPXE says about itself (options 77 and 175).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IpxeInfo {
@@ -49,8 +80,8 @@ pub struct PxeRequest {
     pub class: VendorClass,
     /// iPXE self-description.
     pub ipxe: IpxeInfo,
-    /// Option 97 (client machine identifier), echoed back unchanged.
-    pub guid: Option<Vec<u8>>,
+    /// Option 97 (client machine identifier), echoed back when it is well formed.
+    pub guid: Option<ClientGuid>,
     /// Relay agent address (0 when not relayed).
     pub giaddr: Ipv4Addr,
 }
@@ -132,8 +163,10 @@ impl PxeRequest {
             Some(DhcpOption::ClientSystemArchitecture(a)) => ClientArch::from_code(u16::from(*a)),
             _ => arch_from_class(class_bytes).unwrap_or(ClientArch::Bios),
         };
+        // Anything but type 0 with 16 bytes is not echoed: a reply must not carry
+        // whatever length a client chose to send.
         let guid = match msg.opts().get(OptionCode::ClientMachineIdentifier) {
-            Some(DhcpOption::ClientMachineIdentifier(g)) => Some(g.clone()),
+            Some(DhcpOption::ClientMachineIdentifier(g)) => ClientGuid::from_option(g),
             _ => None,
         };
         Ok(PxeRequest {
@@ -220,6 +253,24 @@ mod tests {
         assert!(v.is_empty());
         let v: Vec<_> = encapsulated(&[19]).collect();
         assert!(v.is_empty());
+    }
+
+    #[test]
+    fn only_a_type_0_guid_of_16_bytes_is_a_client_guid() {
+        let good = [[0u8].as_slice(), &[0xab; 16]].concat();
+        let g = ClientGuid::from_option(&good).unwrap();
+        assert_eq!(g.octets(), [0xab; 16]);
+        assert_eq!(g.to_option(), good);
+        for bad in [
+            &[][..],
+            &[0][..],
+            &good[..16],
+            &[good.as_slice(), &[0]].concat()[..],
+            &[[1u8].as_slice(), &[0xab; 16]].concat()[..],
+            &[0u8; 255][..],
+        ] {
+            assert_eq!(ClientGuid::from_option(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

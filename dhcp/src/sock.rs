@@ -1,19 +1,24 @@
 //! Socket details of the DHCP driver, kept in one place: SO_BINDTODEVICE,
 //! SO_BROADCAST, IP_PKTINFO on receive (which interface, which of our addresses) and
 //! on send (which interface a broadcast leaves from).
+//!
+//! A bound UDP socket is blocking and read by a thread of its own with recvmmsg(2)
+//! ([`DhcpSocket::recv_batch`]): one call waits for the first datagram and returns
+//! every one queued behind it, so a burst costs one system call per batch and a
+//! quiet server one per packet, with no readiness polling in between.
 
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 
+use std::time::Duration;
+
 use nix::sys::socket::{
-    recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockaddrIn,
+    recvmmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+    MultiHeaders, SockaddrIn,
 };
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 use crate::decide::{Destination, RecvMeta, ServerPort};
 use crate::nobind::PacketSocket;
@@ -27,8 +32,55 @@ pub struct DhcpSocket {
 }
 
 enum Inner {
-    Udp(UdpSocket),
+    /// Blocking, with a receive timeout of [`RECV_POLL`].
+    Udp(std::net::UdpSocket),
     Packet(Box<PacketSocket>),
+}
+
+/// How long a blocking receive waits before its thread looks whether the server
+/// is shutting down.
+pub(crate) const RECV_POLL: Duration = Duration::from_millis(250);
+
+/// Datagrams one [`DhcpSocket::recv_batch`] call can return.
+pub(crate) const BATCH: usize = 32;
+
+/// The receive buffer of each datagram: a DHCP message (576 to about 1,500 bytes in
+/// practice) with room to spare, and, on the no-bind path, the IPv4 and UDP headers
+/// it arrives with.
+pub(crate) const RECV_BUFFER: usize = 4096;
+
+/// Buffers and headers for [`DhcpSocket::recv_batch`], allocated once per socket.
+pub(crate) struct RecvBatch {
+    storage: Vec<u8>,
+    lens: [usize; BATCH],
+    metas: [RecvMeta; BATCH],
+    headers: MultiHeaders<SockaddrIn>,
+}
+
+impl RecvBatch {
+    pub(crate) fn new() -> Self {
+        let none = RecvMeta {
+            local_ip: Ipv4Addr::UNSPECIFIED,
+            ifindex: 0,
+            port: ServerPort::Dhcp,
+            src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        };
+        RecvBatch {
+            storage: vec![0; BATCH * RECV_BUFFER],
+            lens: [0; BATCH],
+            metas: [none; BATCH],
+            headers: MultiHeaders::preallocate(BATCH, Some(nix::cmsg_space!(libc::in_pktinfo))),
+        }
+    }
+
+    /// Datagram `i` of the last batch and how it was received.
+    pub(crate) fn get(&self, i: usize) -> (&[u8], RecvMeta) {
+        let start = i * RECV_BUFFER;
+        (
+            &self.storage[start..start + self.lens[i].min(RECV_BUFFER)],
+            self.metas[i],
+        )
+    }
 }
 
 impl DhcpSocket {
@@ -50,10 +102,10 @@ impl DhcpSocket {
         }
         setsockopt(&sock, sockopt::Ipv4PacketInfo, &true).map_err(io::Error::from)?;
         grow_receive_buffer(&sock);
-        sock.set_nonblocking(true)?;
+        sock.set_read_timeout(Some(RECV_POLL))?;
         sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
         Ok(DhcpSocket {
-            inner: Inner::Udp(UdpSocket::from_std(sock.into())?),
+            inner: Inner::Udp(sock.into()),
             port: role,
             listen_ip,
         })
@@ -80,57 +132,93 @@ impl DhcpSocket {
         self.port
     }
 
-    /// Receives one datagram with its metadata.
+    /// Whether this socket is read with [`DhcpSocket::recv_batch`] on a thread of its
+    /// own (a bound UDP socket) rather than with [`DhcpSocket::recv`].
+    pub(crate) fn is_blocking(&self) -> bool {
+        matches!(self.inner, Inner::Udp(_))
+    }
+
+    /// Receives one datagram with its metadata (the no-bind path).
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, RecvMeta)> {
-        let udp = match &self.inner {
-            Inner::Udp(u) => u,
-            Inner::Packet(p) => return p.recv(buf, self.port, self.listen_ip).await,
+        match &self.inner {
+            Inner::Packet(p) => p.recv(buf, self.port, self.listen_ip).await,
+            Inner::Udp(_) => Err(io::Error::other(
+                "a bound DHCP socket is read with recv_batch",
+            )),
+        }
+    }
+
+    /// Waits up to [`RECV_POLL`] for datagrams on a bound socket, then returns how many
+    /// are in `batch` (each with its metadata from IP_PKTINFO). A timeout is
+    /// `WouldBlock`.
+    pub(crate) fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        let Inner::Udp(udp) = &self.inner else {
+            return Err(io::Error::other("recv_batch is for bound sockets"));
         };
         let fd = udp.as_raw_fd();
-        let listen_ip = self.listen_ip;
-        let role = self.port;
-        udp.async_io(Interest::READABLE, || {
-            let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
-            let mut iov = [IoSliceMut::new(buf)];
-            let msg = recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())
-                .map_err(io::Error::from)?;
+        let mut chunks = batch.storage.chunks_exact_mut(RECV_BUFFER);
+        let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
+            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+        let results = recvmmsg(
+            fd,
+            &mut batch.headers,
+            iovs.iter_mut(),
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        let mut n = 0;
+        for msg in results {
             let src = msg
                 .address
                 .map(|a| SocketAddrV4::new(a.ip(), a.port()))
                 .unwrap_or_else(|| SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
             let mut ifindex = 0;
             let mut spec_dst = Ipv4Addr::UNSPECIFIED;
-            for c in msg.cmsgs().map_err(io::Error::from)? {
-                if let ControlMessageOwned::Ipv4PacketInfo(info) = c {
-                    ifindex = info.ipi_ifindex as u32;
-                    spec_dst = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::Ipv4PacketInfo(info) = c {
+                        ifindex = info.ipi_ifindex as u32;
+                        spec_dst = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
+                    }
                 }
             }
-            let local_ip = if listen_ip.is_unspecified() {
+            let local_ip = if self.listen_ip.is_unspecified() {
                 spec_dst
             } else {
-                listen_ip
+                self.listen_ip
             };
-            Ok((
-                msg.bytes,
-                RecvMeta {
-                    local_ip,
-                    ifindex,
-                    port: role,
-                    src,
-                },
-            ))
-        })
-        .await
+            batch.lens[n] = msg.bytes;
+            batch.metas[n] = RecvMeta {
+                local_ip,
+                ifindex,
+                port: self.port,
+                src,
+            };
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Sends a reply from `local_ip`; a broadcast leaves through `ifindex`.
     pub async fn send(&self, data: &[u8], dest: Destination, local_ip: Ipv4Addr) -> io::Result<()> {
-        let udp = match &self.inner {
-            Inner::Udp(u) => u,
-            Inner::Packet(p) => return p.send(data, dest, local_ip).await,
+        match &self.inner {
+            Inner::Packet(p) => p.send(data, dest, local_ip).await,
+            Inner::Udp(_) => self.send_now(data, dest, local_ip),
+        }
+    }
+
+    /// Sends a reply on a bound socket, from the calling thread: a UDP send only
+    /// waits when the socket's send buffer is full.
+    pub(crate) fn send_now(
+        &self,
+        data: &[u8],
+        dest: Destination,
+        local_ip: Ipv4Addr,
+    ) -> io::Result<()> {
+        let Inner::Udp(udp) = &self.inner else {
+            return Err(io::Error::other("send_now is for bound sockets"));
         };
-        let fd = udp.as_raw_fd();
         let (to, ifindex) = match dest {
             Destination::Broadcast { ifindex } => {
                 (SocketAddrV4::new(Ipv4Addr::BROADCAST, 68), ifindex)
@@ -145,14 +233,17 @@ impl DhcpSocket {
             ipi_addr: libc::in_addr { s_addr: 0 },
         };
         let addr = SockaddrIn::from(to);
-        udp.async_io(Interest::WRITABLE, || {
-            let iov = [IoSlice::new(data)];
-            let cmsgs = [ControlMessage::Ipv4PacketInfo(&info)];
-            sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&addr))
-                .map(|_| ())
-                .map_err(io::Error::from)
-        })
-        .await
+        let iov = [IoSlice::new(data)];
+        let cmsgs = [ControlMessage::Ipv4PacketInfo(&info)];
+        sendmsg(
+            udp.as_raw_fd(),
+            &iov,
+            &cmsgs,
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .map(|_| ())
+        .map_err(io::Error::from)
     }
 }
 

@@ -181,3 +181,110 @@ fn every_vector_survives_truncation_and_bit_flips() {
     }
     assert_eq!(n, 11, "vectors in {}", dir.display());
 }
+
+/// `bytes` with option `code` replaced by `value` (or removed when `None`); the
+/// options are walked as TLVs from the magic cookie.
+fn with_option(bytes: &[u8], code: u8, value: Option<&[u8]>) -> Vec<u8> {
+    let mut out = bytes[..240].to_vec();
+    let mut i = 240;
+    while i < bytes.len() {
+        match bytes[i] {
+            0 => {
+                out.push(0);
+                i += 1;
+            }
+            255 => break,
+            c => {
+                let len = usize::from(bytes[i + 1]);
+                if c != code {
+                    out.extend_from_slice(&bytes[i..i + 2 + len]);
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    if let Some(v) = value {
+        out.push(code);
+        out.push(u8::try_from(v.len()).unwrap());
+        out.extend_from_slice(v);
+    }
+    out.push(255);
+    out
+}
+
+/// Option 97 is echoed only as a well-formed GUID (type 0 and 16 bytes); any other
+/// is left out of the reply, which is still sent.
+#[test]
+fn only_a_well_formed_guid_is_echoed() {
+    let original = vector("ovmf-pxe-discover.bin");
+    let guid = [[0u8].as_slice(), &[0x5a; 16]].concat();
+    let long = [[0u8].as_slice(), &[0x41; 254]].concat();
+    let typed = [[1u8].as_slice(), &[0x5a; 16]].concat();
+    for (what, value, echoed) in [
+        ("a 17-byte GUID", Some(&guid[..]), true),
+        ("255 bytes", Some(&long[..]), false),
+        ("type 1", Some(&typed[..]), false),
+        ("16 bytes", Some(&guid[..16]), false),
+        (
+            "18 bytes",
+            Some(&[guid.as_slice(), &[7]].concat()[..]),
+            false,
+        ),
+        ("empty", Some(&[][..]), false),
+        ("absent", None, false),
+    ] {
+        let bytes = with_option(&original, 97, value);
+        let msg = PxeRequest::decode(&bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let booter = StaticBooter::new(BootSpec {
+            kernel: FileRef::parse("/srv/vmlinuz").unwrap(),
+            initrds: vec![],
+            cmdline: String::new(),
+            message: None,
+        });
+        let meta = RecvMeta {
+            local_ip: SERVER,
+            ifindex: 2,
+            port: ServerPort::Dhcp,
+            src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+        };
+        let r = decide(
+            &cfg(),
+            &booter,
+            &msg,
+            &meta,
+            Instant::now(),
+            &mut ChainloadMemory::default(),
+        )
+        .unwrap_or_else(|e| panic!("{what}: not answered: {e}"));
+        assert_eq!(r.path.target(), "ipxe.efi", "{what}");
+        // What the client receives: encode the reply as the driver does.
+        use dhcproto::Encodable;
+        let wire = PxeRequest::decode(&r.message.to_vec().unwrap()).unwrap();
+        let got = wire.opts().get(OptionCode::ClientMachineIdentifier);
+        if echoed {
+            assert_eq!(
+                got,
+                Some(&DhcpOption::ClientMachineIdentifier(guid.clone())),
+                "{what}"
+            );
+        } else {
+            assert_eq!(got, None, "{what} was echoed");
+        }
+    }
+}
+
+/// Found by the `dhcp_decide` fuzzer: an option 80 (rapid commit) with a length trips
+/// a debug assertion inside dhcproto's decoder. `PxeRequest::decode` contains it in
+/// debug builds (release builds have no such assertion), so the packet is refused or
+/// read, never a panic.
+#[test]
+fn a_rapid_commit_option_with_a_length_does_not_panic() {
+    let original = vector("seabios-ipxe-rom-discover.bin");
+    for len in [1u8, 2, 255] {
+        let value = vec![0x41; usize::from(len)];
+        let bytes = with_option(&original, 80, Some(&value));
+        if let Ok(m) = PxeRequest::decode(&bytes) {
+            let _ = PxeRequest::parse(&m);
+        }
+    }
+}

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use ironpxe_api::{ApiBooter, Source};
+use ironpxe_api::{ApiBooter, Limits, Source};
 use ironpxe_core::Booter;
 use tracing::info;
 
@@ -14,8 +14,25 @@ use crate::cli::ApiArgs;
 /// and the booter for [`crate::run::serve`].
 pub(crate) fn run(args: ApiArgs) -> Result<(crate::server_config::ServerConfig, Arc<dyn Booter>)> {
     let source = Source::parse(&args.url)?;
-    info!(api = %args.url, timeout = ?args.api_request_timeout, "asking the API what each machine boots");
-    let booter = Arc::new(ApiBooter::start(source, args.api_request_timeout)?);
+    let limits = Limits {
+        rate: args.api_rate,
+        mac_interval: args.api_mac_interval,
+        negative_ttl: args.api_negative_ttl,
+        ..Limits::default()
+    };
+    info!(
+        api = %args.url,
+        timeout = ?args.api_request_timeout,
+        rate = limits.rate,
+        mac_interval = ?limits.mac_interval,
+        negative_ttl = ?limits.negative_ttl,
+        "asking the API what each machine boots"
+    );
+    let booter = Arc::new(ApiBooter::start_with(
+        source,
+        args.api_request_timeout,
+        limits,
+    )?);
     Ok((
         crate::server_config::ServerConfig::from_args(&args.server),
         booter,

@@ -1,11 +1,13 @@
 //! Command-line interface. Flag names follow pixiecore so existing command lines
 //! keep working.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use ironpxe_core::config::StatefulFor;
 use ironpxe_core::ipxe_role::{IpxeRole, RoleMap};
+use ironpxe_core::net6::Ipv6Range;
 use ironpxe_core::parse_duration;
 
 #[derive(Parser, Debug)]
@@ -88,8 +90,13 @@ with kernel, initrd (list), cmdline (string, or the older object form), message,
 ipxe-script. Any non-200 answer, bad JSON or timeout means the machine is not answered.\n\n\
 URL may be file:///DIR: then DIR/v1/boot/<mac> is read directly (a static tree of JSON \
 files such as a Nix linkFarm; <mac> is lowercase aa:bb:cc:dd:ee:ff).\n\n\
-Answers are cached for 30 s, and the API is called off the DHCP path: a machine whose \
-answer is not cached yet is answered on its next DHCP retry."
+Answers are cached for 30 s (refreshed in the background after 15 s, and used while the \
+refresh runs), and the API is called off the DHCP path: a machine whose answer is not \
+cached yet is answered on its next DHCP retry. \"Don't boot\" answers are kept for \
+--api-negative-ttl.\n\n\
+Lookups are queued fairly: machines the API told to boot before go first, then new \
+machines that retransmitted, then first packets, within --api-rate and \
+--api-mac-interval, so a flood of invented MACs cannot lock real machines out."
     )]
     Api(ApiArgs),
 
@@ -216,6 +223,21 @@ pub(crate) struct ApiArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub api_request_timeout: std::time::Duration,
 
+    /// At most N API requests per second, all machines together (a burst of N is
+    /// allowed).
+    #[arg(long, value_name = "N", default_value_t = ironpxe_api::Limits::DEFAULT_RATE,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_rate: u32,
+
+    /// At most one API request per machine per DURATION, e.g. 5s.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub api_mac_interval: std::time::Duration,
+
+    /// How long a "don't boot" answer (any non-200) is kept before the API is asked
+    /// about that machine again, e.g. 30s.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub api_negative_ttl: std::time::Duration,
+
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -320,9 +342,43 @@ pub(crate) struct ServerArgs {
 
     /// Also serve the files under DIR over TFTP (GRUB, shim, pxelinux trees), next to
     /// the iPXE binaries, which keep their names. Read-only; paths cannot leave DIR,
-    /// not even through symlinks. Files are cached in memory and re-read when changed.
+    /// not even through symlinks. Small files are cached in memory and re-read when
+    /// changed; large ones are streamed from disk.
     #[arg(long, value_name = "DIR")]
     pub tftp_root: Option<PathBuf>,
+
+    /// Also boot over IPv6: answer DHCPv6 PXE and UEFI HTTP Boot clients on the data
+    /// NIC (boot information only, next to the site's DHCPv6 server and router
+    /// advertisements), and serve TFTP and HTTP on IPv6 [default: off].
+    #[arg(long)]
+    pub ipv6: bool,
+
+    /// IPv6 address to listen on and announce in IPv6 boot URLs (a global or
+    /// unique-local address; never link-local) [default: the data NIC's own].
+    #[arg(long, value_name = "ADDR6", requires = "ipv6")]
+    pub listen_addr6: Option<Ipv6Addr>,
+
+    /// Stateful DHCPv6: hand addresses from START-END (one /64) to iPXE, which
+    /// ignores an answer without one (needed on IPv6-only segments). Leases are kept
+    /// in --state-dir.
+    #[arg(long, value_name = "START-END", requires = "ipv6")]
+    pub ipv6_range: Option<Ipv6Range>,
+
+    /// Who gets an address from --ipv6-range: `ipxe` (firmware takes its address
+    /// from the site's server) or `all` boot clients (no other DHCPv6 server)
+    /// [default: ipxe].
+    #[arg(long, value_name = "WHO", requires = "ipv6_range")]
+    pub ipv6_stateful: Option<StatefulFor>,
+
+    /// A DHCPv6 preference in ADVERTISEs without an address (for measuring
+    /// clients only).
+    #[arg(long, value_name = "N", hide = true, requires = "ipv6")]
+    pub dhcp6_proxy_preference: Option<u8>,
+
+    /// TFTP transfers one client address may run at once; its further requests get
+    /// "server busy", so one host cannot take every transfer slot [default: 8].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub tftp_per_address: Option<u32>,
 
     /// UDP port for ProxyDHCP offers (change only for testing).
     #[arg(long, default_value_t = 67, hide = true)]
@@ -503,5 +559,35 @@ mod tests {
         };
         assert_eq!(a.url, "http://boot.cluster/api");
         assert_eq!(a.api_request_timeout, std::time::Duration::from_secs(90));
+        // The flags' defaults are the API client's.
+        let d = ironpxe_api::Limits::default();
+        assert_eq!(
+            (a.api_rate, a.api_mac_interval, a.api_negative_ttl),
+            (d.rate, d.mac_interval, d.negative_ttl)
+        );
+        let cli = Cli::try_parse_from([
+            "ironpxe",
+            "api",
+            "file:///srv/api",
+            "--api-rate",
+            "5",
+            "--api-mac-interval",
+            "10s",
+            "--api-negative-ttl",
+            "2m",
+        ])
+        .unwrap();
+        let Command::Api(a) = cli.command else {
+            panic!("not api")
+        };
+        assert_eq!(
+            (a.api_rate, a.api_mac_interval, a.api_negative_ttl),
+            (
+                5,
+                std::time::Duration::from_secs(10),
+                std::time::Duration::from_secs(120)
+            )
+        );
+        assert!(Cli::try_parse_from(["ironpxe", "api", "x", "--api-rate", "0"]).is_err());
     }
 }

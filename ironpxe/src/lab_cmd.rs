@@ -66,7 +66,11 @@ Firmware (--firmware, comma-separated; one guest per firmware and machine):
   bios       SeaBIOS with the iPXE NIC ROM
   uefi       OVMF: EDK2's PXE client chainloads ipxe.efi over TFTP
              (with --user-net: QEMU's iPXE NIC ROM)
-  uefi-http  OVMF UEFI HTTP Boot: snponly.efi over HTTP, no TFTP (not with --user-net)";
+  uefi-http  OVMF UEFI HTTP Boot: snponly.efi over HTTP, no TFTP (not with --user-net)
+  uefi6      OVMF PXE over IPv6: DHCPv6, the iPXE binary over TFTP on IPv6
+             (ironpxe runs with --ipv6; not with --user-net)
+  uefi-http6 OVMF UEFI HTTP Boot over IPv6: snponly.efi over HTTP on IPv6
+             (ironpxe runs with --ipv6; not with --user-net)";
 
 /// `ironpxe lab`.
 #[derive(Args, Debug)]
@@ -582,8 +586,14 @@ fn build_lab(run: &RunArgs, network: Network, setup: &Setup) -> Result<Lab> {
     };
     let out_dir = std::path::absolute(&out_dir).unwrap_or(out_dir);
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
+    let site_v6 = if run.firmware.iter().any(|f| f.needs_ipv6()) {
+        ironpxe_lab::SiteV6::Stateful
+    } else {
+        ironpxe_lab::SiteV6::RaOnly
+    };
     let mut builder = Lab::builder("ironpxe-lab")
         .network(network)
+        .site_ipv6(site_v6)
         .needs(needs)
         .out_dir(&out_dir)
         .ironpxe_bin(exe)
@@ -644,6 +654,9 @@ fn start_ironpxe(
     // Given as flags, these win over a configuration's [server] values, which
     // describe the real data network.
     args.extend(lab.ironpxe_server_args());
+    if run.firmware.iter().any(|f| f.needs_ipv6()) {
+        args.extend(lab.ironpxe_ipv6_args().into_iter().map(OsString::from));
+    }
     if debug {
         args.push("--debug".into());
     }

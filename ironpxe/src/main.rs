@@ -13,6 +13,7 @@ mod lab_cmd;
 mod machines_cmd;
 mod run;
 mod server_config;
+mod v6;
 
 use std::process::ExitCode;
 

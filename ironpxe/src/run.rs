@@ -162,6 +162,8 @@ pub(crate) fn serve(
         })?;
     }
 
+    crate::v6::check(args)?;
+
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -281,6 +283,7 @@ async fn serve_async(
         }
     };
     let dhcp_thread = DhcpThread::open(open_dhcp)?;
+    let v6 = crate::v6::bind(args, device)?;
     let tftp_addr = SocketAddrV4::new(listen, args.tftp_port);
     let tftp_socket = tokio::net::UdpSocket::bind(tftp_addr)
         .await
@@ -361,8 +364,10 @@ async fn serve_async(
     let mut servers = tokio::task::JoinSet::new();
     let tftp_cfg = ironpxe_tftp::TftpConfig {
         shutdown_drain: drain,
+        max_per_address: args.tftp_per_address,
         ..ironpxe_tftp::TftpConfig::default()
     };
+    let (files6, tftp_cfg6) = (files.clone(), tftp_cfg.clone());
     let stop = shutdown.clone().cancelled_owned();
     servers.spawn(async move {
         let r = ironpxe_tftp::serve(tftp_socket, files, tftp_cfg, stop).await;
@@ -403,6 +408,19 @@ async fn serve_async(
     if let Some(dir) = &state_dir {
         info!(file = %dir.file().display(), "boot status kept in the state directory");
         tokio::spawn(dir.clone().run(std::time::Duration::from_secs(2)));
+    }
+    if let Some(v6) = v6 {
+        let shared = crate::v6::Shared6 {
+            files: files6,
+            tftp_cfg: tftp_cfg6,
+            router: router.clone(),
+            booter: booter.clone(),
+            binaries: ipxe.binaries.clone(),
+            http_port: args.http_port,
+            lookup_wait: args.dhcp_lookup_wait,
+            drain,
+        };
+        v6.spawn(&mut servers, shared, &shutdown);
     }
     let stop = shutdown.clone().cancelled_owned();
     servers.spawn(async move {

@@ -7,11 +7,12 @@
 //! defaults below are applied only after the file had its say. So `-p 80` beats
 //! `http_port = 8080`, although 80 is the default.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ironpxe_core::config::{IpxePaths, ServerSettings};
+use ironpxe_core::config::{Ipv6Settings, IpxePaths, ServerSettings, StatefulFor};
+use ironpxe_core::net6::Ipv6Range;
 use ironpxe_core::IpxeRole;
 
 use crate::cli::ServerArgs;
@@ -58,10 +59,55 @@ pub(crate) struct ServerConfig {
     pub pxe_port: u16,
     /// UDP port of TFTP.
     pub tftp_port: u16,
+    /// TFTP transfers one client address may run at once.
+    pub tftp_per_address: usize,
     /// After SIGTERM or SIGINT, how long transfers in flight may take to finish.
     pub shutdown_timeout: Duration,
     /// How long a DHCP packet may wait for a slow boot source.
     pub dhcp_lookup_wait: Duration,
+    /// DHCPv6, TFTP and HTTP on IPv6, when on.
+    pub ipv6: Option<Ipv6Config>,
+}
+
+/// The IPv6 side of the servers (`--ipv6`, `[server] ipv6 = true`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ipv6Config {
+    /// The address to listen on and announce; `::` for the data NIC's own.
+    pub listen: Ipv6Addr,
+    /// Where `listen` was set, for messages.
+    pub listen_origin: String,
+    /// The stateful mode's range.
+    pub range: Option<Ipv6Range>,
+    /// Who gets an address from it.
+    pub stateful: StatefulFor,
+    /// `--dhcp6-proxy-preference` (hidden, for measurements).
+    pub proxy_preference: Option<u8>,
+}
+
+impl Ipv6Config {
+    /// `--ipv6` wins; `[server] ipv6` fills in; off by default. The other keys the
+    /// same way, each on its own.
+    fn merge(args: &ServerArgs, path: &Path, file: &Ipv6Settings) -> Option<Ipv6Config> {
+        if !args.ipv6 && file.enabled != Some(true) {
+            return None;
+        }
+        Some(Ipv6Config {
+            listen: args
+                .listen_addr6
+                .or(file.listen_addr6)
+                .unwrap_or(Ipv6Addr::UNSPECIFIED),
+            listen_origin: match (&args.listen_addr6, &file.listen_addr6) {
+                (None, Some(_)) => format!("{}: server.listen_addr6", path.display()),
+                _ => "--listen-addr6".to_string(),
+            },
+            range: args.ipv6_range.or(file.range),
+            stateful: args
+                .ipv6_stateful
+                .or(file.stateful)
+                .unwrap_or(StatefulFor::Ipxe),
+            proxy_preference: args.dhcp6_proxy_preference,
+        })
+    }
 }
 
 impl ServerConfig {
@@ -119,11 +165,17 @@ impl ServerConfig {
             dhcp_port: args.dhcp_port,
             pxe_port: args.pxe_port,
             tftp_port: args.tftp_port,
+            tftp_per_address: args
+                .tftp_per_address
+                .map(|n| n as usize)
+                .or(file.tftp_per_address)
+                .unwrap_or(ironpxe_tftp::DEFAULT_MAX_PER_ADDRESS),
             shutdown_timeout: args
                 .shutdown_timeout
                 .or(file.shutdown_timeout)
                 .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
             dhcp_lookup_wait: args.dhcp_lookup_wait,
+            ipv6: Ipv6Config::merge(args, path, &file.ipv6),
         }
     }
 }
@@ -152,6 +204,8 @@ mod tests {
             http_port: Some(8080),
             status_port: Some(8081),
             shutdown_timeout: Some(Duration::from_secs(5)),
+            ipv6: Ipv6Settings::default(),
+            tftp_per_address: Some(3),
         }
     }
 
@@ -170,6 +224,7 @@ mod tests {
         assert_eq!(m.http_port, 9090);
         assert_eq!(m.status_port, Some(8081));
         assert_eq!(m.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(m.tftp_per_address, 3);
         assert_eq!(m.ipxe.paths.get(IpxeRole::Bios), Some(&PathBuf::from("/b")));
         assert_eq!(m.ipxe.paths.get(IpxeRole::Efi64), None);
     }
@@ -185,10 +240,13 @@ mod tests {
             "30s",
             "--ipxe-bios",
             "/flag.kpxe",
+            "--tftp-per-address",
+            "8",
         ]);
         let i = IpxePaths::default().with(IpxeRole::Bios, "/file.kpxe");
         let m = ServerConfig::merge(&args, Path::new("f.toml"), &file(), &i);
         assert_eq!(m.http_port, 80);
+        assert_eq!(m.tftp_per_address, 8);
         assert_eq!(m.listen_addr, Ipv4Addr::UNSPECIFIED);
         assert_eq!(m.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(
@@ -214,7 +272,56 @@ mod tests {
         assert_eq!(m.status_port, None);
         assert_eq!(m.interface, None);
         assert_eq!(m.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+        assert_eq!(m.tftp_per_address, ironpxe_tftp::DEFAULT_MAX_PER_ADDRESS);
         assert_eq!((m.dhcp_port, m.pxe_port, m.tftp_port), (67, 4011, 69));
+    }
+
+    #[test]
+    fn ipv6_is_off_unless_a_flag_or_the_file_says_on() {
+        let none = ServerConfig::from_args(&serve_args(&[]));
+        assert_eq!(none.ipv6, None);
+        let on = ServerConfig::from_args(&serve_args(&["--ipv6"]))
+            .ipv6
+            .unwrap();
+        assert_eq!(on.listen, Ipv6Addr::UNSPECIFIED);
+        assert_eq!((on.range, on.stateful), (None, StatefulFor::Ipxe));
+        let file = ServerSettings {
+            ipv6: Ipv6Settings {
+                enabled: Some(true),
+                listen_addr6: Some("fd00::2".parse().unwrap()),
+                range: Some("fd00::1000-fd00::10ff".parse().unwrap()),
+                stateful: Some(StatefulFor::All),
+            },
+            ..ServerSettings::default()
+        };
+        let i = IpxePaths::default();
+        let m = ServerConfig::merge(&serve_args(&[]), Path::new("f.toml"), &file, &i);
+        let v6 = m.ipv6.unwrap();
+        assert_eq!(v6.listen, "fd00::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.listen_origin, "f.toml: server.listen_addr6");
+        assert_eq!(v6.stateful, StatefulFor::All);
+        let m = ServerConfig::merge(
+            &serve_args(&[
+                "--ipv6",
+                "--listen-addr6",
+                "fd00::3",
+                "--ipv6-range",
+                "fd00::2000-fd00::20ff",
+                "--ipv6-stateful",
+                "ipxe",
+            ]),
+            Path::new("f.toml"),
+            &file,
+            &i,
+        );
+        let v6 = m.ipv6.unwrap();
+        assert_eq!(v6.listen, "fd00::3".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.range.unwrap().to_string(), "fd00::2000-fd00::20ff");
+        assert_eq!(v6.stateful, StatefulFor::Ipxe);
+        // The IPv6 flags mean nothing without --ipv6 (or the file's ipv6 = true).
+        let cli =
+            crate::cli::Cli::try_parse_from(["ironpxe", "boot", "/k", "--listen-addr6", "fd00::3"]);
+        assert!(cli.is_err());
     }
 
     #[test]

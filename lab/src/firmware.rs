@@ -2,7 +2,7 @@
 //! the network boot client it starts with, i.e. the path a boot takes to ironpxe.
 //!
 //! Each variant is one boot path that works end to end in the lab today. A new path
-//! (arm64 guests, Secure Boot with shim, IPv6) becomes a new variant once it boots:
+//! (arm64 guests, Secure Boot with shim) becomes a new variant once it boots:
 //! its name in [`GuestFirmware::ALL`], its [`GuestConfig`], its needs, and whether
 //! QEMU user networking can carry it.
 
@@ -27,14 +27,23 @@ pub enum GuestFirmware {
     /// OVMF's UEFI HTTP Boot client: ProxyDHCP with `HTTPClient`, snponly.efi over
     /// HTTP, no TFTP. Namespaces only.
     UefiHttp,
+    /// OVMF's PXE client over IPv6 (PXEv4 off): ironpxe's DHCPv6 ADVERTISE and
+    /// port 4011 REPLY, the iPXE binary over TFTP on IPv6; that iPXE then gets its
+    /// script over IPv4 (the lab is dual-stack). Namespaces only.
+    Uefi6,
+    /// OVMF's UEFI HTTP Boot over IPv6 (its only boot option): ironpxe's DHCPv6
+    /// ADVERTISE with `HTTPClient`, snponly.efi over HTTP on IPv6. Namespaces only.
+    UefiHttp6,
 }
 
 impl GuestFirmware {
     /// Every variant, in the order `--help` lists them.
-    pub const ALL: [GuestFirmware; 3] = [
+    pub const ALL: [GuestFirmware; 5] = [
         GuestFirmware::Bios,
         GuestFirmware::Uefi,
         GuestFirmware::UefiHttp,
+        GuestFirmware::Uefi6,
+        GuestFirmware::UefiHttp6,
     ];
 
     /// The name on the command line.
@@ -43,6 +52,8 @@ impl GuestFirmware {
             GuestFirmware::Bios => "bios",
             GuestFirmware::Uefi => "uefi",
             GuestFirmware::UefiHttp => "uefi-http",
+            GuestFirmware::Uefi6 => "uefi6",
+            GuestFirmware::UefiHttp6 => "uefi-http6",
         }
     }
 
@@ -57,6 +68,14 @@ impl GuestFirmware {
             GuestFirmware::UefiHttp => {
                 "OVMF UEFI HTTP Boot: snponly.efi over HTTP, no TFTP (not with --user-net)"
             }
+            GuestFirmware::Uefi6 => {
+                "OVMF PXE over IPv6: DHCPv6, the iPXE binary over TFTP on IPv6 \
+                 (not with --user-net)"
+            }
+            GuestFirmware::UefiHttp6 => {
+                "OVMF UEFI HTTP Boot over IPv6: snponly.efi over HTTP on IPv6 \
+                 (not with --user-net)"
+            }
         }
     }
 
@@ -64,7 +83,10 @@ impl GuestFirmware {
     pub fn firmware(self) -> Firmware {
         match self {
             GuestFirmware::Bios => Firmware::Bios,
-            GuestFirmware::Uefi | GuestFirmware::UefiHttp => Firmware::Uefi,
+            GuestFirmware::Uefi
+            | GuestFirmware::UefiHttp
+            | GuestFirmware::Uefi6
+            | GuestFirmware::UefiHttp6 => Firmware::Uefi,
         }
     }
 
@@ -74,6 +96,10 @@ impl GuestFirmware {
             (GuestFirmware::UefiHttp, Network::User) => Some(
                 "UEFI HTTP Boot needs a DHCP offer with option 60 HTTPClient and a URL, \
                  which only ProxyDHCP sends; QEMU's user networking cannot",
+            ),
+            (GuestFirmware::Uefi6 | GuestFirmware::UefiHttp6, Network::User) => Some(
+                "IPv6 boots need ironpxe's DHCPv6 on the guest's segment; QEMU's user \
+                 networking has no DHCPv6 server ironpxe can stand beside",
             ),
             _ => None,
         }
@@ -86,7 +112,15 @@ impl GuestFirmware {
             (GuestFirmware::Uefi, Network::Namespaces) => GuestConfig::uefi_native_pxe(),
             (GuestFirmware::Uefi, Network::User) => GuestConfig::uefi(),
             (GuestFirmware::UefiHttp, _) => GuestConfig::uefi_http_boot(),
+            (GuestFirmware::Uefi6, _) => GuestConfig::uefi_pxe6(),
+            (GuestFirmware::UefiHttp6, _) => GuestConfig::uefi_http6(),
         }
+    }
+
+    /// Whether this boot path needs IPv6 in the lab: the site's stateful DHCPv6 and
+    /// router advertisements, and ironpxe with `--ipv6`.
+    pub fn needs_ipv6(self) -> bool {
+        matches!(self, GuestFirmware::Uefi6 | GuestFirmware::UefiHttp6)
     }
 
     /// Adds what this boot path needs on the machine to `needs`.
@@ -145,7 +179,7 @@ mod tests {
         let e = "arm64".parse::<GuestFirmware>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown firmware \"arm64\": expected one of bios, uefi, uefi-http"
+            "unknown firmware \"arm64\": expected one of bios, uefi, uefi-http, uefi6, uefi-http6"
         );
     }
 
@@ -164,5 +198,10 @@ mod tests {
         assert!(GuestFirmware::ALL
             .iter()
             .all(|f| f.unsupported_on(Network::Namespaces).is_none()));
+        for f in [GuestFirmware::Uefi6, GuestFirmware::UefiHttp6] {
+            assert!(f.needs_ipv6() && f.unsupported_on(Network::User).is_some());
+            assert!(!f.guest_config(Network::Namespaces).ipxe_rom);
+        }
+        assert!(!GuestFirmware::Uefi.needs_ipv6());
     }
 }

@@ -271,7 +271,12 @@ pub(crate) fn qemu_command(
     cmd.arg("-netdev");
     match tap {
         Some(tap) => {
-            cmd.arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
+            // With a virtio-net header on the tap, filter-dump writes that header in
+            // front of every frame; a capture must hold plain Ethernet frames.
+            let vnet = if config.pcap { ",vnet_hdr=off" } else { "" };
+            cmd.arg(format!(
+                "tap,id=n0,ifname={tap},script=no,downscript=no{vnet}"
+            ));
             // The iPXE ROMs carry the PCI id of a modern (virtio 1.0) device. QEMU
             // patches the id only into its default ROM, so with an explicit romfile=
             // the device must be modern-only or the firmware skips the ROM.

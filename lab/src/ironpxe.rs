@@ -109,7 +109,9 @@ impl Lab {
                 push("--tftp-port", p.tftp.to_string());
             }
             None => {
-                push("-l", self.pxe_addr().to_string());
+                if self.has_ipv4() {
+                    push("-l", self.pxe_addr().to_string());
+                }
                 push("-p", DEFAULT_HTTP_PORT.to_string());
                 push("--status-port", DEFAULT_STATUS_PORT.to_string());
                 push("--interface", self.pxe_ifname());

@@ -89,6 +89,8 @@ pub struct LabBuilder {
     site_addresses: bool,
     router_advertisements: bool,
     relayed_segment: bool,
+    site_v6: crate::v6::SiteV6,
+    ipv4: bool,
     out_dir: Option<PathBuf>,
     needs: Option<Needs>,
     accel: Option<Accel>,
@@ -128,6 +130,21 @@ impl LabBuilder {
     /// `10.78.N.1`) through a relay (default off); see [`Lab::add_relay`].
     pub fn relayed_segment(mut self, on: bool) -> Self {
         self.relayed_segment = on;
+        self
+    }
+
+    /// What the site server does on IPv6 (default [`SiteV6::RaOnly`]).
+    ///
+    /// [`SiteV6::RaOnly`]: crate::v6::SiteV6::RaOnly
+    pub fn site_ipv6(mut self, v6: crate::v6::SiteV6) -> Self {
+        self.site_v6 = v6;
+        self
+    }
+
+    /// Whether the main segment has IPv4 at all (default on). Off, it is IPv6-only:
+    /// no IPv4 addresses on the site server or ironpxe, no DHCPv4 range.
+    pub fn ipv4(mut self, on: bool) -> Self {
+        self.ipv4 = on;
         self
     }
 
@@ -222,6 +239,7 @@ impl LabBuilder {
             network: self.network,
             t0: Instant::now(),
             subnet,
+            ipv4: self.ipv4,
             mac_seed: [(rnd >> 8) as u8, (rnd >> 16) as u8],
             out_dir,
             tmp_dir: tmp.path().to_path_buf(),
@@ -252,11 +270,12 @@ impl LabBuilder {
         if namespaces {
             netns::register_owner(&id)?;
             lab.create_network()?;
-            if self.site_dhcp && (self.site_addresses || self.router_advertisements) {
+            if self.site_dhcp {
                 lab.start_site_dhcp(
                     self.site_addresses,
                     self.router_advertisements,
                     self.relayed_segment,
+                    self.site_v6,
                 )?;
             }
         }
@@ -271,6 +290,7 @@ pub(crate) struct LabInner {
     network: Network,
     t0: Instant,
     subnet: u8,
+    ipv4: bool,
     mac_seed: [u8; 2],
     out_dir: PathBuf,
     tmp_dir: PathBuf,
@@ -368,6 +388,8 @@ impl Lab {
             site_addresses: true,
             router_advertisements: true,
             relayed_segment: false,
+            site_v6: crate::v6::SiteV6::RaOnly,
+            ipv4: true,
             out_dir: None,
             needs: None,
             accel: None,
@@ -460,6 +482,11 @@ impl Lab {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Whether the main segment has IPv4 (see [`LabBuilder::ipv4`]).
+    pub fn has_ipv4(&self) -> bool {
+        self.inner.ipv4
     }
 
     /// The lab's subnet number N (addresses are `10.77.N.x`).
@@ -572,15 +599,17 @@ impl Lab {
             self.sysctl_in(ns, "net.ipv6.conf.default.accept_dad", "0")?;
             self.sysctl_in(ns, "net.ipv6.conf.all.accept_dad", "0")?;
             self.attach_veth(&port, ns, &ifname)?;
-            self.ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("10.77.{n}.{host}/24"),
-                "dev",
-                &ifname,
-            ])?;
+            if self.inner.ipv4 {
+                self.ip(&[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("10.77.{n}.{host}/24"),
+                    "dev",
+                    &ifname,
+                ])?;
+            }
             self.ip(&[
                 "-n",
                 ns,

@@ -32,6 +32,8 @@
 //!   line the kernel received.
 //! - [`Lab::timeline`] merges power-on, serial lines, ironpxe events and site DHCP
 //!   lines into a [`Timeline`] in seconds since power-on.
+//! - [`v6`]: the site server's IPv6 modes ([`SiteV6`]), IPv6-only labs, OVMF guests
+//!   steered to PXEv6 or HTTPv6, and IPv6 out of captures.
 //! - [`run`] boots a list of guests, several at a time, to a pass or fail verdict
 //!   from their serial console, and reports the run as JSON and JUnit XML;
 //!   [`GuestFirmware`] names the boot paths it offers.
@@ -76,6 +78,7 @@ pub mod run;
 pub mod segments;
 pub mod site;
 pub mod timeline;
+pub mod v6;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -97,6 +100,10 @@ pub use preflight::{preflight, Needs, Report};
 pub use proc::{LogLine, Stream};
 pub use segments::{save_dhcp_requests, Capture, CapturedUdp, LabProc, Segment};
 pub use timeline::{Entry, Source, Timeline};
+pub use v6::{
+    frames_in_pcap, save_dhcp6_requests, udp6_in_frames, udp6_in_pcap_file, CapturedUdp6, Frame,
+    SiteV6,
+};
 
 impl Lab {
     /// Builds the lab initrd in the lab's temporary directory.

@@ -13,14 +13,20 @@ use crate::netns::exec_in;
 use crate::proc::{LineMode, Stop};
 
 impl Lab {
-    pub(crate) fn start_site_dhcp(&self, addresses: bool, ra: bool, relayed: bool) -> Result<()> {
+    pub(crate) fn start_site_dhcp(
+        &self,
+        addresses: bool,
+        ra: bool,
+        relayed: bool,
+        v6: crate::v6::SiteV6,
+    ) -> Result<()> {
         let (lo, hi) = self.dhcp_range();
         let leases = self.tmp_dir().join("site-dnsmasq.leases");
         let mut cmd = dnsmasq_cmd(&self.site_ns(), &self.site_ifname());
-        cmd.arg(format!("--dhcp-leasefile={}", leases.display()));
-        if addresses {
+        if addresses && self.has_ipv4() {
             cmd.arg(format!("--dhcp-range={lo},{hi},255.255.255.0,1h"));
         }
+        cmd.arg(format!("--dhcp-leasefile={}", leases.display()));
         if relayed {
             let far = crate::segments::segment_prefix(1, self.subnet());
             cmd.arg(format!(
@@ -28,9 +34,26 @@ impl Lab {
             ))
             .arg(format!("--dhcp-option=tag:seg1,option:router,{far}.1"));
         }
-        if ra {
-            cmd.arg("--enable-ra")
-                .arg(format!("--dhcp-range={},ra-only", self.prefix6()));
+        match v6 {
+            crate::v6::SiteV6::RaOnly => {
+                if ra {
+                    cmd.arg("--enable-ra")
+                        .arg(format!("--dhcp-range={},ra-only", self.prefix6()));
+                }
+            }
+            crate::v6::SiteV6::Stateful | crate::v6::SiteV6::StatefulNotIpxe => {
+                // A stateful range: dnsmasq's RAs carry the M and O flags, and it
+                // hands out addresses over DHCPv6 (never boot options).
+                let (lo6, hi6) = self.dhcp6_range();
+                cmd.arg("--enable-ra")
+                    .arg(format!("--dhcp-range={lo6},{hi6},64,1h"));
+                if v6 == crate::v6::SiteV6::StatefulNotIpxe {
+                    // Leaves iPXE's DHCPv6 to ironpxe's stateful mode. (On IPv4 this
+                    // tag would match iPXE's option 77 too: IPv6-only labs only.)
+                    cmd.arg("--dhcp-userclass=set:ipxe,iPXE")
+                        .arg("--dhcp-ignore=tag:ipxe");
+                }
+            }
         }
         let log = self.out_dir().join("site-dnsmasq.log");
         let proc = self.spawn_proc("site-dnsmasq", cmd, &log, LineMode::Plain, None)?;
@@ -42,6 +65,7 @@ impl Lab {
                     .iter()
                     .any(|l| {
                         l.text.contains("DHCP, IP range")
+                            || l.text.contains("DHCPv6, IP range")
                             || l.text.contains("sockets bound")
                             || l.text.contains("router advertisement on")
                     })

@@ -48,6 +48,7 @@ let
     dhcpNoBind = false; extraArguments = [ ]; settings = { }; configFile = "/etc/ironpxe.toml";
     dhcp = { mode = "proxy"; subnet = null; pool = null; leaseTime = null; router = null; dns = [ ]; };
     forceDhcpServer = false; adminTokenFile = null;
+    ipv6 = false; listenAddress6 = null; ipv6Range = null; ipv6Stateful = "ipxe";
   };
   serviceOf = extra:
     let
@@ -71,6 +72,7 @@ in
       forceDhcpServer = true;
       adminTokenFile = "/run/secrets/admin";
     };
+    ipv6 = serviceOf { ipv6 = true; ipv6Range = "fd00::1000-fd00::10ff"; };
   };
   # An option, or a group of options (services.ironpxe.dhcp).
   options =

@@ -109,6 +109,9 @@ pub struct Machine {
     pub arch: Option<String>,
     /// The IP address the machine last used to reach us.
     pub ip: Option<String>,
+    /// Its address family, `ipv4` or `ipv6`.
+    #[serde(default)]
+    pub family: Option<String>,
     /// The current phase; `None` before any state-changing event.
     pub state: Option<Phase>,
     /// When the current phase began, Unix ms.
@@ -148,6 +151,7 @@ impl Machine {
             name: None,
             arch: None,
             ip: None,
+            family: None,
             state: None,
             since_ms: t_ms,
             boot_started_ms: None,
@@ -201,7 +205,20 @@ impl Machine {
                     self.start_boot(t, &mut out);
                 }
                 if rec.text("path").as_deref() == Some("tftp") {
-                    self.tftp_offer = rec.text("boot").map(|b| (t, b));
+                    // Over IPv6 the boot file is a URL (`tftp://[addr]/name`); TFTP
+                    // requests name only the file.
+                    self.tftp_offer = rec.text("boot").map(|b| {
+                        let name = b
+                            .strip_prefix("tftp://")
+                            .and_then(|r| r.split_once('/'))
+                            .map(|(_, f)| f.to_string());
+                        (t, name.unwrap_or(b))
+                    });
+                }
+                // The family of the server address the answer announced is the one
+                // the boot goes on with.
+                if let Some(ip) = rec.text("server").and_then(|s| s.parse().ok()) {
+                    self.family = Some(ironpxe_core::net6::AddrFamily::of(ip).as_str().into());
                 }
                 self.enter(Phase::Offered, t, 10, &mut out);
             }
@@ -271,6 +288,7 @@ impl Machine {
     fn set_ip(&mut self, rec: &Record) {
         if let Some(ip) = rec.text("peer").as_deref().and_then(crate::store::peer_ip) {
             self.ip = Some(ip.to_string());
+            self.family = Some(ironpxe_core::net6::AddrFamily::of(ip).as_str().to_string());
         }
     }
 

@@ -44,6 +44,12 @@ struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabels {
+    family: String,
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
 }
@@ -78,6 +84,7 @@ pub(crate) struct Metrics {
     phase_seconds: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     machines: Family<StateLabels, Gauge>,
     stuck: Gauge,
+    by_family: Family<FamilyLabels, Counter>,
 }
 
 impl Metrics {
@@ -103,6 +110,7 @@ impl Metrics {
             phase_seconds: Family::new_with_constructor(phase_histogram),
             machines: Family::default(),
             stuck: Gauge::default(),
+            by_family: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -175,6 +183,11 @@ impl Metrics {
             "Machines in an unfinished phase for longer than the stuck threshold",
             m.stuck.clone(),
         );
+        registry.register(
+            "ironpxe_answers_by_family",
+            "DHCP answers, completed TFTP transfers and HTTP answers (scripts, files, iPXE binaries), by the client's address family (ipv4, ipv6) and protocol (dhcp, tftp, http)",
+            m.by_family.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -195,6 +208,21 @@ impl Metrics {
             return;
         }
         let r = &ing.record;
+        let protocol = match r.event.as_str() {
+            "dhcp.offer" | "dhcp.ack" => Some("dhcp"),
+            "tftp.done" => Some("tftp"),
+            "http.script" | "http.file.done" | "http.bin" => Some("http"),
+            _ => None,
+        };
+        let family = r.text("peer").as_deref().and_then(crate::store::peer_ip);
+        if let (Some(protocol), Some(ip)) = (protocol, family) {
+            self.by_family
+                .get_or_create(&FamilyLabels {
+                    family: ironpxe_core::net6::AddrFamily::of(ip).as_str().into(),
+                    protocol: protocol.into(),
+                })
+                .inc();
+        }
         let text = |k: &str| r.text(k).unwrap_or_else(|| "unknown".into());
         let kind = || r.text("kind").unwrap_or_else(|| "other".into());
         match r.event.as_str() {

@@ -150,6 +150,7 @@ pub(crate) fn machine_json(
         "name": m.name,
         "arch": m.arch,
         "ip": m.ip,
+        "family": m.family,
         "state": m.state.map(|p| p.as_str()).unwrap_or("unknown"),
         "stuck": m.is_stuck(now_ms, stuck_after_ms),
         "progress": m.progress,

@@ -254,6 +254,32 @@ fn service_runs_unprivileged_with_only_the_capabilities_it_needs() {
 }
 
 #[test]
+fn module_turns_on_ipv6_with_its_port_and_lease_directory() {
+    let v = eval();
+    let opts = v["options"].as_object().unwrap();
+    for name in ["ipv6", "listenAddress6", "ipv6Range", "ipv6Stateful"] {
+        assert!(
+            opts.contains_key(name),
+            "services.ironpxe.{name} is not declared"
+        );
+    }
+    let plain = v["service"]["plain"]["serviceConfig"]["ExecStart"]
+        .as_str()
+        .unwrap();
+    assert!(!plain.contains("--ipv6"), "IPv6 is off by default: {plain}");
+    let on = &v["service"]["ipv6"];
+    let exec = on["serviceConfig"]["ExecStart"].as_str().unwrap();
+    assert!(
+        exec.contains("--ipv6 --ipv6-range fd00::1000-fd00::10ff --ipv6-stateful ipxe --state-dir /var/lib/ironpxe"),
+        "{exec}"
+    );
+    assert_eq!(
+        on["firewall"]["allowedUDPPorts"],
+        serde_json::json!([67, 69, 4011, 547])
+    );
+}
+
+#[test]
 fn seed_cluster_renders_twenty_machines() {
     let v = eval();
     let machines = v["cluster"]["machines"].as_array().unwrap();

@@ -15,7 +15,9 @@ fn qemu_bios_guest_boots_through_ironpxe_with_exact_cmdline() {
     let lab = Lab::new("qemu_bios_boot").expect("build lab");
     let kernel = ironpxe_lab::kernel().expect("test kernel");
     let initrd = lab.initrd().expect("initrd");
-    let args = lab.ironpxe_boot_args(&kernel, &[&initrd], CMDLINE);
+    let mut args = lab.ironpxe_boot_args(&kernel, &[&initrd], CMDLINE);
+    // The IPv4 boot with the IPv6 side (DHCPv6, TFTP and HTTP on IPv6) running too.
+    args.extend(lab.ironpxe_ipv6_args().into_iter().map(Into::into));
     let _ironpxe = lab.start_ironpxe(&args).expect("start ironpxe");
 
     let outcome = boot_once(&lab, GuestConfig::bios(), DEFAULT_MARKER_TIMEOUT).expect("guest");

@@ -1,5 +1,6 @@
 //! Where served files come from, and which request paths are acceptable.
 
+use crate::content::Content;
 use crate::packet::ErrorCode;
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -86,13 +87,16 @@ pub fn normalize_path(raw: &str) -> Result<&str, PathError> {
 /// only if that has no answer does it call [`FileSource::open`], which may block on
 /// disk, on tokio's blocking thread pool.
 pub trait FileSource: Send + Sync + 'static {
-    /// Returns the whole file named `path`, as the client sent it (implementations
-    /// should pass it through [`normalize_path`]). May block.
-    fn open(&self, path: &str) -> Result<Bytes, OpenError>;
+    /// Opens the file named `path`, as the client sent it (implementations should
+    /// pass it through [`normalize_path`]). May block.
+    ///
+    /// Large files should come back as [`Content::File`], which transfers read a
+    /// chunk at a time, never as one allocation of the file's size.
+    fn open(&self, path: &str) -> Result<Content, OpenError>;
 
     /// Answers without blocking when the source can (files already in memory), or
     /// returns `None` to have [`FileSource::open`] called off the runtime.
-    fn open_nonblocking(&self, path: &str) -> Option<Result<Bytes, OpenError>> {
+    fn open_nonblocking(&self, path: &str) -> Option<Result<Content, OpenError>> {
         let _ = path;
         None
     }
@@ -122,7 +126,7 @@ impl Overlay {
 }
 
 impl FileSource for Overlay {
-    fn open(&self, path: &str) -> Result<Bytes, OpenError> {
+    fn open(&self, path: &str) -> Result<Content, OpenError> {
         for s in &self.sources {
             match s.open(path) {
                 Err(OpenError::NotFound) => continue,
@@ -132,7 +136,7 @@ impl FileSource for Overlay {
         Err(OpenError::NotFound)
     }
 
-    fn open_nonblocking(&self, path: &str) -> Option<Result<Bytes, OpenError>> {
+    fn open_nonblocking(&self, path: &str) -> Option<Result<Content, OpenError>> {
         for s in &self.sources {
             match s.open_nonblocking(path)? {
                 Err(OpenError::NotFound) => continue,
@@ -196,12 +200,16 @@ impl MemoryFiles {
 }
 
 impl FileSource for MemoryFiles {
-    fn open(&self, path: &str) -> Result<Bytes, OpenError> {
+    fn open(&self, path: &str) -> Result<Content, OpenError> {
         let name = normalize_path(path)?;
-        self.files.get(name).cloned().ok_or(OpenError::NotFound)
+        self.files
+            .get(name)
+            .cloned()
+            .map(Content::Memory)
+            .ok_or(OpenError::NotFound)
     }
 
-    fn open_nonblocking(&self, path: &str) -> Option<Result<Bytes, OpenError>> {
+    fn open_nonblocking(&self, path: &str) -> Option<Result<Content, OpenError>> {
         Some(self.open(path))
     }
 }
@@ -209,6 +217,11 @@ impl FileSource for MemoryFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bytes of an in-memory answer.
+    fn mem(r: Result<Content, OpenError>) -> Result<Bytes, OpenError> {
+        r.map(|c| c.as_memory().expect("an in-memory file").clone())
+    }
 
     #[test]
     fn normalize_accepts_and_refuses() {
@@ -233,16 +246,19 @@ mod tests {
         m.insert("ipxe.efi", Bytes::from_static(b"efi")).unwrap();
         assert!(m.insert("../evil", Bytes::new()).is_err());
         assert_eq!(
-            m.open("undionly.kpxe").unwrap(),
+            mem(m.open("undionly.kpxe")).unwrap(),
             Bytes::from_static(b"bios")
         );
-        assert_eq!(m.open("/ipxe.efi").unwrap(), Bytes::from_static(b"efi"));
-        assert_eq!(m.open("snponly.efi"), Err(OpenError::NotFound));
         assert_eq!(
-            m.open("snponly.efi").unwrap_err().error_code(),
+            mem(m.open("/ipxe.efi")).unwrap(),
+            Bytes::from_static(b"efi")
+        );
+        assert_eq!(mem(m.open("snponly.efi")), Err(OpenError::NotFound));
+        assert_eq!(
+            mem(m.open("snponly.efi")).unwrap_err().error_code(),
             ErrorCode::FileNotFound
         );
-        let e = m.open("/../ipxe.efi").unwrap_err();
+        let e = mem(m.open("/../ipxe.efi")).unwrap_err();
         assert_eq!(e.error_code(), ErrorCode::AccessViolation);
         assert_eq!(m.names().collect::<Vec<_>>(), ["ipxe.efi", "undionly.kpxe"]);
     }
@@ -251,7 +267,7 @@ mod tests {
     struct Slow(MemoryFiles);
 
     impl FileSource for Slow {
-        fn open(&self, path: &str) -> Result<Bytes, OpenError> {
+        fn open(&self, path: &str) -> Result<Content, OpenError> {
             self.0.open(path)
         }
     }
@@ -272,25 +288,26 @@ mod tests {
         let mut o = Overlay::new();
         o.push(std::sync::Arc::new(first));
         o.push(std::sync::Arc::new(Slow(second)));
-        assert_eq!(o.open("ipxe.efi").unwrap(), &b"builtin"[..]);
+        assert_eq!(mem(o.open("ipxe.efi")).unwrap(), &b"builtin"[..]);
         assert_eq!(
-            o.open_nonblocking("ipxe.efi"),
+            o.open_nonblocking("ipxe.efi").map(mem),
             Some(Ok(Bytes::from_static(b"builtin")))
         );
         // Not in memory: the blocking source must be asked off the runtime.
-        assert_eq!(o.open_nonblocking("grubx64.efi"), None);
-        assert_eq!(o.open("grubx64.efi").unwrap(), &b"grub"[..]);
-        assert_eq!(o.open("nope"), Err(OpenError::NotFound));
+        assert_eq!(o.open_nonblocking("grubx64.efi").map(mem), None);
+        assert_eq!(mem(o.open("grubx64.efi")).unwrap(), &b"grub"[..]);
+        assert_eq!(mem(o.open("nope")), Err(OpenError::NotFound));
         // A refusal is final.
         assert_eq!(
             o.open_nonblocking("../ipxe.efi")
+                .map(mem)
                 .unwrap()
                 .unwrap_err()
                 .error_code(),
             ErrorCode::AccessViolation
         );
         assert_eq!(
-            Overlay::new().open_nonblocking("x"),
+            Overlay::new().open_nonblocking("x").map(mem),
             Some(Err(OpenError::NotFound))
         );
     }
@@ -304,7 +321,7 @@ mod tests {
         let mut m = MemoryFiles::new();
         m.load("f.bin", &p).unwrap();
         assert_eq!(
-            m.open("/f.bin").unwrap(),
+            mem(m.open("/f.bin")).unwrap(),
             Bytes::from_static(b"\x01\x02\x03")
         );
         let e = m.load("..", &p).unwrap_err();

@@ -262,6 +262,9 @@ pub enum ParseError {
     /// The request names a mode other than netascii, octet or mail.
     #[error("unknown transfer mode {0:?}")]
     UnknownMode(String),
+    /// More than [`MAX_OPTIONS`] option pairs.
+    #[error("more than {MAX_OPTIONS} options")]
+    TooManyOptions,
 }
 
 impl ParseError {
@@ -288,22 +291,63 @@ pub enum EncodeError {
     PayloadTooLarge(usize),
 }
 
-/// Splits off the NUL-terminated string at the start of `buf`.
-fn take_cstr<'a>(buf: &mut &'a [u8], missing: &'static str) -> Result<&'a [u8], ParseError> {
-    let Some(nul) = buf.iter().position(|&b| b == 0) else {
-        return Err(ParseError::Truncated { missing });
-    };
-    let s = &buf[..nul];
-    *buf = &buf[nul + 1..];
-    Ok(s)
+/// A read position in a datagram. Under test it counts the bytes it examines, so
+/// tests can check that parsing does a bounded amount of work per byte.
+struct Cursor<'a> {
+    rest: &'a [u8],
+    #[cfg(test)]
+    examined: usize,
 }
 
-fn parse_options(mut rest: &[u8]) -> Result<Options, ParseError> {
+impl<'a> Cursor<'a> {
+    fn new(rest: &'a [u8]) -> Self {
+        Cursor {
+            rest,
+            #[cfg(test)]
+            examined: 0,
+        }
+    }
+
+    /// Splits off the NUL-terminated string at the cursor.
+    fn take_cstr(&mut self, missing: &'static str) -> Result<&'a [u8], ParseError> {
+        let found = self.rest.iter().position(|&b| b == 0);
+        #[cfg(test)]
+        {
+            self.examined += found.map_or(self.rest.len(), |n| n + 1);
+        }
+        let Some(nul) = found else {
+            return Err(ParseError::Truncated { missing });
+        };
+        let s = &self.rest[..nul];
+        self.rest = &self.rest[nul + 1..];
+        Ok(s)
+    }
+}
+
+/// The most option name/value pairs a request or OACK may carry. Real clients send
+/// at most five (blksize, tsize, timeout, windowsize and perhaps a vendor one); the
+/// bound keeps a datagram made of empty pairs from costing anything.
+pub const MAX_OPTIONS: usize = 32;
+
+fn parse_options(cur: &mut Cursor<'_>) -> Result<Options, ParseError> {
     let mut opts = Options::default();
-    // Some PXE ROMs pad requests with NULs; trailing zeros are not an option.
-    while rest.iter().any(|&b| b != 0) {
-        let name = take_cstr(&mut rest, "option name terminator")?;
-        let value = take_cstr(&mut rest, "option value")?;
+    // Some PXE ROMs pad requests with NULs: trailing zeros are not an option. Where
+    // the padding starts is found once, so every byte is read a bounded number of
+    // times however the datagram is made.
+    let start = cur.rest.len();
+    let end = cur.rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    #[cfg(test)]
+    {
+        cur.examined += start - end + usize::from(end > 0);
+    }
+    let mut pairs = 0;
+    while start - cur.rest.len() < end {
+        pairs += 1;
+        if pairs > MAX_OPTIONS {
+            return Err(ParseError::TooManyOptions);
+        }
+        let name = cur.take_cstr("option name terminator")?;
+        let value = cur.take_cstr("option value")?;
         // Options we do not know (including non-UTF-8 ones) are ignored, not errors.
         if let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) {
             opts.apply(name, value);
@@ -316,9 +360,9 @@ fn parse_options(mut rest: &[u8]) -> Result<Options, ParseError> {
 /// keeps a hostile request from carrying kilobytes into logs and the status store.
 pub const MAX_FILENAME: usize = 512;
 
-fn parse_request(mut rest: &[u8]) -> Result<Request, ParseError> {
-    let filename = take_cstr(&mut rest, "filename terminator")?;
-    let mode = take_cstr(&mut rest, "mode")?;
+fn parse_request(cur: &mut Cursor<'_>) -> Result<Request, ParseError> {
+    let filename = cur.take_cstr("filename terminator")?;
+    let mode = cur.take_cstr("mode")?;
     let filename =
         std::str::from_utf8(filename).map_err(|_| ParseError::NotUtf8 { field: "filename" })?;
     if filename.is_empty() {
@@ -340,7 +384,7 @@ fn parse_request(mut rest: &[u8]) -> Result<Request, ParseError> {
     Ok(Request {
         filename: filename.to_string(),
         mode,
-        options: parse_options(rest)?,
+        options: parse_options(cur)?,
     })
 }
 
@@ -360,8 +404,8 @@ impl Packet {
         let op = be16(buf, "opcode")?;
         let rest = &buf[2..];
         match op {
-            OP_RRQ => Ok(Packet::Rrq(parse_request(rest)?)),
-            OP_WRQ => Ok(Packet::Wrq(parse_request(rest)?)),
+            OP_RRQ => Ok(Packet::Rrq(parse_request(&mut Cursor::new(rest))?)),
+            OP_WRQ => Ok(Packet::Wrq(parse_request(&mut Cursor::new(rest))?)),
             OP_DATA => {
                 let block = BlockNum(be16(rest, "block number")?);
                 Ok(Packet::Data {
@@ -379,7 +423,7 @@ impl Packet {
                     message: String::from_utf8_lossy(&msg[..end]).into_owned(),
                 })
             }
-            OP_OACK => Ok(Packet::Oack(parse_options(rest)?)),
+            OP_OACK => Ok(Packet::Oack(parse_options(&mut Cursor::new(rest))?)),
             other => Err(ParseError::UnknownOpcode(other)),
         }
     }
@@ -441,10 +485,16 @@ impl Packet {
 /// Encodes a DATA packet.
 pub fn encode_data(block: BlockNum, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + payload.len());
-    out.extend_from_slice(&OP_DATA.to_be_bytes());
-    out.extend_from_slice(&block.0.to_be_bytes());
+    out.extend_from_slice(&data_header(block));
     out.extend_from_slice(payload);
     out
+}
+
+/// The four bytes that start a DATA packet, for a payload gathered from pieces.
+pub(crate) fn data_header(block: BlockNum) -> [u8; 4] {
+    let [a, b] = OP_DATA.to_be_bytes();
+    let [c, d] = block.0.to_be_bytes();
+    [a, b, c, d]
 }
 
 /// Encodes an ACK packet.
@@ -701,5 +751,63 @@ mod tests {
             encode_error(ErrorCode::NotDefined, "x\0y"),
             b"\0\x05\0\0x y\0".to_vec()
         );
+    }
+
+    /// Parses a request the way `Packet::parse` does and returns how many bytes the
+    /// parser examined.
+    fn request_work(raw: &[u8]) -> (Result<Request, ParseError>, usize) {
+        assert_eq!(&raw[..2], b"\0\x01");
+        let mut cur = Cursor::new(&raw[2..]);
+        let r = parse_request(&mut cur);
+        (r, cur.examined)
+    }
+
+    /// The request that cost a second of CPU when options were parsed in quadratic
+    /// time: a name, a mode, 65,000 NULs, then `x\0\0`.
+    fn nul_flood() -> Vec<u8> {
+        let mut raw = b"\0\x01a.txt\0octet\0".to_vec();
+        raw.extend(std::iter::repeat_n(0u8, 65_000));
+        raw.extend_from_slice(b"x\0\0");
+        raw
+    }
+
+    #[test]
+    fn a_flood_of_empty_options_is_refused_in_one_pass() {
+        let raw = nul_flood();
+        assert_eq!(Packet::parse(&raw), Err(ParseError::TooManyOptions));
+        let (r, work) = request_work(&raw);
+        assert_eq!(r, Err(ParseError::TooManyOptions));
+        // Refused after looking at the first pairs and the padding scan: about one
+        // look per byte, not one per byte per option.
+        assert!(
+            work <= raw.len() + 2 * MAX_OPTIONS,
+            "{work} for {}",
+            raw.len()
+        );
+    }
+
+    #[test]
+    fn option_parsing_examines_each_byte_a_bounded_number_of_times() {
+        // The largest datagram, filled in several shapes: real options with NUL
+        // padding, one huge unknown option, and options up to the cap.
+        let mut padded = b"\0\x01f\0octet\0blksize\x001468\0tsize\x000\0".to_vec();
+        padded.resize(65_507, 0);
+        let mut huge = b"\0\x01f\0octet\0".to_vec();
+        huge.extend(std::iter::repeat_n(b'v', 65_000));
+        huge.extend_from_slice(b"\0x\0");
+        let mut many = b"\0\x01f\0octet\0".to_vec();
+        for i in 0..MAX_OPTIONS {
+            many.extend_from_slice(format!("opt{i}\0{}\0", "9".repeat(1000)).as_bytes());
+        }
+        for raw in [&padded, &huge, &many] {
+            let (r, work) = request_work(raw);
+            assert!(r.is_ok(), "{r:?}");
+            assert!(work <= 2 * raw.len(), "{work} for {}", raw.len());
+        }
+        let (r, _) = request_work(&padded);
+        assert_eq!(r.unwrap().options.blksize, Some(1468));
+        // One pair more than the cap is refused.
+        many.extend_from_slice(b"one\0more\0");
+        assert_eq!(request_work(&many).0, Err(ParseError::TooManyOptions));
     }
 }

@@ -1,4 +1,5 @@
-//! Files served from a directory (`--tftp-root`), confined to it and cached in memory.
+//! Files served from a directory (`--tftp-root`), confined to it; small files are
+//! cached in memory, large ones streamed from disk.
 //!
 //! Every request path goes through [`normalize_path`] first (no `..`, absolute paths,
 //! NUL or backslashes). The file is then opened relative to the root directory with
@@ -6,12 +7,16 @@
 //! root, including through a symlink. Kernels without `openat2` (before 5.6) get a
 //! check on the canonical path instead.
 //!
-//! Contents are kept in a shared cache keyed by path. Each request opens and `fstat`s
-//! the file (cheap, and it keeps the confinement check on every request); the bytes
-//! are read from disk only when the file is new to the cache or its device, inode,
-//! size or modification time changed. Loads are serialised, so many clients asking
-//! for the same file at once cause one read.
+//! Each request opens and `fstat`s the file (cheap, and it keeps the confinement
+//! check on every request). A file larger than the per-file cache limit
+//! ([`DEFAULT_MAX_CACHED_FILE`]) is handed out open, as [`Content::File`]: transfers
+//! read it a chunk at a time, so its size never becomes memory. Smaller files are
+//! kept in a shared cache keyed by path; their bytes are read from disk only when
+//! the file is new to the cache or its device, inode, size or modification time
+//! changed. Loads are serialised, so many clients asking for the same file at once
+//! cause one read.
 
+use crate::content::Content;
 use crate::files::{normalize_path, FileSource, OpenError};
 use bytes::Bytes;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -22,10 +27,14 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-/// Default cap on the bytes [`TftpRoot`] keeps in memory: 256 MiB.
-pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+/// Default cap on the bytes [`TftpRoot`] keeps in memory: 64 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+/// Default size of the largest file [`TftpRoot`] caches: 4 MiB, more than a boot
+/// loader (iPXE, shim, GRUB) needs. Larger files are streamed from disk.
+pub const DEFAULT_MAX_CACHED_FILE: u64 = 4 << 20;
 
 /// Why a TFTP root cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +144,7 @@ pub struct TftpRoot {
     path: PathBuf,
     canonical: PathBuf,
     cap: u64,
+    max_cached_file: u64,
     cache: Mutex<Cache>,
     /// Held while a file is read from disk, so concurrent misses read it once.
     loading: Mutex<()>,
@@ -142,7 +152,8 @@ pub struct TftpRoot {
 
 impl TftpRoot {
     /// Opens `path` as the root, keeping at most `cache_bytes` of file contents in
-    /// memory ([`DEFAULT_CACHE_BYTES`] is a good default).
+    /// memory ([`DEFAULT_CACHE_BYTES`] is a good default), in files of at most
+    /// [`DEFAULT_MAX_CACHED_FILE`] bytes (see [`TftpRoot::with_max_cached_file`]).
     pub fn open(path: impl AsRef<Path>, cache_bytes: u64) -> Result<TftpRoot, RootError> {
         let path = path.as_ref().to_path_buf();
         let err = |source: std::io::Error| RootError::Open {
@@ -164,9 +175,16 @@ impl TftpRoot {
             path,
             canonical,
             cap: cache_bytes,
+            max_cached_file: DEFAULT_MAX_CACHED_FILE,
             cache: Mutex::new(Cache::default()),
             loading: Mutex::new(()),
         })
+    }
+
+    /// Caches only files of at most `bytes`; larger ones are streamed from disk.
+    pub fn with_max_cached_file(mut self, bytes: u64) -> TftpRoot {
+        self.max_cached_file = bytes;
+        self
     }
 
     /// The directory as given to [`TftpRoot::open`].
@@ -216,22 +234,32 @@ impl TftpRoot {
             .map_err(map_io)
     }
 
-    fn read(&self, name: &str, mut file: File) -> Result<Bytes, OpenError> {
+    fn read(&self, name: &str, file: File) -> Result<Content, OpenError> {
         let meta = file.metadata().map_err(map_io)?;
         if !meta.is_file() {
             return Err(OpenError::AccessViolation("not a regular file".into()));
         }
         let version = Version::of(&meta);
+        if version.size > self.max_cached_file.min(self.cap) {
+            return Ok(Content::File {
+                file: Arc::new(file),
+                size: version.size,
+            });
+        }
         if let Some(data) = self.lock_cache().get(name, version) {
-            return Ok(data);
+            return Ok(Content::Memory(data));
         }
         let _loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
         // Another request may have loaded it while this one waited.
         if let Some(data) = self.lock_cache().get(name, version) {
-            return Ok(data);
+            return Ok(Content::Memory(data));
         }
-        let mut buf = Vec::with_capacity(meta.size() as usize);
-        file.read_to_end(&mut buf).map_err(map_io)?;
+        // At most the size checked above, even if the file grows meanwhile.
+        let mut buf = Vec::with_capacity(version.size as usize);
+        (&file)
+            .take(version.size)
+            .read_to_end(&mut buf)
+            .map_err(map_io)?;
         let data = Bytes::from(buf);
         // The file changed while being read: serve what was read, cache nothing.
         let after = file.metadata().map(|m| Version::of(&m)).ok();
@@ -240,7 +268,7 @@ impl TftpRoot {
         if after == Some(version) && data.len() as u64 == version.size {
             cache.put(name, version, data.clone(), self.cap);
         }
-        Ok(data)
+        Ok(Content::Memory(data))
     }
 }
 
@@ -262,7 +290,7 @@ fn map_io(e: std::io::Error) -> OpenError {
 }
 
 impl FileSource for TftpRoot {
-    fn open(&self, path: &str) -> Result<Bytes, OpenError> {
+    fn open(&self, path: &str) -> Result<Content, OpenError> {
         let name = normalize_path(path)?;
         let file = self.open_beneath(name)?;
         self.read(name, file)
@@ -302,7 +330,20 @@ mod tests {
         Dirs { top, root }
     }
 
-    fn violation(r: Result<Bytes, OpenError>) -> String {
+    /// Every byte of an answer, in memory or on disk.
+    fn all(c: Content) -> Bytes {
+        match c {
+            Content::Memory(b) => b,
+            Content::File { file, size } => {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; size as usize];
+                file.read_exact_at(&mut buf, 0).unwrap();
+                Bytes::from(buf)
+            }
+        }
+    }
+
+    fn violation(r: Result<Content, OpenError>) -> String {
         match r {
             Err(OpenError::AccessViolation(m)) => m,
             other => panic!("expected an access violation, got {other:?}"),
@@ -313,13 +354,13 @@ mod tests {
     fn serves_files_and_refuses_escapes() {
         let d = dirs("esc");
         let r = TftpRoot::open(&d.root, DEFAULT_CACHE_BYTES).unwrap();
-        assert_eq!(r.open("a.bin").unwrap(), Bytes::from_static(b"alpha"));
-        assert_eq!(r.open("/efi/grubx64.efi").unwrap(), &b"grub"[..]);
-        assert_eq!(r.open("efi//grubx64.efi").unwrap(), &b"grub"[..]);
-        assert_eq!(r.open("./efi/./grubx64.efi").unwrap(), &b"grub"[..]);
+        assert_eq!(all(r.open("a.bin").unwrap()), Bytes::from_static(b"alpha"));
+        assert_eq!(all(r.open("/efi/grubx64.efi").unwrap()), &b"grub"[..]);
+        assert_eq!(all(r.open("efi//grubx64.efi").unwrap()), &b"grub"[..]);
+        assert_eq!(all(r.open("./efi/./grubx64.efi").unwrap()), &b"grub"[..]);
         // Symlinks that stay inside the root work.
-        assert_eq!(r.open("efi/back").unwrap(), &b"alpha"[..]);
-        assert_eq!(r.open("efilink/grubx64.efi").unwrap(), &b"grub"[..]);
+        assert_eq!(all(r.open("efi/back").unwrap()), &b"alpha"[..]);
+        assert_eq!(all(r.open("efilink/grubx64.efi").unwrap()), &b"grub"[..]);
         // Symlinks that leave it are refused, relative or absolute.
         assert_eq!(violation(r.open("up")), "path leaves the TFTP root");
         assert_eq!(violation(r.open("abs")), "path leaves the TFTP root");
@@ -333,8 +374,8 @@ mod tests {
         assert!(violation(r.open("//etc/passwd")).contains("absolute"));
         assert!(violation(r.open("efi\\..\\..\\secret")).contains("backslash"));
         assert!(violation(r.open("a.bin\0x")).contains("NUL"));
-        assert_eq!(r.open("missing"), Err(OpenError::NotFound));
-        assert_eq!(r.open("a.bin/x"), Err(OpenError::NotFound));
+        assert_eq!(r.open("missing").err(), Some(OpenError::NotFound));
+        assert_eq!(r.open("a.bin/x").err(), Some(OpenError::NotFound));
         assert_eq!(violation(r.open("efi")), "not a regular file");
     }
 
@@ -378,27 +419,27 @@ mod tests {
         let d = dirs("cache");
         let r = TftpRoot::open(&d.root, DEFAULT_CACHE_BYTES).unwrap();
         for _ in 0..5 {
-            assert_eq!(r.open("a.bin").unwrap(), &b"alpha"[..]);
+            assert_eq!(all(r.open("a.bin").unwrap()), &b"alpha"[..]);
         }
         assert_eq!(r.disk_loads(), 1);
         assert_eq!(r.cached_bytes(), 5);
         // Same name through a symlink is a different cache key but the same bytes.
-        assert_eq!(r.open("efi/back").unwrap(), &b"alpha"[..]);
+        assert_eq!(all(r.open("efi/back").unwrap()), &b"alpha"[..]);
         assert_eq!(r.disk_loads(), 2);
         // Replaced by rename (new inode): reloaded.
         std::fs::write(d.root.join("a.new"), b"beta!!").unwrap();
         std::fs::rename(d.root.join("a.new"), d.root.join("a.bin")).unwrap();
-        assert_eq!(r.open("a.bin").unwrap(), &b"beta!!"[..]);
+        assert_eq!(all(r.open("a.bin").unwrap()), &b"beta!!"[..]);
         assert_eq!(r.disk_loads(), 3);
         // Rewritten in place with a new size: reloaded.
         std::fs::write(d.root.join("a.bin"), b"gamma").unwrap();
-        assert_eq!(r.open("a.bin").unwrap(), &b"gamma"[..]);
+        assert_eq!(all(r.open("a.bin").unwrap()), &b"gamma"[..]);
         assert_eq!(r.disk_loads(), 4);
-        assert_eq!(r.open("a.bin").unwrap(), &b"gamma"[..]);
+        assert_eq!(all(r.open("a.bin").unwrap()), &b"gamma"[..]);
         assert_eq!(r.disk_loads(), 4);
         // Deleted: not served from the cache.
         std::fs::remove_file(d.root.join("a.bin")).unwrap();
-        assert_eq!(r.open("a.bin"), Err(OpenError::NotFound));
+        assert_eq!(r.open("a.bin").err(), Some(OpenError::NotFound));
     }
 
     #[test]
@@ -409,7 +450,7 @@ mod tests {
         let hs: Vec<_> = (0..16)
             .map(|_| {
                 let r = r.clone();
-                std::thread::spawn(move || r.open("big").unwrap().len())
+                std::thread::spawn(move || all(r.open("big").unwrap()).len())
             })
             .collect();
         for h in hs {
@@ -425,22 +466,47 @@ mod tests {
             std::fs::write(d.root.join(n), vec![1u8; len]).unwrap();
         }
         let r = TftpRoot::open(&d.root, 100).unwrap();
-        r.open("f1").unwrap();
-        r.open("f2").unwrap();
+        all(r.open("f1").unwrap());
+        all(r.open("f2").unwrap());
         assert_eq!(r.cached_bytes(), 80);
-        r.open("f1").unwrap(); // f2 is now the least recently used
-        r.open("f3").unwrap();
+        all(r.open("f1").unwrap()); // f2 is now the least recently used
+        all(r.open("f3").unwrap());
         assert_eq!(r.cached_bytes(), 80);
         assert_eq!(r.disk_loads(), 3);
-        r.open("f1").unwrap();
+        all(r.open("f1").unwrap());
         assert_eq!(r.disk_loads(), 3, "f1 stayed");
-        r.open("f2").unwrap();
+        all(r.open("f2").unwrap());
         assert_eq!(r.disk_loads(), 4, "f2 was evicted");
-        // Larger than the whole cache: served, never cached.
-        assert_eq!(r.open("huge").unwrap().len(), 200);
-        assert_eq!(r.open("huge").unwrap().len(), 200);
-        assert_eq!(r.disk_loads(), 6);
+        // Larger than the whole cache: streamed from disk, never read whole.
+        assert!(matches!(
+            r.open("huge").unwrap(),
+            Content::File { size: 200, .. }
+        ));
+        assert_eq!(all(r.open("huge").unwrap()), vec![1u8; 200]);
+        assert_eq!(r.disk_loads(), 4);
         assert!(r.cached_bytes() <= 100);
+    }
+
+    #[test]
+    fn large_files_are_streamed_whatever_their_size() {
+        let d = dirs("sparse");
+        // A 1 TiB file with no blocks on disk: reading it whole would abort on the
+        // allocation; opening it must cost nothing.
+        let f = std::fs::File::create(d.root.join("huge.img")).unwrap();
+        f.set_len(1 << 40).unwrap();
+        std::fs::write(d.root.join("grub.efi"), vec![3u8; 5 << 20]).unwrap();
+        std::fs::write(d.root.join("small.efi"), vec![4u8; 1 << 20]).unwrap();
+        let r = TftpRoot::open(&d.root, DEFAULT_CACHE_BYTES).unwrap();
+        assert!(matches!(
+            r.open("huge.img").unwrap(),
+            Content::File { size, .. } if size == 1 << 40
+        ));
+        // Over the per-file limit: streamed too; under it: cached.
+        assert!(matches!(r.open("grub.efi").unwrap(), Content::File { .. }));
+        assert!(r.open("small.efi").unwrap().as_memory().is_some());
+        assert_eq!((r.disk_loads(), r.cached_bytes()), (1, 1 << 20));
+        let r = r.with_max_cached_file(8 << 20);
+        assert!(r.open("grub.efi").unwrap().as_memory().is_some());
     }
 
     #[test]

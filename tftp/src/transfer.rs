@@ -1,19 +1,26 @@
 //! The deterministic state machine of one read transfer.
 //!
-//! A [`Transfer`] owns the file and decides what to send and when to wake up. It has
-//! no sockets and reads no clock: the driver passes `now` in. Feed it datagrams from
-//! the peer with [`Transfer::handle`], call [`Transfer::handle_timeout`] when
-//! [`Transfer::poll_timeout`] passes, and send everything [`Transfer::poll_transmit`]
-//! returns.
+//! A [`Transfer`] decides what to send and when to wake up. It has no sockets, reads
+//! no clock and touches no file: the driver passes `now` in, feeds it datagrams from
+//! the peer with [`Transfer::handle`], calls [`Transfer::handle_timeout`] when
+//! [`Transfer::poll_timeout`] passes, and sends everything
+//! [`Transfer::poll_transmit`] returns.
+//!
+//! File data comes in the same way. [`Transfer::poll_read`] says which bytes the
+//! transfer needs next (the current window and one read ahead), and the driver
+//! answers with [`Transfer::provide`] (or [`Transfer::read_failed`]). Bytes every
+//! block of which the client has acknowledged are dropped, so a transfer never holds
+//! more than [`Transfer::buffer_limit`] bytes, whatever the size of the file.
 //!
 //! Blocks are counted internally from 1 as `u64`; the wire carries the low 16 bits,
 //! so block numbers roll over from 65535 to 0 and files of any size can be served.
 
 use crate::packet::{
-    encode_data, encode_error, encode_oack, BlockNum, ErrorCode, Mode, Options, Packet, Request,
+    data_header, encode_error, encode_oack, BlockNum, ErrorCode, Mode, Options, Packet, Request,
     DEFAULT_BLKSIZE, MAX_BLKSIZE, MIN_BLKSIZE,
 };
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// TFTP server settings. Every field has a safe default; values out of range are
@@ -44,13 +51,23 @@ pub struct TftpConfig {
     /// Hard limit on the duration of one transfer (default 10 min).
     pub max_lifetime: Duration,
     /// Concurrent transfers the server runs; past this, requests get ERROR 0 "server
-    /// busy" (default 1024; a transfer costs a socket and a few kilobytes, the file
-    /// bytes are shared). Used by [`crate::serve`].
+    /// busy" (default 1024). A transfer costs a socket and at most
+    /// [`Transfer::buffer_limit`] bytes of file data: files in memory are shared,
+    /// files on disk are read a chunk at a time. Used by [`crate::serve`].
     pub max_transfers: usize,
+    /// Concurrent transfers one client address may run (default
+    /// [`DEFAULT_MAX_PER_ADDRESS`]); past this its requests get ERROR 0 "server
+    /// busy", so one host cannot take every slot. Used by [`crate::serve`].
+    pub max_per_address: usize,
     /// After shutdown is requested, how long [`crate::serve`] lets transfers still
     /// running finish before aborting them (default 30 s).
     pub shutdown_drain: Duration,
 }
+
+/// Default of [`TftpConfig::max_per_address`]. A PXE client needs one transfer at a
+/// time (two in a row for EDK2's size probe); a few more leave room for machines
+/// behind one address.
+pub const DEFAULT_MAX_PER_ADDRESS: usize = 8;
 
 impl Default for TftpConfig {
     fn default() -> Self {
@@ -63,6 +80,7 @@ impl Default for TftpConfig {
             max_retries: 10,
             max_lifetime: Duration::from_secs(600),
             max_transfers: 1024,
+            max_per_address: DEFAULT_MAX_PER_ADDRESS,
             shutdown_drain: Duration::from_secs(30),
         }
     }
@@ -83,6 +101,9 @@ pub enum FailReason {
     /// The client sent a packet that has no place in a read transfer.
     #[error("client sent an unexpected {0} packet")]
     UnexpectedPacket(&'static str),
+    /// The file could not be read (see [`Transfer::read_failed`]).
+    #[error("cannot read the file: {0}")]
+    ReadFailed(String),
 }
 
 /// How a transfer ended.
@@ -177,13 +198,92 @@ impl Rto {
     }
 }
 
+/// Bytes a transfer asks for per read (a whole block when blocks are larger). Small
+/// enough that a thousand transfers hold little, large enough that a read serves
+/// several blocks.
+pub const READ_CHUNK: usize = 16 << 10;
+
+/// The next bytes a transfer needs: up to `len` bytes of the data as sent (after any
+/// netascii conversion) starting at `offset`. Requests come in order: each starts
+/// where the data provided so far ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadRequest {
+    /// Offset in the data as sent.
+    pub offset: u64,
+    /// Most bytes wanted.
+    pub len: usize,
+}
+
+/// The data a transfer holds: consecutive chunks, from the first block not yet
+/// acknowledged to what has been read ahead.
+#[derive(Debug, Default)]
+struct Buffer {
+    chunks: VecDeque<Bytes>,
+    /// Offset of the first byte of `chunks[0]`.
+    start: u64,
+    /// Offset just past the last byte of the last chunk.
+    end: u64,
+}
+
+impl Buffer {
+    fn push(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            self.end += data.len() as u64;
+            self.chunks.push_back(data);
+        }
+    }
+
+    /// Drops the chunks that end at or before `offset`.
+    fn release(&mut self, offset: u64) {
+        while let Some(front) = self.chunks.front() {
+            let len = front.len() as u64;
+            if self.start + len > offset {
+                break;
+            }
+            self.start += len;
+            self.chunks.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.start = self.end;
+        self.chunks.clear();
+    }
+
+    /// Appends bytes `from..to` (all buffered) to `out`.
+    fn copy(&self, from: u64, to: u64, out: &mut Vec<u8>) {
+        debug_assert!(self.start <= from && to <= self.end);
+        let mut pos = self.start;
+        for c in &self.chunks {
+            let c_end = pos + c.len() as u64;
+            if c_end > from {
+                let a = from.max(pos) - pos;
+                let b = to.min(c_end) - pos;
+                out.extend_from_slice(&c[a as usize..b as usize]);
+            }
+            if c_end >= to {
+                break;
+            }
+            pos = c_end;
+        }
+    }
+}
+
 /// One read transfer, from the request to the last ACK.
 #[derive(Debug)]
 pub struct Transfer {
-    file: Bytes,
     blksize: usize,
     windowsize: u64,
-    total_blocks: u64,
+    /// Bytes sent in all: known from the start in octet mode, once the reader says
+    /// the data ended in netascii mode.
+    size: Option<u64>,
+    total_blocks: Option<u64>,
+    data: Buffer,
+    /// The read asked for and not yet answered.
+    reading: Option<ReadRequest>,
+    /// Every byte of the data has been provided.
+    data_complete: bool,
+    read_chunk: usize,
     oack: Option<Vec<u8>>,
     negotiated: Options,
     state: State,
@@ -209,21 +309,9 @@ pub struct Transfer {
     outcome: Option<Outcome>,
 }
 
-/// Converts text to netascii: LF becomes CR LF and a bare CR becomes CR NUL.
-fn to_netascii(data: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 16);
-    for &b in data {
-        match b {
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b'\r' => out.extend_from_slice(b"\r\0"),
-            _ => out.push(b),
-        }
-    }
-    Bytes::from(out)
-}
-
 impl Transfer {
-    /// Starts serving `file` for `req`.
+    /// Starts serving a file of `file_size` bytes for `req`. The data itself comes
+    /// through [`Transfer::poll_read`] and [`Transfer::provide`].
     ///
     /// Options are negotiated here: `blksize` is capped at `cfg.max_blksize`,
     /// `windowsize` at `cfg.max_windowsize`, `tsize` is answered with the real size and
@@ -231,15 +319,13 @@ impl Transfer {
     /// was accepted the transfer opens with an OACK and waits for ACK 0; otherwise it
     /// sends block 1 straight away.
     ///
-    /// Netascii requests get the file converted to netascii; the sizes reported
-    /// (`tsize`, [`Outcome::Complete`]) are then those of the converted data. Mail
-    /// mode is treated as octet here; [`crate::serve`] refuses it before this point.
-    pub fn new(now: Instant, req: &Request, file: Bytes, cfg: &TftpConfig) -> Transfer {
-        let file = if req.mode == Mode::Netascii {
-            to_netascii(&file)
-        } else {
-            file
-        };
+    /// Netascii requests are sent converted to netascii, whose size is known only at
+    /// the end: `tsize` is then not acknowledged (as tftp-hpa does), and the sizes
+    /// reported afterwards ([`Outcome::Complete`]) are those of the converted data.
+    /// Mail mode is treated as octet here; [`crate::serve`] refuses it before this
+    /// point.
+    pub fn new(now: Instant, req: &Request, file_size: u64, cfg: &TftpConfig) -> Transfer {
+        let size = (req.mode != Mode::Netascii).then_some(file_size);
         let max_blksize = cfg.max_blksize.clamp(MIN_BLKSIZE, MAX_BLKSIZE);
         let max_window = cfg.max_windowsize.max(1);
         let mut negotiated = Options::default();
@@ -254,20 +340,23 @@ impl Transfer {
             negotiated.windowsize = Some(windowsize);
         }
         if req.options.tsize.is_some() {
-            negotiated.tsize = Some(file.len() as u64);
+            negotiated.tsize = size;
         }
         let mut rto_ceiling = None;
         if let Some(t) = req.options.timeout.filter(|&t| t >= 1) {
             negotiated.timeout = Some(t);
             rto_ceiling = Some(Duration::from_secs(t.into()));
         }
-        let total_blocks = file.len() as u64 / u64::from(blksize) + 1;
         let oack = (!negotiated.is_empty()).then(|| encode_oack(&negotiated));
         let mut t = Transfer {
-            file,
             blksize: blksize.into(),
             windowsize: windowsize.into(),
-            total_blocks,
+            size,
+            total_blocks: size.map(|s| s / u64::from(blksize) + 1),
+            data: Buffer::default(),
+            reading: None,
+            data_complete: size == Some(0),
+            read_chunk: READ_CHUNK.max(blksize.into()),
             negotiated,
             state: State::Sending,
             last_acked: 0,
@@ -316,9 +405,10 @@ impl Transfer {
         self.windowsize as u16
     }
 
-    /// Bytes that will be sent.
-    pub fn size(&self) -> u64 {
-        self.file.len() as u64
+    /// Bytes that will be sent: known from the start in octet mode, and in netascii
+    /// mode once the end of the data has been provided.
+    pub fn size(&self) -> Option<u64> {
+        self.size
     }
 
     /// The options acknowledged in the OACK (empty when no OACK is sent).
@@ -329,6 +419,18 @@ impl Transfer {
     /// Packets sent more than once so far.
     pub fn retransmits(&self) -> u64 {
         self.retransmits
+    }
+
+    /// Bytes of file data the transfer holds now.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.data.end - self.data.start
+    }
+
+    /// The most bytes of file data this transfer ever holds: a window, plus one
+    /// read ahead of it, plus the partly acknowledged read behind it, plus the read
+    /// in flight. It depends on the block and window sizes, never on the file size.
+    pub fn buffer_limit(&self) -> u64 {
+        self.windowsize * self.blksize as u64 + 3 * self.read_chunk as u64
     }
 
     /// True once nothing is left to send and the transfer is over.
@@ -353,7 +455,85 @@ impl Transfer {
         })
     }
 
+    /// The file data the transfer needs next, if any: answer it with
+    /// [`Transfer::provide`] or [`Transfer::read_failed`]. Only one read is
+    /// outstanding at a time; until it is answered this returns `None`.
+    ///
+    /// Data is asked for once the client has accepted the options (no disk read for
+    /// a request whose sender never answers), for the window being sent and one
+    /// read ahead of it, so the next window's data is usually there before the ACK
+    /// that asks for it.
+    #[must_use = "a read request taken from the transfer and dropped is never answered"]
+    pub fn poll_read(&mut self) -> Option<ReadRequest> {
+        if self.state != State::Sending || self.reading.is_some() || self.data_complete {
+            return None;
+        }
+        let window_end = (self.last_acked + self.windowsize).saturating_mul(self.blksize as u64);
+        let mut want = window_end.saturating_add(self.read_chunk as u64);
+        let mut len = self.read_chunk as u64;
+        if let Some(size) = self.size {
+            want = want.min(size);
+            len = len.min(size.saturating_sub(self.data.end));
+        }
+        if self.data.end >= want || len == 0 {
+            return None;
+        }
+        let req = ReadRequest {
+            offset: self.data.end,
+            len: len as usize,
+        };
+        self.reading = Some(req);
+        Some(req)
+    }
+
+    /// Answers the read request from [`Transfer::poll_read`] that starts at
+    /// `offset`: `data` holds up to the requested length (fewer is fine; the
+    /// transfer asks again), and `last` says that nothing follows it. Anything that
+    /// does not answer the outstanding request is ignored; bytes beyond the request,
+    /// or beyond the file's size, are dropped.
+    pub fn provide(&mut self, offset: u64, mut data: Bytes, last: bool) {
+        let Some(req) = self.reading else {
+            return;
+        };
+        if offset != req.offset {
+            return;
+        }
+        self.reading = None;
+        if self.state == State::Done {
+            return;
+        }
+        data.truncate(req.len);
+        if let Some(size) = self.size {
+            data.truncate((size - self.data.end) as usize);
+            if last && self.data.end + (data.len() as u64) < size {
+                self.read_failed("the file ended before its size".into());
+                return;
+            }
+        }
+        self.data.push(data);
+        if last || self.size == Some(self.data.end) {
+            self.data_complete = true;
+            let size = self.data.end;
+            let total = size / self.blksize as u64 + 1;
+            self.size = Some(size);
+            self.total_blocks = Some(total);
+            self.send_end = self.send_end.min(total);
+        }
+    }
+
+    /// Ends the transfer because the outstanding read failed; the client gets
+    /// ERROR 0 with `reason`.
+    pub fn read_failed(&mut self, reason: String) {
+        self.reading = None;
+        if self.state != State::Done {
+            self.fail(FailReason::ReadFailed(reason));
+        }
+    }
+
     /// The next datagram to send to the peer, if any. Call until it returns `None`.
+    ///
+    /// A block whose data has not been provided yet is not sent: once
+    /// [`Transfer::provide`] brings it, this returns it.
     #[must_use = "a datagram taken from the transfer and dropped is never sent"]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         if let Some(e) = self.error_queued.take() {
@@ -378,6 +558,15 @@ impl Transfer {
                     return None;
                 }
                 let block = self.send_next;
+                let blksize = self.blksize as u64;
+                let start = (block - 1).saturating_mul(blksize);
+                let mut end = start.saturating_add(blksize);
+                if let Some(size) = self.size {
+                    end = end.min(size);
+                }
+                if end > self.data.end || start < self.data.start {
+                    return None; // the reader has not provided it yet
+                }
                 self.send_next += 1;
                 if block <= self.highest_sent {
                     self.retransmits += 1;
@@ -385,10 +574,10 @@ impl Transfer {
                 } else {
                     self.highest_sent = block;
                 }
-                let start = ((block - 1) as usize).saturating_mul(self.blksize);
-                let start = start.min(self.file.len());
-                let end = start.saturating_add(self.blksize).min(self.file.len());
-                Some(encode_data(BlockNum(block as u16), &self.file[start..end]))
+                let mut out = Vec::with_capacity(4 + (end - start) as usize);
+                out.extend_from_slice(&data_header(BlockNum(block as u16)));
+                self.data.copy(start, end, &mut out);
+                Some(out)
             }
         }
     }
@@ -412,6 +601,7 @@ impl Transfer {
             Packet::Error { code, message } => {
                 // Never answer an ERROR (RFC 1350); just stop.
                 self.state = State::Done;
+                self.data.clear();
                 self.outcome = Some(Outcome::Aborted { code, message });
             }
             other => {
@@ -464,7 +654,10 @@ impl Transfer {
     /// Queues the window that follows the last acknowledged block.
     fn queue_window(&mut self, now: Instant) {
         self.send_next = self.last_acked + 1;
-        self.send_end = (self.last_acked + self.windowsize).min(self.total_blocks);
+        self.send_end = self.last_acked + self.windowsize;
+        if let Some(total) = self.total_blocks {
+            self.send_end = self.send_end.min(total);
+        }
         self.window_sent_at = now;
         self.window_has_resend = false;
         self.deadline = Some(now + self.rto.current());
@@ -500,12 +693,15 @@ impl Transfer {
                 }
                 self.last_acked = acked;
                 self.progress();
-                if acked == self.total_blocks {
+                // The client holds everything up to here: its bytes are not needed again.
+                self.data.release(acked.saturating_mul(self.blksize as u64));
+                if Some(acked) == self.total_blocks {
                     self.state = State::Done;
                     self.deadline = None;
+                    self.data.clear();
                     self.outcome = Some(Outcome::Complete {
-                        bytes: self.file.len() as u64,
-                        blocks: self.total_blocks,
+                        bytes: self.size.unwrap_or(self.data.end),
+                        blocks: acked,
                         retransmits: self.retransmits,
                     });
                 } else {
@@ -527,6 +723,7 @@ impl Transfer {
         self.error_queued = Some(encode_error(ErrorCode::NotDefined, &reason.to_string()));
         self.state = State::Done;
         self.deadline = None;
+        self.data.clear();
         self.outcome = Some(Outcome::Failed { reason });
     }
 }
@@ -534,7 +731,55 @@ impl Transfer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::encode_ack;
+    use crate::content::{Content, Reader};
+    use crate::packet::{encode_ack, encode_data};
+
+    /// A transfer and its file, whose reads are answered the way the driver does.
+    struct Tx {
+        t: Transfer,
+        reader: Reader,
+        peak_buffered: u64,
+    }
+
+    impl std::ops::Deref for Tx {
+        type Target = Transfer;
+        fn deref(&self) -> &Transfer {
+            &self.t
+        }
+    }
+
+    impl std::ops::DerefMut for Tx {
+        fn deref_mut(&mut self) -> &mut Transfer {
+            &mut self.t
+        }
+    }
+
+    impl Tx {
+        /// Answers every read the transfer asks for.
+        fn serve_reads(&mut self) {
+            while let Some(r) = self.t.poll_read() {
+                let c = self.reader.read_nonblocking(r).expect("memory reads");
+                self.t.provide(r.offset, c.data, c.last);
+                self.peak_buffered = self.peak_buffered.max(self.t.buffered_bytes());
+                assert!(self.t.buffered_bytes() <= self.t.buffer_limit());
+            }
+        }
+
+        /// The next datagram, with reads answered first.
+        fn next(&mut self) -> Option<Vec<u8>> {
+            self.serve_reads();
+            self.t.poll_transmit()
+        }
+    }
+
+    fn start(now: Instant, req: &Request, file: Bytes, cfg: &TftpConfig) -> Tx {
+        let t = Transfer::new(now, req, file.len() as u64, cfg);
+        Tx {
+            t,
+            reader: Reader::new(Content::Memory(file), req.mode == Mode::Netascii),
+            peak_buffered: 0,
+        }
+    }
 
     fn req(options: Options) -> Request {
         Request {
@@ -552,8 +797,8 @@ mod tests {
         encode_ack(BlockNum(b))
     }
 
-    fn drain(t: &mut Transfer) -> Vec<Packet> {
-        std::iter::from_fn(|| t.poll_transmit())
+    fn drain(t: &mut Tx) -> Vec<Packet> {
+        std::iter::from_fn(|| t.next())
             .map(|d| Packet::parse(&d).expect("transfer emitted an unparsable packet"))
             .collect()
     }
@@ -579,7 +824,7 @@ mod tests {
     fn lockstep_happy_path() {
         let f = file(1200);
         let t0 = Instant::now();
-        let mut t = Transfer::new(
+        let mut t = start(
             t0,
             &req(Options::default()),
             f.clone(),
@@ -619,7 +864,7 @@ mod tests {
             timeout: Some(3),
             windowsize: Some(2),
         };
-        let mut t = Transfer::new(t0, &req(opts), file(3000), &TftpConfig::default());
+        let mut t = start(t0, &req(opts), file(3000), &TftpConfig::default());
         assert_eq!(
             drain(&mut t),
             vec![Packet::Oack(Options {
@@ -658,7 +903,7 @@ mod tests {
             tsize: Some(0),
             ..Options::default()
         };
-        let mut t = Transfer::new(t0, &req(opts), file(70_000), &TftpConfig::default());
+        let mut t = start(t0, &req(opts), file(70_000), &TftpConfig::default());
         assert_eq!(
             drain(&mut t),
             vec![Packet::Oack(Options {
@@ -690,7 +935,7 @@ mod tests {
                 blksize: Some(b),
                 ..Options::default()
             };
-            let mut t = Transfer::new(t0, &req(opts), file(100_000), &cfg);
+            let mut t = start(t0, &req(opts), file(100_000), &cfg);
             let Packet::Oack(o) = &drain(&mut t)[0] else {
                 panic!("no OACK")
             };
@@ -713,7 +958,7 @@ mod tests {
             windowsize: Some(1000),
             ..Options::default()
         };
-        let t = Transfer::new(Instant::now(), &req(opts), file(10), &TftpConfig::default());
+        let t = start(Instant::now(), &req(opts), file(10), &TftpConfig::default());
         assert_eq!(t.windowsize(), 64);
         assert_eq!(t.negotiated().windowsize, Some(64));
     }
@@ -726,7 +971,7 @@ mod tests {
             windowsize: Some(4),
             ..Options::default()
         };
-        let mut t = Transfer::new(t0, &req(opts), f.clone(), &TftpConfig::default());
+        let mut t = start(t0, &req(opts), f.clone(), &TftpConfig::default());
         assert!(matches!(drain(&mut t)[..], [Packet::Oack(_)]));
         t.handle(t0, &ack(0));
         let w = drain(&mut t);
@@ -760,7 +1005,7 @@ mod tests {
     fn retransmits_with_backoff_then_fails_after_the_cap() {
         let t0 = Instant::now();
         let cfg = TftpConfig::default(); // 1 s initial, 4 s cap, 10 retries
-        let mut t = Transfer::new(t0, &req(Options::default()), file(100), &cfg);
+        let mut t = start(t0, &req(Options::default()), file(100), &cfg);
         assert_eq!(blocks(&drain(&mut t)), [1]);
         let mut now = t0;
         let mut waits = Vec::new();
@@ -802,7 +1047,7 @@ mod tests {
     #[test]
     fn progress_resets_the_backoff() {
         let t0 = Instant::now();
-        let mut t = Transfer::new(
+        let mut t = start(
             t0,
             &req(Options::default()),
             file(2000),
@@ -824,7 +1069,7 @@ mod tests {
     #[test]
     fn timeout_adapts_to_the_measured_round_trip() {
         let t0 = Instant::now();
-        let mut t = Transfer::new(
+        let mut t = start(
             t0,
             &req(Options::default()),
             file(5000),
@@ -840,7 +1085,7 @@ mod tests {
         // srtt 2 ms, rttvar shrinking below 1 ms: clamped to the 10 ms floor.
         assert_eq!(t.poll_timeout(), Some(now + Duration::from_millis(10)));
 
-        let mut t = Transfer::new(
+        let mut t = start(
             t0,
             &req(Options::default()),
             file(5000),
@@ -865,7 +1110,7 @@ mod tests {
             timeout: Some(6),
             ..Options::default()
         };
-        let mut t = Transfer::new(t0, &req(opts), file(5000), &TftpConfig::default());
+        let mut t = start(t0, &req(opts), file(5000), &TftpConfig::default());
         assert_eq!(t.negotiated().timeout, Some(6), "acknowledged in the OACK");
         drain(&mut t);
         let mut now = t0 + Duration::from_micros(200);
@@ -882,7 +1127,7 @@ mod tests {
             timeout: Some(2),
             ..Options::default()
         };
-        let mut t = Transfer::new(t0, &req(opts), file(5000), &TftpConfig::default());
+        let mut t = start(t0, &req(opts), file(5000), &TftpConfig::default());
         drain(&mut t);
         let mut waits = Vec::new();
         let mut now = t0;
@@ -899,7 +1144,7 @@ mod tests {
     #[test]
     fn duplicate_and_stray_acks_cause_no_transmission() {
         let t0 = Instant::now();
-        let mut t = Transfer::new(
+        let mut t = start(
             t0,
             &req(Options::default()),
             file(2000),
@@ -946,15 +1191,15 @@ mod tests {
             blksize: Some(8),
             ..Options::default()
         };
-        let mut t = Transfer::new(t0, &req(opts), f.clone(), &TftpConfig::default());
+        let mut t = start(t0, &req(opts), f.clone(), &TftpConfig::default());
         assert!(matches!(drain(&mut t)[..], [Packet::Oack(_)]));
         let mut wire = 0u16;
         t.handle(t0, &ack(0));
         let mut got = Vec::with_capacity(f.len());
         let mut sent = 0u64;
         for abs in 1..=n_blocks {
-            let d = t.poll_transmit().expect("a block");
-            assert!(t.poll_transmit().is_none());
+            let d = t.next().expect("a block");
+            assert!(t.next().is_none());
             sent += 1;
             assert_eq!(u16::from_be_bytes([d[2], d[3]]), abs as u16);
             match abs {
@@ -996,7 +1241,7 @@ mod tests {
             windowsize: Some(64),
             ..Options::default()
         };
-        let mut t = Transfer::new(t0, &req(opts), f.clone(), &TftpConfig::default());
+        let mut t = start(t0, &req(opts), f.clone(), &TftpConfig::default());
         drain(&mut t);
         t.handle(t0, &ack(0));
         let mut got = Vec::new();
@@ -1031,7 +1276,7 @@ mod tests {
     #[test]
     fn size_multiple_of_blksize_ends_with_an_empty_block() {
         let t0 = Instant::now();
-        let mut t = Transfer::new(
+        let mut t = start(
             t0,
             &req(Options::default()),
             file(1024),
@@ -1061,7 +1306,7 @@ mod tests {
             tsize: Some(0),
             ..Options::default()
         };
-        let mut t = Transfer::new(t0, &req(opts), Bytes::new(), &TftpConfig::default());
+        let mut t = start(t0, &req(opts), Bytes::new(), &TftpConfig::default());
         assert_eq!(
             drain(&mut t),
             vec![Packet::Oack(Options {
@@ -1089,7 +1334,7 @@ mod tests {
             blksize: Some(1432),
             ..Options::default()
         };
-        let mut t = Transfer::new(t0, &req(opts), file(10), &TftpConfig::default());
+        let mut t = start(t0, &req(opts), file(10), &TftpConfig::default());
         assert!(matches!(drain(&mut t)[..], [Packet::Oack(_)]));
         t.handle_timeout(t0 + Duration::from_secs(1));
         assert!(matches!(drain(&mut t)[..], [Packet::Oack(_)]));
@@ -1110,7 +1355,7 @@ mod tests {
             initial_rto: Duration::from_secs(10),
             ..TftpConfig::default()
         };
-        let mut t = Transfer::new(t0, &req(Options::default()), file(100_000), &cfg);
+        let mut t = start(t0, &req(Options::default()), file(100_000), &cfg);
         drain(&mut t);
         assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(5)));
         t.handle_timeout(t0 + Duration::from_secs(5));
@@ -1132,7 +1377,7 @@ mod tests {
     #[test]
     fn unexpected_packet_from_peer_fails_with_error_4() {
         let t0 = Instant::now();
-        let mut t = Transfer::new(
+        let mut t = start(
             t0,
             &req(Options::default()),
             file(100),
@@ -1167,23 +1412,187 @@ mod tests {
                 ..Options::default()
             },
         };
-        let mut t = Transfer::new(
+        let mut t = start(
             t0,
             &r,
             Bytes::from_static(b"a\nb\rc"),
             &TftpConfig::default(),
         );
-        assert_eq!(
-            drain(&mut t),
-            vec![Packet::Oack(Options {
-                tsize: Some(7),
-                ..Options::default()
-            })]
-        );
-        t.handle(t0, &ack(0));
+        // The converted size is known only at the end: tsize is not acknowledged, so
+        // there is no OACK and block 1 goes out at once.
+        assert_eq!(t.size(), None);
         assert_eq!(
             data(&drain(&mut t)[0]),
             (1, Bytes::from_static(b"a\r\nb\r\0c"))
         );
+        t.handle(t0, &ack(1));
+        assert_eq!(
+            t.outcome(),
+            Some(&Outcome::Complete {
+                bytes: 7,
+                blocks: 1,
+                retransmits: 0
+            })
+        );
+    }
+
+    /// Acknowledges every window until the end; returns the bytes received.
+    fn run_to_end(t: &mut Tx, t0: Instant) -> Vec<u8> {
+        let mut got = Vec::new();
+        if matches!(drain(t).first(), Some(Packet::Oack(_))) {
+            t.handle(t0, &ack(0));
+        } else {
+            panic!("expected an OACK first");
+        }
+        while !t.is_finished() {
+            let w = drain(t);
+            let (last, _) = data(w.last().expect("a window"));
+            for p in &w {
+                got.extend_from_slice(&data(p).1);
+            }
+            t.handle(t0, &ack(last));
+        }
+        got
+    }
+
+    #[test]
+    fn a_large_file_is_held_a_window_at_a_time() {
+        let t0 = Instant::now();
+        let f = file(8 << 20);
+        let opts = Options {
+            blksize: Some(1468),
+            windowsize: Some(16),
+            tsize: Some(0),
+            ..Options::default()
+        };
+        let mut t = start(t0, &req(opts), f.clone(), &TftpConfig::default());
+        let limit = t.buffer_limit();
+        // The bound depends on the window, not on the file.
+        assert_eq!(limit, 16 * 1468 + 3 * READ_CHUNK as u64);
+        let got = run_to_end(&mut t, t0);
+        assert_eq!(got, f);
+        assert!(t.peak_buffered <= limit, "{} > {limit}", t.peak_buffered);
+        assert!(t.peak_buffered > 0);
+        assert_eq!(t.buffered_bytes(), 0, "everything released at the end");
+    }
+
+    #[test]
+    fn netascii_is_converted_while_streaming_within_the_budget() {
+        let t0 = Instant::now();
+        let text: Bytes = (0..(4 << 20))
+            .map(|i: u32| match i % 61 {
+                0 => b'\n',
+                30 => b'\r',
+                _ => b'a' + (i % 26) as u8,
+            })
+            .collect();
+        let r = Request {
+            filename: "notes.txt".into(),
+            mode: Mode::Netascii,
+            options: Options {
+                blksize: Some(1024),
+                windowsize: Some(8),
+                ..Options::default()
+            },
+        };
+        let mut t = start(t0, &r, text.clone(), &TftpConfig::default());
+        let got = run_to_end(&mut t, t0);
+        let mut want = Vec::new();
+        crate::content::to_netascii(&text, &mut want, usize::MAX);
+        assert_eq!(got, want);
+        assert!(t.peak_buffered <= t.buffer_limit());
+        assert!(
+            t.buffer_limit() < text.len() as u64 / 50,
+            "a copy of the file is never made"
+        );
+        assert!(matches!(
+            t.outcome(),
+            Some(Outcome::Complete { bytes, .. }) if *bytes == want.len() as u64
+        ));
+    }
+
+    #[test]
+    fn blocks_wait_for_their_data_and_reads_are_checked() {
+        let t0 = Instant::now();
+        let mut t = Transfer::new(t0, &req(Options::default()), 2000, &TftpConfig::default());
+        // Nothing to send before the data comes; one read at a time.
+        let r = t.poll_read().expect("a read");
+        assert_eq!((r.offset, r.len), (0, 2000));
+        assert!(t.poll_read().is_none());
+        assert!(t.poll_transmit().is_none());
+        // An answer to another offset is ignored.
+        t.provide(5, Bytes::from_static(b"zz"), false);
+        assert!(t.poll_transmit().is_none());
+        // A short answer: block 1 is not complete yet.
+        let f = file(2000);
+        t.provide(0, f.slice(..100), false);
+        assert!(t.poll_transmit().is_none());
+        let r = t.poll_read().expect("the rest");
+        assert_eq!((r.offset, r.len), (100, 1900));
+        // More than asked, and beyond the size: cut.
+        let mut more = f.slice(100..).to_vec();
+        more.extend_from_slice(b"extra");
+        t.provide(100, Bytes::from(more), true);
+        let p = Packet::parse(&t.poll_transmit().unwrap()).unwrap();
+        assert_eq!(data(&p), (1, f.slice(..512)));
+        assert!(t.poll_read().is_none(), "all data is there");
+        for b in 1..=3 {
+            t.handle(t0, &ack(b));
+            assert!(t.poll_transmit().is_some());
+        }
+        t.handle(t0, &ack(4));
+        assert!(matches!(
+            t.outcome(),
+            Some(Outcome::Complete { bytes: 2000, .. })
+        ));
+
+        // A file that ends before its size fails the transfer with ERROR 0.
+        let mut t = Transfer::new(t0, &req(Options::default()), 2000, &TftpConfig::default());
+        let r = t.poll_read().unwrap();
+        t.provide(r.offset, f.slice(..10), true);
+        let p = Packet::parse(&t.poll_transmit().unwrap()).unwrap();
+        assert!(matches!(
+            p,
+            Packet::Error {
+                code: ErrorCode::NotDefined,
+                ..
+            }
+        ));
+        assert!(matches!(
+            t.outcome(),
+            Some(Outcome::Failed {
+                reason: FailReason::ReadFailed(_)
+            })
+        ));
+        // So does a read error.
+        let mut t = Transfer::new(t0, &req(Options::default()), 2000, &TftpConfig::default());
+        let _ = t.poll_read().unwrap();
+        t.read_failed("disk on fire".into());
+        let p = Packet::parse(&t.poll_transmit().unwrap()).unwrap();
+        assert!(matches!(p, Packet::Error { message, .. } if message.contains("disk on fire")));
+        assert!(t.is_finished());
+    }
+
+    #[test]
+    fn no_data_is_read_before_the_client_accepts_the_options() {
+        let t0 = Instant::now();
+        let opts = Options {
+            tsize: Some(0),
+            ..Options::default()
+        };
+        let mut t = Transfer::new(t0, &req(opts), 1 << 40, &TftpConfig::default());
+        assert!(t.poll_read().is_none());
+        let p = Packet::parse(&t.poll_transmit().unwrap()).unwrap();
+        assert_eq!(
+            p,
+            Packet::Oack(Options {
+                tsize: Some(1 << 40),
+                ..Options::default()
+            })
+        );
+        assert!(t.poll_read().is_none());
+        t.handle(t0, &ack(0));
+        let r = t.poll_read().unwrap();
+        assert_eq!((r.offset, r.len), (0, READ_CHUNK));
     }
 }

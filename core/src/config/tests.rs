@@ -351,3 +351,15 @@ fn server_ports_and_shutdown_timeout() {
         ]
     );
 }
+
+#[test]
+fn server_tftp_per_address() {
+    let c = parse("[server]\ntftp_per_address = 2\n").unwrap();
+    assert_eq!(c.server.tftp_per_address, Some(2));
+    assert_eq!(parse("").unwrap().server.tftp_per_address, None);
+    let e = parse("[server]\ntftp_per_address = 0\n").unwrap_err();
+    assert_eq!(
+        lines(e),
+        ["/etc/ironpxe/test.toml:2: server.tftp_per_address: must be at least 1"]
+    );
+}

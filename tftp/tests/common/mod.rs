@@ -46,7 +46,13 @@ pub(crate) fn pattern(len: usize) -> Bytes {
 }
 
 pub(crate) fn client() -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client_on([127, 0, 0, 1])
+}
+
+/// A client on another loopback address (all of 127/8 is local), so tests can play
+/// several hosts.
+pub(crate) fn client_on(ip: [u8; 4]) -> UdpSocket {
+    let s = UdpSocket::bind((std::net::Ipv4Addr::from(ip), 0)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s
 }
@@ -78,8 +84,13 @@ pub(crate) enum Fetched {
 
 /// Fetches `name` like a real client: ACK 0 after an OACK, then one ACK per window.
 pub(crate) fn fetch(server: SocketAddr, name: &str, options: Options) -> Fetched {
+    fetch_raw(server, &rrq(name, options))
+}
+
+/// Like [`fetch`], with the request given as bytes.
+pub(crate) fn fetch_raw(server: SocketAddr, request: &[u8]) -> Fetched {
     let s = client();
-    s.send_to(&rrq(name, options.clone()), server).unwrap();
+    s.send_to(request, server).unwrap();
     let (first, tid) = recv(&s);
     assert_eq!(tid.ip(), server.ip());
     if let Packet::Error { code, message } = first {
