@@ -1,8 +1,9 @@
-//! The tokio driver of the built-in DHCP server: receive on UDP 67, ask the
-//! [`ServerCore`], store leases, add boot information for PXE clients, send.
+//! The driver of the built-in DHCP server: a thread receives on UDP 67, asks the
+//! [`ServerCore`], stores leases, adds boot information for PXE clients and sends.
 
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use crate::decide::{
     answer, classify, ChainloadMemory, Destination, ProxyConfig, RecvMeta, Reply, ServerPort,
 };
 use crate::request::PxeRequest;
-use crate::sock::DhcpSocket;
+use crate::sock::{DhcpSocket, RecvBatch};
 
 /// What the DHCP server hands out, and where its leases are kept.
 pub struct ServerMode {
@@ -53,8 +54,15 @@ pub async fn serve(
         "DHCP server (mode = \"server\") on UDP 67"
     );
     let core = ServerCore::new(server.settings, leases);
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_threads = StopOnDrop(stop.clone());
     let mut tasks = tokio::task::JoinSet::new();
     for sock in mine {
+        if !sock.is_blocking() {
+            return Err(io::Error::other(
+                "the DHCP server needs UDP 67 bound (not --dhcp-no-bind)",
+            ));
+        }
         let driver = Driver {
             core: core.clone(),
             store: server.store.clone(),
@@ -63,7 +71,18 @@ pub async fn serve(
             memory: ChainloadMemory::default(),
             pool_full_logged: None,
         };
-        tasks.spawn(async move { driver.run(sock).await });
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("ironpxe-dhcp-server".into())
+            .spawn(move || {
+                let _ = done_tx.send(driver.run(&sock, &stop));
+            })?;
+        tasks.spawn(async move {
+            done_rx
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other("the DHCP server thread died")))
+        });
     }
     if !others.is_empty() {
         let (proxy, booter) = (proxy.clone(), booter.clone());
@@ -77,6 +96,15 @@ pub async fn serve(
             Ok(r) => r,
             Err(e) => Err(io::Error::other(e)),
         },
+    }
+}
+
+/// Tells the server threads to end when `serve` returns, however it returns.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -98,81 +126,89 @@ fn now_ms() -> u64 {
 }
 
 impl Driver {
-    async fn run(mut self, sock: DhcpSocket) -> io::Result<()> {
-        let mut buf = vec![0u8; 2048];
-        loop {
-            let (n, meta) = match sock.recv(&mut buf).await {
-                Ok(v) => v,
+    /// The server loop, on its own thread: a batch of datagrams at a time (each wait
+    /// at most [`crate::sock::RECV_POLL`], so `stop` is seen), each decided, its lease
+    /// stored when it needs one, and answered from this thread.
+    fn run(mut self, sock: &DhcpSocket, stop: &AtomicBool) -> io::Result<()> {
+        let mut batch = RecvBatch::new();
+        while !stop.load(Ordering::Relaxed) {
+            let n = match sock.recv_batch(&mut batch) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
                     warn!(error = %e, "dhcp receive failed");
+                    std::thread::sleep(Duration::from_millis(10));
                     continue;
                 }
             };
-            let msg = match PxeRequest::decode(&buf[..n]) {
-                Ok(m) => m,
-                Err(e) => {
-                    debug!(peer = %meta.src, error = %e, len = n, "undecodable DHCP packet");
-                    continue;
-                }
-            };
-            match self.core.handle(&msg, &meta, now_ms()) {
-                Decision::Silent(why) => self.silent(&msg, why),
-                Decision::Reply(reply) => {
-                    let Some(reply) = self.with_boot(&msg, &meta, reply) else {
+            for i in 0..n {
+                let (bytes, meta) = batch.get(i);
+                let msg = match PxeRequest::decode(bytes) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        debug!(peer = %meta.src, error = %e, len = bytes.len(), "undecodable DHCP packet");
                         continue;
-                    };
-                    if let Some(reason) = &reply.nak_reason {
-                        info!(mac = %chaddr(&msg), reason = %reason, "DHCPNAK");
                     }
-                    send(&sock, &reply, &meta).await;
+                };
+                self.one(sock, &msg, &meta);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides, stores and answers one message.
+    fn one(&mut self, sock: &DhcpSocket, msg: &Message, meta: &RecvMeta) {
+        match self.core.handle(msg, meta, now_ms()) {
+            Decision::Silent(why) => self.silent(msg, why),
+            Decision::Reply(reply) => {
+                let Some(reply) = self.with_boot(msg, meta, reply) else {
+                    return;
+                };
+                if let Some(reason) = &reply.nak_reason {
+                    info!(mac = %chaddr(msg), reason = %reason, "DHCPNAK");
                 }
-                Decision::Commit { lease, reply } => {
-                    let store = self.store.clone();
-                    let stored = lease.clone();
-                    let done = tokio::task::spawn_blocking(move || store.put(&stored)).await;
-                    match done {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            // No ACK without a stored lease; the client asks again.
-                            warn!(mac = %lease.mac, ip = %lease.ip, error = %e, "cannot store the lease; not acknowledging it");
-                            continue;
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "lease store failed");
-                            continue;
-                        }
-                    }
-                    self.core.committed(lease.clone());
-                    let Some(reply) = self.with_boot(&msg, &meta, reply) else {
-                        continue;
-                    };
-                    if send(&sock, &reply, &meta).await {
-                        emit(BootEvent::DhcpLease {
-                            mac: lease.mac,
-                            ip: lease.ip.into(),
-                            kind: if lease.reserved { "reserved" } else { "pool" },
-                            hostname: lease.hostname.clone().unwrap_or_default(),
-                            lease_s: lease.expires_ms.saturating_sub(now_ms()) / 1000,
-                        });
-                        // Later TFTP and HTTP requests from this address are its.
-                        emit(BootEvent::DhcpClientAddress {
-                            mac: lease.mac,
-                            ip: lease.ip.into(),
-                        });
-                    }
+                send(sock, &reply, meta);
+            }
+            Decision::Commit { lease, reply } => {
+                // The fsync of the store happens here, before the ACK exists.
+                if let Err(e) = self.store.put(&lease) {
+                    // No ACK without a stored lease; the client asks again.
+                    warn!(mac = %lease.mac, ip = %lease.ip, error = %e, "cannot store the lease; not acknowledging it");
+                    return;
                 }
-                Decision::Forget { mac } => {
-                    let store = self.store.clone();
-                    match tokio::task::spawn_blocking(move || store.remove(mac)).await {
-                        Ok(Ok(())) => {
-                            self.core.forgotten(&mac);
-                            info!(%mac, "lease released");
-                        }
-                        Ok(Err(e)) => warn!(%mac, error = %e, "cannot remove the lease"),
-                        Err(e) => warn!(error = %e, "lease store failed"),
-                    }
+                self.core.committed(lease.clone());
+                let Some(reply) = self.with_boot(msg, meta, reply) else {
+                    return;
+                };
+                if send(sock, &reply, meta) {
+                    emit(BootEvent::DhcpLease {
+                        mac: lease.mac,
+                        ip: lease.ip.into(),
+                        kind: if lease.reserved { "reserved" } else { "pool" },
+                        hostname: lease.hostname.clone().unwrap_or_default(),
+                        lease_s: lease.expires_ms.saturating_sub(now_ms()) / 1000,
+                    });
+                    // Later TFTP and HTTP requests from this address are its.
+                    emit(BootEvent::DhcpClientAddress {
+                        mac: lease.mac,
+                        ip: lease.ip.into(),
+                    });
                 }
             }
+            Decision::Forget { mac } => match self.store.remove(mac) {
+                Ok(()) => {
+                    self.core.forgotten(&mac);
+                    info!(%mac, "lease released");
+                }
+                Err(e) => warn!(%mac, error = %e, "cannot remove the lease"),
+            },
         }
     }
 
@@ -302,7 +338,7 @@ fn via(dest: Destination) -> String {
 }
 
 /// Sends a reply; whether it went out.
-async fn send(sock: &DhcpSocket, reply: &ServerReply, meta: &RecvMeta) -> bool {
+fn send(sock: &DhcpSocket, reply: &ServerReply, meta: &RecvMeta) -> bool {
     let bytes = match reply.message.to_vec() {
         Ok(b) => b,
         Err(e) => {
@@ -310,7 +346,7 @@ async fn send(sock: &DhcpSocket, reply: &ServerReply, meta: &RecvMeta) -> bool {
             return false;
         }
     };
-    if let Err(e) = sock.send(&bytes, reply.dest, meta.local_ip).await {
+    if let Err(e) = sock.send_now(&bytes, reply.dest, meta.local_ip) {
         warn!(dest = %via(reply.dest), error = %e, "could not send DHCP reply");
         return false;
     }

@@ -11,8 +11,9 @@
 //! - [`probe`]: at start-up, a DISCOVER out of the data NIC; an OFFER from anyone
 //!   means another DHCP server is there, and ironpxe refuses to start (unless told
 //!   to with `--force`).
-//! - [`driver`]: the tokio loop on UDP 67, bound to the data NIC
-//!   (`SO_BINDTODEVICE`), so the server answers there only. PXE clients get their
+//! - [`driver`]: the receive thread on UDP 67 (batches of datagrams, as
+//!   ProxyDHCP's), bound to the data NIC (`SO_BINDTODEVICE`), so the server answers
+//!   there only; a lease is stored (an fsync) on that thread before its ACK is sent. PXE clients get their
 //!   address and their boot information (what ProxyDHCP would have answered,
 //!   [`crate::answer`]) in one OFFER and ACK; UDP 4011 stays ProxyDHCP's.
 
