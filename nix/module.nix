@@ -5,12 +5,18 @@ let
   cfg = config.services.ironpxe;
   helpers = import ./lib.nix;
   settingsFormat = pkgs.formats.toml { };
-  settings = helpers.mkSettings { inherit (cfg) settings machines interface; };
+  settings = helpers.mkSettings {
+    inherit (cfg) settings machines interface dhcp;
+    adminTokenFile = if cfg.adminTokenFile == null then null else adminTokenCredential;
+  };
+  # The admin token reaches the DynamicUser service as a systemd credential.
+  adminTokenCredential = "/run/credentials/ironpxe.service/admin-token";
   configFile = settingsFormat.generate "ironpxe.toml" settings;
   args = helpers.mkArgs {
     inherit (cfg) apiServer apiRequestTimeout interface debug dhcpNoBind extraArguments
-      ipv6 listenAddress6 ipv6Range ipv6Stateful;
+      ipv6 listenAddress6 ipv6Range ipv6Stateful forceDhcpServer;
     inherit settings;
+    stateDir = "/var/lib/ironpxe";
     configFile = "${configFile}";
   };
   ports = helpers.firewallPorts settings;
@@ -57,6 +63,48 @@ let
         type = types.nullOr (types.enum [ "netboot" "local" "ignore" ]);
         default = null;
         description = "`netboot` (default), `local` (leave to the next boot device) or `ignore`.";
+      };
+      once = mkOption {
+        type = types.nullOr types.bool;
+        default = null;
+        description = "Netboot until the installer reports success (POST to its `{{ DONE_URL }}`), then boot from the local disk until `ironpxe reinstall`; overrides the profile's `once`.";
+      };
+      ip = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "10.0.0.30";
+        description = "The machine's reserved address, handed out by the built-in DHCP server (`dhcp.mode = \"server\"`).";
+      };
+      hostname = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "Host name handed out with the reservation (default: the machine's name).";
+      };
+      bmc = mkOption {
+        type = types.nullOr (types.submodule {
+          options = {
+            address = mkOption {
+              type = types.str;
+              example = "10.1.0.30";
+              description = "The BMC's address (`host` or `host:port`), reached with IPMI over LAN.";
+            };
+            user = mkOption {
+              type = types.str;
+              description = "The IPMI user.";
+            };
+            password_file = mkOption {
+              type = types.str;
+              description = "A file holding the IPMI password, readable by the service (e.g. a systemd credential).";
+            };
+            cipher_suite = mkOption {
+              type = types.nullOr types.int;
+              default = null;
+              description = "IPMI 2.0 cipher suite (`ipmitool -C`), when the BMC needs one.";
+            };
+          };
+        });
+        default = null;
+        description = "The machine's BMC, for `ironpxe reinstall --power-cycle` (PXE next, then a power cycle).";
       };
     };
   };
@@ -106,6 +154,55 @@ in
       default = { };
       example = lib.literalExpression ''{ node-00 = { mac = "52:54:00:00:00:10"; profile = "compute"; }; }'';
       description = "Machines by name; appended to `settings.machines` with the name as `name`.";
+    };
+
+    dhcp = {
+      mode = mkOption {
+        type = types.enum [ "proxy" "server" ];
+        default = "proxy";
+        description = "`proxy`: ProxyDHCP next to the site's DHCP server (never hands out addresses). `server`: ironpxe is the data network's DHCP server, with the machines' `ip` reservations and an optional pool.";
+      };
+      subnet = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "10.0.0.0/24";
+        description = "The data network (server mode).";
+      };
+      pool = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "10.0.0.100-10.0.0.199";
+        description = "Addresses for machines without a reservation (server mode; none by default).";
+      };
+      leaseTime = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "12h";
+        description = "Lease time (server mode; default 1h).";
+      };
+      router = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "Default gateway handed out (server mode).";
+      };
+      dns = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        description = "DNS servers handed out (server mode).";
+      };
+    };
+
+    forceDhcpServer = mkOption {
+      type = types.bool;
+      default = false;
+      description = "In server mode, start even when another DHCP server answers on the data NIC (by default ironpxe refuses to).";
+    };
+
+    adminTokenFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/ironpxe-admin-token";
+      description = "File holding the Bearer token of the admin API (`POST /api/v1/machines/<mac>/reinstall`, `ironpxe reinstall`); passed to the service as a systemd credential.";
     };
 
     apiServer = mkOption {
@@ -188,6 +285,8 @@ in
 
     systemd.services.ironpxe = {
       description = "ironpxe network boot server";
+      # `reinstall --power-cycle` runs ipmitool against the machines' BMCs.
+      path = [ pkgs.ipmitool ];
       after = [ "network-online.target" ];
       wants = [ "network-online.target" ];
       wantedBy = [ "multi-user.target" ];
@@ -201,7 +300,9 @@ in
         LimitNOFILE = 65536;
         MemoryMax = cfg.memoryMax;
         DynamicUser = true;
+        # Install state and DHCP leases (state.redb) and the boot status live here.
         StateDirectory = "ironpxe";
+        LoadCredential = lib.optional (cfg.adminTokenFile != null) "admin-token:${cfg.adminTokenFile}";
         AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ] ++ lib.optional cfg.dhcpNoBind "CAP_NET_RAW";
         CapabilityBoundingSet = [ "CAP_NET_BIND_SERVICE" ] ++ lib.optional cfg.dhcpNoBind "CAP_NET_RAW";
         NoNewPrivileges = true;

@@ -558,6 +558,8 @@ pub struct Report {
     pub binary: PathBuf,
     /// A line about the machine.
     pub machine: String,
+    /// Whether the kernel gave receive timestamps ([`rxtime::kernel_stamps_work`]).
+    pub kernel_stamps: bool,
 }
 
 impl Report {
@@ -649,8 +651,7 @@ impl fmt::Display for Report {
             f,
             "Clients: one tokio task each in a client namespace, started {}; link {}; DHCP \
              over one shared socket on UDP 68, OFFERs matched by xid{}; phase times from \
-             the realtime clock at each request's send to the kernel receive timestamp \
-             (SO_TIMESTAMPNS) of the answer's last packet\n",
+             the realtime clock at each request's send to {}\n",
             if c.ramp_ms == 0 {
                 "together".to_string()
             } else {
@@ -665,6 +666,12 @@ impl fmt::Display for Report {
                 "; a REQUEST to UDP 4011 before TFTP"
             } else {
                 ""
+            },
+            if self.kernel_stamps {
+                "the kernel receive timestamp (SO_TIMESTAMPNS) of the answer's last packet"
+            } else {
+                "the read of the answer's last packet (this kernel gives no SO_TIMESTAMPNS, \
+                 so the times include the clients' own scheduling delay)"
             }
         )?;
         let booted = self.booted();
@@ -917,6 +924,7 @@ pub fn run_storm(config: &StormConfig) -> Result<Report> {
         server_side,
         binary: ironpxe_lab::ironpxe_bin()?,
         machine,
+        kernel_stamps: rxtime::kernel_stamps_work(),
     })
 }
 
@@ -1495,6 +1503,8 @@ async fn probe(ctx: Arc<Ctx>, every: Duration, stop: tokio::sync::watch::Receive
 /// each ([`ClientOutcome::to_line`]).
 pub fn run_clients(a: ClientArgs) -> Result<()> {
     raise_open_file_limit();
+    // Arrival stamps on before the first client's socket reads anything.
+    rxtime::kernel_stamps_work();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

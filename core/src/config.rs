@@ -58,6 +58,12 @@ use crate::ipxe_role::{IpxeRole, RoleMap};
 use crate::template::resolve_cmdline;
 use crate::{BootDecision, BootSpec, Booter, ClientArch, FileId, FileRef, MacAddr};
 
+mod dhcp;
+mod install;
+
+pub use dhcp::{DhcpMode, DhcpServerSettings, Reservation, DEFAULT_LEASE_TIME, MIN_LEASE_TIME};
+pub use install::BmcSettings;
+
 /// Verifications that need the outside world, supplied by the caller.
 pub trait Checks {
     /// A local file the configuration references (kernel, initrd, a file named in a
@@ -137,6 +143,11 @@ pub struct Machine {
     pub boot: MachineBoot,
     /// The line of its `[[machines]]` entry.
     pub line: usize,
+    /// `once = true` (its own or its profile's): netboot until the installer reports
+    /// success, then boot locally.
+    pub once: bool,
+    /// Its BMC, for `ironpxe reinstall --power-cycle`.
+    pub bmc: Option<BmcSettings>,
 }
 
 /// `[server]`: settings the binary applies (command-line flags take precedence).
@@ -179,6 +190,11 @@ pub struct Config {
     pub ipxe: IpxePaths,
     /// Per-machine answers.
     pub booter: ConfigBooter,
+    /// `[server] admin_token_file`: the Bearer token of the admin API
+    /// (`POST /api/v1/machines/<mac>/reinstall`).
+    pub admin_token_file: Option<PathBuf>,
+    /// `[dhcp]`.
+    pub dhcp: DhcpMode,
 }
 
 /// Answers per MAC from a validated configuration.
@@ -186,6 +202,8 @@ pub struct Config {
 pub struct ConfigBooter {
     machines: HashMap<MacAddr, Machine>,
     default: Option<(String, Arc<BootSpec>)>,
+    /// The default profile has `once = true`.
+    default_once: bool,
     files: HashMap<FileId, FileRef>,
 }
 
@@ -211,6 +229,12 @@ impl ConfigBooter {
             FileRef::Local(p) => Some(p.as_path()),
             FileRef::Remote(_) => None,
         })
+    }
+
+    /// Whether machines that are not listed install once (the default profile has
+    /// `once = true`).
+    pub fn default_once(&self) -> bool {
+        self.default.is_some() && self.default_once
     }
 }
 
@@ -254,6 +278,7 @@ struct RawConfig {
     profiles: BTreeMap<S, RawProfile>,
     #[serde(default)]
     machines: Vec<Spanned<RawMachine>>,
+    dhcp: Option<Spanned<dhcp::RawDhcp>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -274,6 +299,7 @@ struct RawServer {
     tftp_per_address: Option<Spanned<u32>>,
     default_profile: Option<S>,
     user: Option<S>,
+    admin_token_file: Option<S>,
 }
 
 /// Keys are checked against the role table during validation.
@@ -286,6 +312,7 @@ struct RawProfile {
     initrd: Option<Vec<S>>,
     cmdline: Option<S>,
     message: Option<S>,
+    once: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -300,6 +327,10 @@ struct RawMachine {
     cmdline_append: Option<S>,
     message: Option<S>,
     boot: Option<S>,
+    once: Option<Spanned<bool>>,
+    bmc: Option<Spanned<install::RawBmc>>,
+    ip: Option<S>,
+    hostname: Option<S>,
 }
 
 // ---- validation ----
@@ -313,6 +344,8 @@ struct Resolved {
     initrds: Option<Vec<FileRef>>,
     cmdline: Option<String>,
     message: Option<String>,
+    /// A profile's `once`.
+    once: Option<bool>,
 }
 
 struct Validator<'a> {
@@ -473,7 +506,20 @@ impl Config {
         let ipxe = v.ipxe(&raw.ipxe);
         let profiles = v.profiles(&raw.profiles);
         let default = v.default_profile(raw.server.default_profile.as_ref(), &profiles);
+        let default_once = raw
+            .server
+            .default_profile
+            .as_ref()
+            .and_then(|d| profiles.get(d.get_ref()))
+            .and_then(|(r, _)| r.once)
+            .unwrap_or(false);
         let machines = v.machines(&raw.machines, &profiles);
+        let admin_token_file = raw
+            .server
+            .admin_token_file
+            .as_ref()
+            .and_then(|f| v.admin_token_file_at(f));
+        let dhcp = v.dhcp(raw.dhcp.as_ref(), &raw.machines);
 
         if !v.problems.is_empty() {
             let mut problems = std::mem::take(&mut v.problems);
@@ -486,8 +532,11 @@ impl Config {
             booter: ConfigBooter {
                 machines,
                 default,
+                default_once,
                 files: v.files,
             },
+            admin_token_file,
+            dhcp,
         })
     }
 }
@@ -688,13 +737,14 @@ impl Validator<'_> {
         let mut profiles = Profiles::new();
         for (name, p) in raw {
             let key = format!("profiles.{}", name.get_ref());
-            let r = self.fields(
+            let mut r = self.fields(
                 &key,
                 p.kernel.as_ref(),
                 p.initrd.as_deref(),
                 p.cmdline.as_ref(),
                 p.message.as_ref(),
             );
+            r.once = p.once.as_ref().map(|o| *o.get_ref());
             let text_at = p
                 .cmdline
                 .as_ref()
@@ -724,6 +774,7 @@ impl Validator<'_> {
             initrds: initrd.map(|l| self.initrds_at(l, &format!("{key}.initrd"))),
             cmdline: cmdline.and_then(|c| self.cmdline_at(c, &format!("{key}.cmdline"))),
             message: message.and_then(|m| self.text_at(m, &format!("{key}.message"))),
+            once: None,
         }
     }
 
@@ -785,6 +836,16 @@ impl Validator<'_> {
                 }
             }
             let boot = self.machine_boot(m, &key, profiles);
+            let once = m
+                .once
+                .as_ref()
+                .map(|o| *o.get_ref())
+                .or_else(|| {
+                    let p = m.profile.as_ref()?;
+                    profiles.get(p.get_ref())?.0.once
+                })
+                .unwrap_or(false);
+            let bmc = m.bmc.as_ref().and_then(|b| self.bmc_at(b, &key));
             let Some(mac) = mac else { continue };
             if let Some(first) = machines.get(&mac) {
                 let first = first.line;
@@ -800,12 +861,16 @@ impl Validator<'_> {
                     name: m.name.as_ref().map(|n| n.get_ref().clone()),
                     boot,
                     line,
+                    once,
+                    bmc,
                 },
                 // Keep the line so a later duplicate is still reported.
                 None => Machine {
                     name: None,
                     boot: MachineBoot::Ignore,
                     line,
+                    once: false,
+                    bmc: None,
                 },
             };
             machines.insert(mac, machine);

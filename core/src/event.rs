@@ -260,6 +260,36 @@ pub enum BootEvent {
         /// A summary of the new configuration.
         summary: String,
     },
+    /// A machine's installer reported success (`POST .../installed`): a `once`
+    /// machine boots from its disk from now on.
+    InstallDone {
+        /// The machine.
+        mac: MacAddr,
+        /// Who called.
+        peer: Option<SocketAddr>,
+    },
+    /// A machine was set back to install (`POST .../reinstall`).
+    InstallReset {
+        /// The machine.
+        mac: MacAddr,
+        /// Who asked.
+        peer: Option<SocketAddr>,
+        /// The power step through its BMC: `cycle`, `on`, or `none`.
+        power: &'static str,
+    },
+    /// The built-in DHCP server acknowledged a lease (stored before it was sent).
+    DhcpLease {
+        /// The client.
+        mac: MacAddr,
+        /// Its address.
+        ip: IpAddr,
+        /// `reserved` (from the configuration) or `pool`.
+        kind: &'static str,
+        /// The host name handed out, or empty.
+        hostname: String,
+        /// Lease time in seconds.
+        lease_s: u64,
+    },
     /// A changed configuration file was refused; the previous one keeps serving.
     ConfigRejected {
         /// The file.
@@ -353,6 +383,9 @@ impl BootEvent {
             BootEvent::ApiError { .. } => "api.error",
             BootEvent::ConfigReloaded { .. } => "config.reloaded",
             BootEvent::ConfigRejected { .. } => "config.rejected",
+            BootEvent::InstallDone { .. } => "install.done",
+            BootEvent::InstallReset { .. } => "install.reinstall",
+            BootEvent::DhcpLease { .. } => "dhcp.lease",
         }
     }
 
@@ -369,7 +402,10 @@ impl BootEvent {
             | BootEvent::HttpBooting { mac, .. }
             | BootEvent::ApiAnswer { mac, .. }
             | BootEvent::ApiDeclined { mac, .. }
-            | BootEvent::ApiError { mac, .. } => Some(*mac),
+            | BootEvent::ApiError { mac, .. }
+            | BootEvent::InstallDone { mac, .. }
+            | BootEvent::InstallReset { mac, .. }
+            | BootEvent::DhcpLease { mac, .. } => Some(*mac),
             _ => None,
         }
     }
@@ -389,7 +425,9 @@ impl BootEvent {
             | BootEvent::HttpBinary { peer, .. }
             | BootEvent::FileStart { peer, .. }
             | BootEvent::FileDone { peer, .. }
-            | BootEvent::FileFailed { peer, .. } => *peer,
+            | BootEvent::FileFailed { peer, .. }
+            | BootEvent::InstallDone { peer, .. }
+            | BootEvent::InstallReset { peer, .. } => *peer,
             _ => None,
         }
     }
@@ -606,6 +644,28 @@ impl BootEvent {
                 f("trigger", text(*trigger));
                 f("problems", Number(*problems));
                 f("reason", text(reason.as_str()));
+            }
+            BootEvent::InstallDone { mac, peer } => {
+                f("mac", shown(mac));
+                f("peer", client(peer));
+            }
+            BootEvent::InstallReset { mac, peer, power } => {
+                f("mac", shown(mac));
+                f("peer", client(peer));
+                f("power", text(*power));
+            }
+            BootEvent::DhcpLease {
+                mac,
+                ip,
+                kind,
+                hostname,
+                lease_s,
+            } => {
+                f("mac", shown(mac));
+                f("ip", shown(ip));
+                f("kind", text(*kind));
+                f("hostname", text(hostname.as_str()));
+                f("lease_s", Number(*lease_s));
             }
         }
     }

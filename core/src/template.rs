@@ -9,6 +9,9 @@
 //! - `{{ URL "x" }}` and `{{ ID "x" }}`, with a Go string literal (`"..."` with
 //!   backslash escapes, or a raw `` `...` `` string);
 //! - `{{ "text" }}`, which prints the literal (the way to write `{{` itself);
+//! - `{{ DONE_URL }}` (ironpxe's own), the URL an installer POSTs to when the install
+//!   succeeded: `http://<ironpxe>/api/v1/machines/<mac>/installed`, for the machine
+//!   the script is rendered for (see `once = true`);
 //! - the trim markers `{{- ` and ` -}}`, which drop the whitespace before or after.
 //!
 //! Anything else between `{{` and `}}` is refused with the byte offset of the problem.
@@ -47,6 +50,8 @@ pub enum Piece {
     Url(String),
     /// `{{ ID "x" }}`: the same as `URL` (pixiecore's boot-mode spelling).
     Id(String),
+    /// `{{ DONE_URL }}`: where the machine's installer reports success.
+    DoneUrl,
 }
 
 /// Splits `text` into literal text and file references.
@@ -96,20 +101,29 @@ pub fn parse(text: &str) -> Result<Vec<Piece>, TemplateError> {
             let make: fn(String) -> Piece = match name {
                 "URL" => Piece::Url,
                 "ID" => Piece::Id,
-                "" => return Err(p.err("expected URL \"...\", ID \"...\" or a string literal")),
+                DONE_URL => |_| Piece::DoneUrl,
+                "" => {
+                    return Err(
+                        p.err("expected URL \"...\", ID \"...\", DONE_URL or a string literal")
+                    )
+                }
                 other => {
                     return Err(TemplateError {
                         offset: pos + start,
                         message: format!(
-                            "unknown function {other:?}: only URL and ID are available"
+                            "unknown function {other:?}: only URL, ID and DONE_URL are available"
                         ),
                     })
                 }
             };
-            if !p.skip_ws() {
-                return Err(p.err(&format!("{name} needs one string argument")));
+            if name == DONE_URL {
+                Piece::DoneUrl
+            } else {
+                if !p.skip_ws() {
+                    return Err(p.err(&format!("{name} needs one string argument")));
+                }
+                make(p.string()?)
             }
-            make(p.string()?)
         };
         p.skip_ws();
         trim_next = false;
@@ -132,6 +146,13 @@ pub fn parse(text: &str) -> Result<Vec<Piece>, TemplateError> {
     push_text(&mut out, tail);
     Ok(out)
 }
+
+/// The name of the template function that expands to the installed-callback URL.
+pub const DONE_URL: &str = "DONE_URL";
+
+/// How a canonical command line marks `{{ DONE_URL }}`: a word between two NULs that
+/// is not a file id.
+pub const DONE_MARKER: &str = "\0done\0";
 
 struct Parser<'a> {
     s: &'a str,
@@ -254,6 +275,7 @@ pub fn resolve_cmdline(
     for piece in pieces {
         match piece {
             Piece::Text(t) => out.push_str(&t),
+            Piece::DoneUrl => out.push_str(DONE_MARKER),
             Piece::Url(x) | Piece::Id(x) => {
                 let f = resolve(&x).map_err(|message| TemplateError {
                     offset: 0,
@@ -283,11 +305,26 @@ pub fn render_cmdline(
     cmdline: &str,
     url: &dyn Fn(&FileId) -> String,
 ) -> Result<String, TemplateError> {
+    render_cmdline_with(cmdline, url, None)
+}
+
+/// [`render_cmdline`], and each [`DONE_MARKER`] becomes `done_url` (a command line
+/// rendered without one keeps the marker, for the script renderer to refuse).
+pub fn render_cmdline_with(
+    cmdline: &str,
+    url: &dyn Fn(&FileId) -> String,
+    done_url: Option<&str>,
+) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(cmdline.len() + 64);
     let mut rest = cmdline;
     while let Some(i) = rest.find('\0') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
+        if let (Some(done), Some(tail)) = (done_url, rest[i..].strip_prefix(DONE_MARKER)) {
+            out.push_str(done);
+            rest = tail;
+            continue;
+        }
         match after.get(..33) {
             Some(m) if m.ends_with('\0') && is_file_id(&m[..32]) => {
                 out.push_str(&url(&FileId::from_wire(&m[..32])));
@@ -326,7 +363,9 @@ pub fn display_cmdline(cmdline: &str) -> String {
         .split('\0')
         .enumerate()
         .map(|(i, p)| {
-            if i % 2 == 1 {
+            if i % 2 == 1 && p == "done" {
+                format!("{{{{ {DONE_URL} }}}}")
+            } else if i % 2 == 1 {
                 format!("{{{{ ID \"{p}\" }}}}")
             } else {
                 p.to_string()
@@ -345,6 +384,7 @@ impl fmt::Display for Piece {
             Piece::Text(t) => f.write_str(t),
             Piece::Url(x) => write!(f, "{{{{ URL {x:?} }}}}"),
             Piece::Id(x) => write!(f, "{{{{ ID {x:?} }}}}"),
+            Piece::DoneUrl => write!(f, "{{{{ {DONE_URL} }}}}"),
         }
     }
 }
@@ -437,6 +477,42 @@ mod tests {
             assert_eq!(render_cmdline(stray, &|_| String::new()).unwrap(), stray);
         }
         assert!(resolve_cmdline("a\0", &mut |_| Err(String::new())).is_err());
+    }
+
+    #[test]
+    fn done_url_resolves_to_a_marker_and_renders_per_machine() {
+        assert_eq!(
+            parse("a {{ DONE_URL }} {{- DONE_URL -}} b").unwrap(),
+            [t("a "), Piece::DoneUrl, Piece::DoneUrl, t("b")]
+        );
+        let (canon, files) =
+            resolve_cmdline("done={{ DONE_URL }} k={{ ID \"/k\" }}", &mut |x: &str| {
+                FileRef::parse(x).map_err(|e| e.to_string())
+            })
+            .unwrap();
+        assert_eq!(files.len(), 1);
+        assert!(
+            display_cmdline(&canon).starts_with("done={{ DONE_URL }} k={{ ID "),
+            "{}",
+            display_cmdline(&canon)
+        );
+        let url = |id: &FileId| format!("F/{id}");
+        let out = render_cmdline_with(&canon, &url, Some("http://s/api/v1/machines/m/installed"))
+            .unwrap();
+        assert_eq!(
+            out,
+            format!(
+                "done=http://s/api/v1/machines/m/installed k=F/{}",
+                files[0].id()
+            )
+        );
+        // Without a URL to put there, the marker stays for the renderer to refuse.
+        assert!(render_cmdline(&canon, &url).unwrap().contains(DONE_MARKER));
+        // A DONE_URL takes no argument; `{{ DONE_URL "x" }}` is refused.
+        assert_eq!(
+            parse("{{ DONE_URL \"x\" }}").unwrap_err().message,
+            "expected }}"
+        );
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //! | `/_/booting?mac=M&arch=N`          | [`BootUrls::booting`] | 200, logged           |
 //! | `/_/bin/NAME`                      | [`BootUrls::binary`]  | an iPXE binary        |
 //!
+//! The machine API that installers and operators call is here too ([`MachineAction`]):
+//! `POST /api/v1/machines/M/installed` (the URL `{{ DONE_URL }}` expands to, built by
+//! [`BootUrls::installed`]) and `POST /api/v1/machines/M/reinstall`.
+//!
 //! `M` is the MAC as `aa:bb:cc:dd:ee:ff`, `N` the option 93 code in decimal, `ID` a
 //! [`FileId`]. Parameters are always written in this order; parsing accepts any
 //! order, and the first of repeated parameters wins.
@@ -184,6 +188,62 @@ impl BootUrls {
     /// An iPXE binary by file name: `<base>/_/bin/NAME`.
     pub fn binary(&self, name: &str) -> String {
         self.url(&BootRoute::Binary(name.to_string()))
+    }
+
+    /// Where `mac`'s installer reports success: `<base>/api/v1/machines/M/installed`.
+    pub fn installed(&self, mac: MacAddr) -> String {
+        format!("{}{}", self.base, MachineAction::Installed.path(mac))
+    }
+}
+
+/// Prefix of the per-machine API routes.
+pub const MACHINE_API_PREFIX: &str = "/api/v1/machines/";
+
+/// A POST of the machine API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MachineAction {
+    /// `/api/v1/machines/M/installed`: the installer reports success (no token).
+    Installed,
+    /// `/api/v1/machines/M/reinstall`: netboot the machine's spec again (admin token).
+    Reinstall,
+}
+
+impl MachineAction {
+    /// The last path segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineAction::Installed => "installed",
+            MachineAction::Reinstall => "reinstall",
+        }
+    }
+
+    /// `/api/v1/machines/M/<action>`.
+    pub fn path(self, mac: MacAddr) -> String {
+        format!("{MACHINE_API_PREFIX}{mac}/{}", self.as_str())
+    }
+
+    /// The route pattern, with `{mac}` for the MAC (axum's syntax).
+    pub fn route(self) -> String {
+        format!("{MACHINE_API_PREFIX}{{mac}}/{}", self.as_str())
+    }
+
+    /// Reads `/api/v1/machines/M/<action>` (M in any accepted MAC spelling).
+    pub fn parse(path: &str) -> Result<(MacAddr, MachineAction), UrlError> {
+        let unknown = || UrlError::UnknownPath {
+            path: path.to_string(),
+        };
+        let rest = path.strip_prefix(MACHINE_API_PREFIX).ok_or_else(unknown)?;
+        let (mac, action) = rest.split_once('/').ok_or_else(unknown)?;
+        let action = match action {
+            "installed" => MachineAction::Installed,
+            "reinstall" => MachineAction::Reinstall,
+            _ => return Err(unknown()),
+        };
+        let mac = decode_segment(mac)
+            .ok_or_else(unknown)?
+            .parse()
+            .map_err(UrlError::Mac)?;
+        Ok((mac, action))
     }
 }
 
@@ -508,6 +568,34 @@ mod tests {
                     "{url}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn machine_api_paths_round_trip() {
+        let u = BootUrls::http(Ipv4Addr::new(10, 0, 0, 2), 8080);
+        assert_eq!(
+            u.installed(MAC_A),
+            "http://10.0.0.2:8080/api/v1/machines/52:54:00:12:34:56/installed"
+        );
+        for a in [MachineAction::Installed, MachineAction::Reinstall] {
+            assert_eq!(MachineAction::parse(&a.path(MAC_A)), Ok((MAC_A, a)));
+        }
+        assert_eq!(
+            MachineAction::route(MachineAction::Reinstall),
+            "/api/v1/machines/{mac}/reinstall"
+        );
+        assert_eq!(
+            MachineAction::parse("/api/v1/machines/52-54-00-12-34-56/reinstall"),
+            Ok((MAC_A, MachineAction::Reinstall))
+        );
+        for bad in [
+            "/api/v1/machines/52:54:00:12:34:56",
+            "/api/v1/machines/52:54:00:12:34:56/other",
+            "/api/v1/machines/zz/installed",
+            "/_/ipxe",
+        ] {
+            assert!(MachineAction::parse(bad).is_err(), "{bad}");
         }
     }
 

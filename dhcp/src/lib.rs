@@ -19,6 +19,9 @@
 //!   with a BPF filter, IPv4/UDP decoding, and raw sends from port 67.
 //! - [`server`]: the tokio driver: receive, decode, ask the booter (off the receive
 //!   loop when it must wait), answer, send, log an event.
+//! - [`server_mode`]: the built-in DHCPv4 server (`[dhcp] mode = "server"`, off by
+//!   default): reservations, a pool, leases in the state database, and ProxyDHCP's
+//!   boot information in the offers of PXE clients.
 //! - [`v6`]: DHCPv6 for network boot, the IPv6 counterpart of all of the above.
 //!
 //! Firmware PXE clients are chainloaded into iPXE over TFTP; iPXE clients with HTTP
@@ -33,6 +36,7 @@ pub mod decide;
 pub mod nobind;
 pub mod request;
 pub mod server;
+pub mod server_mode;
 pub mod sock;
 pub mod v6;
 

@@ -71,7 +71,7 @@
 use std::collections::HashSet;
 use std::fmt::{self, Write as _};
 
-use ironpxe_core::template::{render_cmdline, TemplateError};
+use ironpxe_core::template::{render_cmdline_with, TemplateError};
 use ironpxe_core::{BootSpec, BootUrls, ClientArch, FileId, FileRef, MacAddr};
 
 /// How many times the script tries to fetch the kernel and initrds before giving up.
@@ -163,9 +163,12 @@ pub fn check_spec(spec: &BootSpec) -> Result<(), ScriptError> {
 pub fn boot_script(p: &BootScript<'_>) -> Result<String, ScriptError> {
     let urls = check_base_url(p.base_url)?;
     let spec = p.spec;
-    // Files the cmdline names through `{{ URL "..." }}` are served like the kernel.
+    // Files the cmdline names through `{{ URL "..." }}` are served like the kernel;
+    // `{{ DONE_URL }}` is where this machine's installer reports success.
     let file_url = |id: &FileId| urls.file(p.mac, p.arch, id);
-    let expanded = render_cmdline(&spec.cmdline, &file_url).map_err(ScriptError::Template)?;
+    let done_url = urls.installed(p.mac);
+    let expanded = render_cmdline_with(&spec.cmdline, &file_url, Some(&done_url))
+        .map_err(ScriptError::Template)?;
     let cmdline = Words::new(Field::Cmdline, &expanded)?;
     let message = match &spec.message {
         Some(m) if !m.is_empty() => Some(Words::new(Field::Message, m)?),
@@ -285,17 +288,53 @@ pub fn boot_script(p: &BootScript<'_>) -> Result<String, ScriptError> {
     Ok(s)
 }
 
-/// The script for a machine that boots from its local disk: it says so on the
-/// console and leaves iPXE with `exit`, which hands control back to the firmware,
-/// which then tries its next boot device (SeaBIOS and UEFI boot managers both do).
+/// How a `local` script leaves the network boot for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalBoot {
+    /// `sanboot --no-describe --drive 0x80`: iPXE boots the first BIOS hard disk
+    /// itself (INT 13h), falling back to `exit 1` when there is none. For BIOS
+    /// firmware, where returning to the firmware with `exit` is not always followed
+    /// by the next boot device (PXE ROMs that hang or retry the network).
+    SanbootDrive80,
+    /// `exit 1`: back to the firmware's boot manager with an error, which tries the
+    /// next boot option. For UEFI, where iPXE has no INT 13h drive to `sanboot`
+    /// ("No such device"), and where `exit 0` (success) makes OVMF, as the UEFI
+    /// specification allows, stop at its boot manager menu instead.
+    Exit,
+}
+
+impl LocalBoot {
+    /// The method for a firmware: `sanboot` on BIOS, `exit 1` on UEFI.
+    pub fn for_arch(arch: ClientArch) -> LocalBoot {
+        if arch.is_efi() {
+            LocalBoot::Exit
+        } else {
+            LocalBoot::SanbootDrive80
+        }
+    }
+}
+
+/// The script for a machine that boots from its local disk ([`LocalBoot::for_arch`]
+/// of its firmware). It says so on the console, then leaves the network boot.
+///
+/// Measured in the lab: SeaBIOS with the iPXE NIC ROM boots the disk with either
+/// `sanboot --no-describe --drive 0x80` or `exit`; OVMF with iPXE boots it only after
+/// `exit 1` (`exit 0` stops in OVMF's boot manager menu, `sanboot` finds no drive).
 pub fn local_boot_script(mac: MacAddr, arch: ClientArch) -> String {
-    format!(
+    let code = arch.code();
+    let head = format!(
         "#!ipxe\n\
          # ironpxe: {mac} (arch {code}, {arch}) boots from its next boot device\n\
-         echo ironpxe: {mac} boots from its next boot device\n\
-         exit 0\n",
-        code = arch.code()
-    )
+         echo ironpxe: {mac} boots from its next boot device\n"
+    );
+    match LocalBoot::for_arch(arch) {
+        LocalBoot::SanbootDrive80 => format!(
+            "{head}sanboot --no-describe --drive 0x80 ||\n\
+             echo ironpxe: no local disk 0x80 to boot, returning to the firmware\n\
+             exit 1\n"
+        ),
+        LocalBoot::Exit => format!("{head}exit 1\n"),
+    }
 }
 
 /// Checks the base URL can be written into a script word as is: no whitespace (which

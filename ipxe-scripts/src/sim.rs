@@ -39,6 +39,8 @@ pub(crate) struct Run {
     pub sleeps: Vec<u32>,
     /// `boot` ran (and, as a Linux kernel would, never returned).
     pub booted: bool,
+    /// The drive a `sanboot --drive N` booted (it never returns when it works).
+    pub sanbooted: Option<u32>,
     /// The script ended with `exit N`.
     pub exit: Option<i64>,
     /// The script stopped because a command failed (its line).
@@ -335,6 +337,24 @@ impl State {
                 self.stop = true;
                 0
             }
+            "sanboot" => {
+                // Only the local-disk form ironpxe writes: no URI, `--no-describe`.
+                assert!(args.is_empty(), "sanboot with a URI is not modelled");
+                assert!(opts.iter().any(|(o, _)| o == "--no-describe"));
+                let drive = opts
+                    .iter()
+                    .find(|(o, _)| o == "--drive")
+                    .and_then(|(_, v)| v.as_ref())
+                    .map(text)
+                    .expect("sanboot --drive N");
+                let drive = u32::from_str_radix(drive.trim_start_matches("0x"), 16).unwrap();
+                if fails(&format!("sanboot:{drive:#x}")) {
+                    return 1;
+                }
+                self.run.sanbooted = Some(drive);
+                self.stop = true;
+                0
+            }
             "exit" => {
                 self.run.exit = Some(args.first().map_or(0, |a| text(a).parse().unwrap()));
                 self.stop = true;
@@ -346,11 +366,14 @@ impl State {
 }
 
 /// iPXE's getopt: options until the first word not starting with `-`, or `--`.
-/// Returns (option, argument) pairs and the remaining words. Only `--name` (of the
-/// image commands) takes an argument; `-n` is `echo`'s flag.
+/// Returns (option, argument) pairs and the remaining words. `--name` (of the image
+/// commands) and `--drive` (of `sanboot`) take an argument; `-n` is `echo`'s flag and
+/// `--no-describe` `sanboot`'s.
 #[allow(clippy::type_complexity)]
 fn getopt(words: &[Vec<u8>]) -> (Vec<(String, Option<Vec<u8>>)>, Vec<Vec<u8>>) {
-    let known: HashSet<&str> = ["-n", "--name"].into_iter().collect();
+    let known: HashSet<&str> = ["-n", "--name", "--no-describe", "--drive"]
+        .into_iter()
+        .collect();
     let mut opts = Vec::new();
     let mut i = 0;
     while i < words.len() && words[i].first() == Some(&b'-') {
@@ -360,7 +383,7 @@ fn getopt(words: &[Vec<u8>]) -> (Vec<(String, Option<Vec<u8>>)>, Vec<Vec<u8>>) {
             break;
         }
         assert!(known.contains(w.as_str()), "unknown option {w:?}");
-        if w == "--name" {
+        if w == "--name" || w == "--drive" {
             opts.push((w, Some(words[i].clone())));
             i += 1;
         } else {

@@ -546,18 +546,59 @@ fn retries_ask_for_the_script_again_first() {
 }
 
 #[test]
-fn local_boot_script_leaves_ipxe() {
+fn local_boot_script_sanboots_the_disk_on_bios_and_exits_with_an_error_on_uefi() {
     let script = local_boot_script(MAC, ClientArch::Bios);
     assert_eq!(
         script,
         "#!ipxe\n# ironpxe: 52:54:00:12:34:56 (arch 0, bios) boots from its next boot device\n\
-         echo ironpxe: 52:54:00:12:34:56 boots from its next boot device\nexit 0\n"
+         echo ironpxe: 52:54:00:12:34:56 boots from its next boot device\n\
+         sanboot --no-describe --drive 0x80 ||\n\
+         echo ironpxe: no local disk 0x80 to boot, returning to the firmware\n\
+         exit 1\n"
     );
     let run = sim::run(&script, |_| false);
     assert!(!run.booted);
-    assert_eq!(run.exit, Some(0));
+    assert_eq!(run.sanbooted, Some(0x80));
+    assert_eq!(run.exit, None);
     assert_eq!(
         String::from_utf8(run.console).unwrap(),
         "ironpxe: 52:54:00:12:34:56 boots from its next boot device\n"
+    );
+    // No disk: back to the firmware with an error, so it tries its next device.
+    let run = sim::run(&script, |u| u == "sanboot:0x80");
+    assert_eq!((run.sanbooted, run.exit), (None, Some(1)));
+
+    for arch in [ClientArch::EfiX64, ClientArch::EfiBc, ClientArch::EfiArm64] {
+        let script = local_boot_script(MAC, arch);
+        let run = sim::run(&script, |_| false);
+        assert_eq!((run.sanbooted, run.exit), (None, Some(1)), "{arch}");
+        assert!(!script.contains("sanboot"), "{arch}");
+    }
+}
+
+#[test]
+fn done_url_names_this_machine_on_the_server_it_reached() {
+    let (canon, _) = ironpxe_core::template::resolve_cmdline(
+        "console=ttyS0 ironpxe.done={{ DONE_URL }}",
+        &mut |x: &str| FileRef::parse(x).map_err(|e| e.to_string()),
+    )
+    .unwrap();
+    let spec = BootSpec {
+        kernel: FileRef::parse("/srv/vmlinuz").unwrap(),
+        initrds: vec![],
+        cmdline: canon,
+        message: None,
+    };
+    let script = boot_script(&BootScript {
+        base_url: "http://10.0.0.2:8080",
+        mac: MAC,
+        arch: ClientArch::Bios,
+        spec: &spec,
+    })
+    .unwrap();
+    let run = sim::run(&script, |_| false);
+    assert_eq!(
+        String::from_utf8(run.kernel.unwrap().cmdline).unwrap(),
+        "console=ttyS0 ironpxe.done=http://10.0.0.2:8080/api/v1/machines/52:54:00:12:34:56/installed"
     );
 }

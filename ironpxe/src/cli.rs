@@ -100,6 +100,34 @@ machines that retransmitted, then first packets, within --api-rate and \
     )]
     Api(ApiArgs),
 
+    /// List the machines of a running ironpxe: install state, boot phase, last boot
+    /// (through its status API).
+    #[command(
+        long_about = "List the machines of a running ironpxe with their install state \
+(install or installed), whether they install once, their boot phase, last boot and \
+address, through its status API (GET /api/v1/installs).\n\n\
+The server is --server URL, or else the status port of the configuration file \
+(--config, default /etc/ironpxe/ironpxe.toml) on this host.",
+        after_help = "Example:\n  ironpxe machines --server http://127.0.0.1:8081"
+    )]
+    Machines(MachinesArgs),
+
+    /// Set a machine back to install, so it netboots its spec again; with
+    /// --power-cycle, also set its next boot to PXE and power-cycle it through its BMC.
+    #[command(
+        long_about = "Set a machine (by name or MAC) back to install: a machine with \
+once = true netboots its spec again at its next boot, until its installer reports \
+success again.\n\n\
+With --power-cycle, the server then sets the machine's next boot device to PXE and \
+power-cycles it (powers it on if it is off) with ipmitool over the LAN, using the \
+machine's bmc = { address, user, password_file } from the configuration.\n\n\
+This calls POST /api/v1/machines/<name or mac>/reinstall on the running server with \
+Authorization: Bearer <token>; the token is read from --token-file, or else from the \
+configuration's [server] admin_token_file.",
+        after_help = "Example:\n  ironpxe reinstall node-03 --power-cycle"
+    )]
+    Reinstall(ReinstallArgs),
+
     /// PXE-boot QEMU guests against this ironpxe in a private lab network and check
     /// their serial console (for testing boot images, e.g. in CI).
     #[command(
@@ -115,8 +143,62 @@ pub(crate) struct ServeArgs {
     #[arg(short = 'f', long, value_name = "FILE")]
     pub config: PathBuf,
 
+    /// With [dhcp] mode = "server": start even when another DHCP server answers on
+    /// the data NIC (by default ironpxe probes for one and refuses to start).
+    #[arg(long)]
+    pub force: bool,
+
     #[command(flatten)]
     pub server: ServerArgs,
+}
+
+/// How `machines` and `reinstall` reach the running server.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ClientArgs {
+    /// The running ironpxe's status server, e.g. http://127.0.0.1:8081 [default: the
+    /// status port of --config on this host].
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+
+    /// The configuration file the server runs with, for its status port and admin
+    /// token file.
+    #[arg(
+        short = 'f',
+        long,
+        value_name = "FILE",
+        default_value = "/etc/ironpxe/ironpxe.toml"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct MachinesArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ReinstallArgs {
+    /// The machine: its name in the configuration, or its MAC.
+    #[arg(value_name = "NAME|MAC")]
+    pub machine: String,
+
+    /// Also set the next boot device to PXE and power-cycle the machine through its
+    /// BMC (IPMI over LAN).
+    #[arg(long)]
+    pub power_cycle: bool,
+
+    /// A file holding the admin token [default: the configuration's [server]
+    /// admin_token_file].
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Args, Debug)]

@@ -21,6 +21,7 @@ use ironpxe_core::{BootSpec, Booter, Config, FileRef, SwapBooter};
 use tracing::{info, warn};
 
 use crate::cli::{CheckArgs, ServeArgs};
+use crate::install::InstallWiring;
 use crate::server_config::ServerConfig;
 
 /// How often the watcher looks at the file.
@@ -151,9 +152,9 @@ fn summary(cfg: &Config) -> String {
 }
 
 /// `ironpxe serve`: loads the file, starts watching it for reloads, and returns the
-/// runtime configuration (the command line over the file's `[server]` and `[ipxe]`)
-/// and the booter for [`crate::run::serve`].
-pub(crate) fn prepare(args: &ServeArgs) -> Result<(ServerConfig, Arc<dyn Booter>)> {
+/// runtime configuration (the command line over the file's `[server]` and `[ipxe]`),
+/// the booter and the install wiring for [`crate::run::serve`].
+pub(crate) fn prepare(args: &ServeArgs) -> Result<(ServerConfig, Arc<dyn Booter>, InstallWiring)> {
     let (cfg, _) = load(&args.config, true).map_err(|e| match e {
         LoadError::Read(m) => anyhow::anyhow!("{m}"),
         LoadError::Problems(e) => anyhow::anyhow!(
@@ -168,10 +169,39 @@ pub(crate) fn prepare(args: &ServeArgs) -> Result<(ServerConfig, Arc<dyn Booter>
         .chain(cfg.booter.local_files().map(Path::to_path_buf))
         .collect();
     info!(config = %args.config.display(), "{}", summary(&cfg));
-    let applied = (cfg.server.clone(), cfg.ipxe.clone());
-    let swap = Arc::new(SwapBooter::new(Arc::new(cfg.booter)));
-    start_watcher(args.config.clone(), swap.clone(), applied)?;
-    Ok((server, swap))
+    let wiring = InstallWiring::from_config(
+        &cfg,
+        &args.config,
+        server.state_dir.as_deref(),
+        server.interface.as_deref(),
+        args.force,
+    )?;
+    let applied = Applied {
+        server: cfg.server.clone(),
+        ipxe: cfg.ipxe.clone(),
+        dhcp: cfg.dhcp.clone(),
+        admin_token_file: cfg.admin_token_file.clone(),
+    };
+    let directory = wiring.fleet.directory();
+    let swap = Arc::new(SwapBooter::new(
+        wiring.wrap(Arc::new(cfg.booter), &directory),
+    ));
+    start_watcher(
+        args.config.clone(),
+        swap.clone(),
+        applied,
+        wiring.fleet.clone(),
+    )?;
+    Ok((server, swap, wiring))
+}
+
+/// What a reload cannot change while running: restart-only settings.
+#[derive(PartialEq)]
+struct Applied {
+    server: ServerSettings,
+    ipxe: IpxePaths,
+    dhcp: ironpxe_core::config::DhcpMode,
+    admin_token_file: Option<PathBuf>,
 }
 
 /// Identity of the file on disk, to notice edits and replacements.
@@ -196,7 +226,8 @@ fn stamp(path: &Path) -> Option<Stamp> {
 fn start_watcher(
     path: PathBuf,
     swap: Arc<SwapBooter>,
-    applied: (ServerSettings, IpxePaths),
+    applied: Applied,
+    fleet: ironpxe_state::Fleet,
 ) -> Result<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     std::thread::Builder::new()
@@ -243,15 +274,38 @@ fn start_watcher(
                             if why != "SIGHUP" && text == last_text {
                                 continue;
                             }
+                            let dir = ironpxe_state::Directory::from_config(&cfg.booter);
+                            if fleet.installs().is_none() && !dir.once_policy().is_empty() {
+                                emit(BootEvent::ConfigRejected {
+                                    file: path.display().to_string(),
+                                    trigger: why,
+                                    problems: 1,
+                                    reason: "once = true needs the state directory: restart ironpxe with --state-dir DIR".into(),
+                                });
+                                continue;
+                            }
                             last_text = text;
-                            if (&cfg.server, &cfg.ipxe) != (&applied.0, &applied.1) {
+                            let now = Applied {
+                                server: cfg.server.clone(),
+                                ipxe: cfg.ipxe.clone(),
+                                dhcp: cfg.dhcp.clone(),
+                                admin_token_file: cfg.admin_token_file.clone(),
+                            };
+                            if now != applied {
                                 warn!(
-                                    "{}: changes to [server] and [ipxe] take effect after a restart",
+                                    "{}: changes to [server], [ipxe] and [dhcp] take effect after a restart",
                                     path.display()
                                 );
                             }
                             let sum = summary(&cfg);
-                            swap.swap(Arc::new(cfg.booter));
+                            fleet.set_directory(dir.clone());
+                            // The machines of the new file that install once boot
+                            // locally once installed.
+                            swap.swap(crate::install::wrap_once(
+                                &fleet,
+                                Arc::new(cfg.booter),
+                                &dir,
+                            ));
                             emit(BootEvent::ConfigReloaded {
                                 file: path.display().to_string(),
                                 trigger: why,

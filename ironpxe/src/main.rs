@@ -7,8 +7,10 @@
 mod api;
 mod cli;
 mod config_mode;
+mod install;
 mod ipxe_files;
 mod lab_cmd;
+mod machines_cmd;
 mod privileges;
 mod run;
 mod server_config;

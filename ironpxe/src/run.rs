@@ -13,6 +13,7 @@ use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{BootArgs, Cli, Command, LogArgs, LogFormat};
+use crate::install::InstallWiring;
 use crate::ipxe_files::{IpxeSet, SEARCH_DIRS};
 use crate::server_config::{ServerConfig, StatusPlace};
 
@@ -57,8 +58,13 @@ pub(crate) fn init_logging(args: &LogArgs) {
 /// Runs the command: each serving mode yields its runtime configuration and booter,
 /// and [`serve`] runs them.
 pub(crate) fn run(cli: Cli) -> Result<()> {
-    let (server, booter) = match cli.command {
-        Command::Boot(args) => boot_mode(&args)?,
+    let plain = |s: &ServerConfig| InstallWiring::plain(s.state_dir.as_deref());
+    let (server, booter, install) = match cli.command {
+        Command::Boot(args) => {
+            let (s, b) = boot_mode(&args)?;
+            let w = plain(&s)?;
+            (s, b, w)
+        }
         Command::Serve(args) => crate::config_mode::prepare(&args)?,
         Command::Check(args) => return crate::config_mode::check(&args),
         Command::Api(args) => {
@@ -70,7 +76,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 None => None,
             };
             let (server, booter) = crate::api::run(args)?;
-            match root {
+            let (server, booter) = match root {
                 Some(root) => {
                     info!(root = %root.path().display(), "API answers may name local files under this directory only");
                     let confined: Arc<dyn Booter> =
@@ -78,11 +84,15 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                     (server, confined)
                 }
                 None => (server, booter),
-            }
+            };
+            let w = plain(&server)?;
+            (server, booter, w)
         }
+        Command::Machines(args) => return crate::machines_cmd::machines(&args),
+        Command::Reinstall(args) => return crate::machines_cmd::reinstall(&args),
         Command::Lab(_) => bail!("`ironpxe lab` is run by main, not as a server"),
     };
-    serve(&server, booter)
+    serve(&server, booter, install)
 }
 
 /// `ironpxe boot`: one spec for every machine.
@@ -176,7 +186,11 @@ fn check_readable(p: &Path) -> Result<()> {
 
 /// Runs the servers with `booter` until SIGTERM or SIGINT, then shuts down (see
 /// [`serve_async`]).
-pub(crate) fn serve(args: &ServerConfig, booter: Arc<dyn Booter>) -> Result<()> {
+pub(crate) fn serve(
+    args: &ServerConfig,
+    booter: Arc<dyn Booter>,
+    install: InstallWiring,
+) -> Result<()> {
     raise_open_file_limit();
     // The status store learns each machine's kernel and initrds from the booter.
     let booter = status().observe_booter(booter);
@@ -210,7 +224,7 @@ pub(crate) fn serve(args: &ServerConfig, booter: Arc<dyn Booter>) -> Result<()> 
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = rt.block_on(serve_async(args, booter, ipxe, user));
+    let result = rt.block_on(serve_async(args, booter, ipxe, user, install));
     // Transfers past the shutdown timeout are abandoned, not waited for.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     result
@@ -249,6 +263,7 @@ async fn serve_async(
     booter: Arc<dyn Booter>,
     ipxe: IpxeSet,
     user: Option<crate::privileges::Target>,
+    install: InstallWiring,
 ) -> Result<()> {
     let mut signals = Signals::new()?;
     let listen = args.listen_addr;
@@ -264,6 +279,33 @@ async fn serve_async(
                 .with_context(|| format!("--tftp-root {}", dir.display()))?,
         ),
         None => None,
+    };
+
+    // `[dhcp] mode = "server"`: ironpxe is the segment's DHCP server. Unless forced,
+    // first make sure no other DHCP server answers there.
+    let dhcp_server = match &install.dhcp {
+        ironpxe_core::config::DhcpMode::Proxy => None,
+        ironpxe_core::config::DhcpMode::Server(settings) => {
+            let Some(dev) = device.map(str::to_string) else {
+                bail!("[dhcp] mode = \"server\" answers only on the data NIC: set --interface or [server] interface");
+            };
+            if args.dhcp_no_bind {
+                bail!("[dhcp] mode = \"server\" is the DHCP server on UDP 67 itself; --dhcp-no-bind does not go with it");
+            }
+            let db = install
+                .db
+                .clone()
+                .context("[dhcp] mode = \"server\" keeps its leases in the state directory: give --state-dir DIR")?;
+            if install.force {
+                tracing::warn!(interface = %dev, "--force: not probing for another DHCP server");
+            } else {
+                crate::install::refuse_other_dhcp_servers(&dev).await?;
+            }
+            Some(ironpxe_dhcp::server_mode::ServerMode {
+                settings: settings.clone(),
+                store: Arc::new(db.leases()),
+            })
+        }
     };
 
     // Bind everything first, so a port in use is reported before anything runs.
@@ -415,7 +457,17 @@ async fn serve_async(
     let state = ironpxe_http::HttpState::new(booter.clone())
         .context("cannot set up the HTTP client for remote files")?
         .with_ipxe_binaries(http_binaries);
-    let mut router = ironpxe_http::router(state);
+    // Installers report success on the boot port, where they reach ironpxe.
+    let install_api = ironpxe_status::InstallApi::new(
+        install.fleet.clone(),
+        status().clone(),
+        install.admin_token.clone(),
+        install.db.as_ref().map(|d| d.leases()),
+    );
+    let mut router = ironpxe_http::router(state).merge(install_api.installer_router());
+    if let Some(db) = &install.db {
+        info!(file = %db.path().display(), "install state and leases kept in the state database");
+    }
     // The status page, API and metrics: on their own port, next to the boot files
     // when the operator asks for that, or nowhere.
     match (status_listener, args.status) {
@@ -423,8 +475,9 @@ async fn serve_async(
             let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
             info!(status = %addr, "boot status on its own port");
             let stop = shutdown.clone().cancelled_owned();
+            let routes = status().router().merge(install_api.router());
             servers.spawn(async move {
-                let r = ironpxe_http::serve(l, status().router(), stop, drain).await;
+                let r = ironpxe_http::serve(l, routes, stop, drain).await;
                 ("status", r)
             });
         }
@@ -434,7 +487,9 @@ async fn serve_async(
                 "boot status on the boot port: every PXE client can read every machine's MAC, \
                  address and files"
             );
-            router = router.merge(status().router());
+            router = router
+                .merge(status().router())
+                .merge(install_api.admin_router());
         }
         (None, _) => info!(
             "boot status not served over HTTP (--status-port PORT serves it, \
@@ -464,12 +519,17 @@ async fn serve_async(
         let r = ironpxe_http::serve_with(http_listener, router, stop, drain, http_limits).await;
         ("HTTP", r)
     });
-    let done = dhcp_thread.serve(proxy, booter, shutdown.clone().cancelled_owned());
+    let done = dhcp_thread.serve(
+        proxy,
+        booter,
+        dhcp_server,
+        shutdown.clone().cancelled_owned(),
+    );
     servers.spawn(async move {
         let r = done
             .await
             .unwrap_or_else(|_| Err(std::io::Error::other("the ProxyDHCP thread ended")));
-        ("ProxyDHCP", r)
+        ("DHCP", r)
     });
 
     // Until a signal, or until a server stops on its own, which is a failure.
@@ -520,10 +580,12 @@ struct DhcpThread {
     jobs: std::sync::mpsc::SyncSender<DhcpJob>,
 }
 
-/// What the DHCP thread is told to run once its sockets are open.
+/// What the DHCP thread is told to run once its sockets are open: ProxyDHCP, and
+/// with a [`ironpxe_dhcp::server_mode::ServerMode`] the DHCP server on UDP 67.
 type DhcpJob = (
     ProxyConfig,
     Arc<dyn Booter>,
+    Option<ironpxe_dhcp::server_mode::ServerMode>,
     tokio_util::sync::WaitForCancellationFutureOwned,
     tokio::sync::oneshot::Sender<std::io::Result<()>>,
 );
@@ -558,10 +620,15 @@ impl DhcpThread {
                     }
                 };
                 let _ = opened_tx.send(Ok(()));
-                let Ok((proxy, booter, stop, done)) = job_rx.recv() else {
+                let Ok((proxy, booter, server, stop, done)) = job_rx.recv() else {
                     return;
                 };
-                let r = rt.block_on(ironpxe_dhcp::serve(sockets, proxy, booter, stop));
+                let r = match server {
+                    Some(server) => rt.block_on(ironpxe_dhcp::server_mode::serve(
+                        sockets, proxy, booter, server, stop,
+                    )),
+                    None => rt.block_on(ironpxe_dhcp::serve(sockets, proxy, booter, stop)),
+                };
                 let _ = done.send(r);
             })
             .context("cannot start the ProxyDHCP thread")?;
@@ -576,11 +643,12 @@ impl DhcpThread {
         self,
         proxy: ProxyConfig,
         booter: Arc<dyn Booter>,
+        server: Option<ironpxe_dhcp::server_mode::ServerMode>,
         stop: tokio_util::sync::WaitForCancellationFutureOwned,
     ) -> tokio::sync::oneshot::Receiver<std::io::Result<()>> {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         // The thread waits for exactly this one job; if it is gone, `done_rx` says so.
-        let _ = self.jobs.send((proxy, booter, stop, done_tx));
+        let _ = self.jobs.send((proxy, booter, server, stop, done_tx));
         done_rx
     }
 }

@@ -126,7 +126,9 @@ pub fn kernel_in(cache: &Path) -> Result<PathBuf> {
         Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
         "dpkg-deb comes with the dpkg package",
     )?;
-    // Only boot/ is used; the modules are most of the package's size.
+    // Only boot/ is used, and the few network modules of the lab's installer
+    // initrd (kept next to the kernel); the modules are most of the package's size.
+    let _ = crate::installer::keep_net_modules(&root, cache, &package);
     for unused in ["lib", "usr"] {
         let _ = fs::remove_dir_all(root.join(unused));
     }

@@ -37,6 +37,16 @@ impl Lab {
         })
     }
 
+    /// The MAC address of a client's interface.
+    pub fn client_mac(&self, client: &Client) -> Result<ironpxe_core::MacAddr> {
+        let path = format!("/sys/class/net/{}/address", client.ifname);
+        let out = self.run_in(&client.ns, "cat", &[&path])?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|e| Error::Invalid(format!("{path} in {}: {e}", client.ns)))
+    }
+
     /// Asks the site server for an address from a client namespace with busybox
     /// udhcpc; returns the address it leased.
     pub fn client_dhcp(&self, client: &Client, timeout: Duration) -> Result<Ipv4Addr> {

@@ -69,6 +69,11 @@ pub struct GuestConfig {
     pub ipxe_rom: bool,
     /// Record the NIC's traffic to `<out_dir>/<name>.pcap` (QEMU's `filter-dump`).
     pub pcap: bool,
+    /// A local disk, after the NIC in the boot order ([`crate::disk`]).
+    pub disk: Option<crate::disk::GuestDisk>,
+    /// Let the guest reboot (a reset restarts the firmware). Off (the default), QEMU
+    /// exits when the guest resets, as after a power-off.
+    pub reboot: bool,
     /// More QEMU arguments.
     pub extra_args: Vec<String>,
     /// Faults on the guest's link (loss, a rate limit), set up on its tap device
@@ -87,6 +92,8 @@ impl GuestConfig {
             uefi_http_only: false,
             ipxe_rom: true,
             pcap: false,
+            disk: None,
+            reboot: false,
             extra_args: Vec::new(),
             link: crate::link::LinkFaults::default(),
         }
@@ -207,19 +214,65 @@ pub(crate) fn start(
     tap: Option<&str>,
 ) -> Result<Guest> {
     let uuid = random_uuid()?;
+    let cmd = qemu_command(lab, &config, &name, mac, &uuid, tap, tap.is_some())?;
+    let out = lab.out_dir();
+    let serial_log = out.join(format!("{name}.serial.log"));
+    let _ = fs::write(
+        out.join(format!("{name}.cmd.txt")),
+        format!(
+            "{}\nmac={mac} uuid={uuid} tap={}\n",
+            crate::proc::show_command(&cmd),
+            tap.unwrap_or("-")
+        ),
+    );
+    let proc = lab.spawn_proc(
+        &name,
+        cmd,
+        &serial_log,
+        LineMode::Terminal,
+        Some(&out.join(format!("{name}.serial.raw"))),
+    )?;
+    Ok(Guest {
+        name,
+        mac,
+        uuid,
+        firmware: config.firmware,
+        tap: tap.unwrap_or_default().to_string(),
+        proc,
+        serial_log,
+    })
+}
+
+/// The QEMU command of a guest (its serial port is QEMU's stdout). With `tap`, its
+/// NIC is that tap device of the switch namespace, and with `in_switch_ns` the
+/// command enters that namespace itself (`ip netns exec`); without `tap`, a QEMU
+/// user network.
+pub(crate) fn qemu_command(
+    lab: &Lab,
+    config: &GuestConfig,
+    name: &str,
+    mac: MacAddr,
+    uuid: &str,
+    tap: Option<&str>,
+    in_switch_ns: bool,
+) -> Result<Command> {
     let tmp = lab.tmp_dir();
     let qemu = program(QEMU_X86_64);
-    let mut cmd = match tap {
-        Some(_) => exec_in(&lab.switch_ns(), qemu),
-        None => Command::new(qemu),
+    let mut cmd = if in_switch_ns {
+        exec_in(&lab.switch_ns(), qemu)
+    } else {
+        Command::new(qemu)
     };
     let accel = lab.accel().accel.qemu_name();
-    cmd.args(["-name", &name, "-accel", accel, "-smp", "1"])
+    cmd.args(["-name", name, "-accel", accel, "-smp", "1"])
         .args(["-m", &config.memory_mib.to_string()])
-        .args(["-uuid", &uuid])
+        .args(["-uuid", uuid])
         .args(["-nodefaults", "-display", "none", "-monitor", "none"])
-        .args(["-serial", "stdio", "-no-reboot"])
-        .arg("-netdev");
+        .args(["-serial", "stdio"]);
+    if !config.reboot {
+        cmd.arg("-no-reboot");
+    }
+    cmd.arg("-netdev");
     match tap {
         Some(tap) => {
             // With a virtio-net header on the tap, filter-dump writes that header in
@@ -251,6 +304,13 @@ pub(crate) fn start(
             cmd.arg("-device")
                 .arg(format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"));
         }
+    }
+    if let Some(disk) = &config.disk {
+        // After the NIC: the firmware reaches it when the network boot returns.
+        cmd.arg("-drive")
+            .arg(disk.drive("disk0"))
+            .arg("-device")
+            .arg("virtio-blk-pci,drive=disk0,bootindex=2");
     }
     if config.pcap {
         let pcap = lab.out_dir().join(format!("{name}.pcap"));
@@ -292,33 +352,7 @@ pub(crate) fn start(
         }
     }
     cmd.args(&config.extra_args);
-
-    let out = lab.out_dir();
-    let serial_log = out.join(format!("{name}.serial.log"));
-    let _ = fs::write(
-        out.join(format!("{name}.cmd.txt")),
-        format!(
-            "{}\nmac={mac} uuid={uuid} tap={}\n",
-            crate::proc::show_command(&cmd),
-            tap.unwrap_or("-")
-        ),
-    );
-    let proc = lab.spawn_proc(
-        &name,
-        cmd,
-        &serial_log,
-        LineMode::Terminal,
-        Some(&out.join(format!("{name}.serial.raw"))),
-    )?;
-    Ok(Guest {
-        name,
-        mac,
-        uuid,
-        firmware: config.firmware,
-        tap: tap.unwrap_or_default().to_string(),
-        proc,
-        serial_log,
-    })
+    Ok(cmd)
 }
 
 impl Guest {
@@ -450,7 +484,7 @@ fn set_writable(path: &std::path::Path) -> std::io::Result<()> {
     fs::set_permissions(path, perm)
 }
 
-fn random_uuid() -> Result<String> {
+pub(crate) fn random_uuid() -> Result<String> {
     use std::io::Read;
     let mut b = [0u8; 16];
     fs::File::open("/dev/urandom")

@@ -86,6 +86,7 @@ pub struct LabBuilder {
     name: String,
     network: Network,
     site_dhcp: bool,
+    site_addresses: bool,
     router_advertisements: bool,
     relayed_segment: bool,
     site_v6: crate::v6::SiteV6,
@@ -107,6 +108,14 @@ impl LabBuilder {
     /// Whether the site namespace runs dnsmasq as the site DHCP server (default on).
     pub fn site_dhcp(mut self, on: bool) -> Self {
         self.site_dhcp = on;
+        self
+    }
+
+    /// Whether the site dnsmasq hands out IPv4 addresses (default on). Off, it only
+    /// sends router advertisements, so that ironpxe can be the segment's DHCP server
+    /// (`[dhcp] mode = "server"`) while iPXE still gets its RA at once.
+    pub fn site_addresses(mut self, on: bool) -> Self {
+        self.site_addresses = on;
         self
     }
 
@@ -245,6 +254,8 @@ impl LabBuilder {
             teardown_lock: Mutex::new(()),
             next_guest: AtomicU32::new(0),
             next_client: AtomicU32::new(0),
+            next_bmc: AtomicU32::new(0),
+            pid_files: Mutex::new(Vec::new()),
             relays: Mutex::new(Vec::new()),
             relay_stop: Arc::new(AtomicBool::new(false)),
         });
@@ -261,6 +272,7 @@ impl LabBuilder {
             lab.create_network()?;
             if self.site_dhcp {
                 lab.start_site_dhcp(
+                    self.site_addresses,
                     self.router_advertisements,
                     self.relayed_segment,
                     self.site_v6,
@@ -295,6 +307,10 @@ pub(crate) struct LabInner {
     teardown_lock: Mutex<()>,
     next_guest: AtomicU32,
     next_client: AtomicU32,
+    next_bmc: AtomicU32,
+    /// Processes the lab started indirectly (a BMC's QEMU), by PID file; killed at
+    /// teardown.
+    pid_files: Mutex<Vec<PathBuf>>,
     /// `host:port` of every server relayed into the ironpxe namespace.
     pub(crate) relays: Mutex<Vec<String>>,
     /// Set at teardown; the relay threads end.
@@ -317,6 +333,14 @@ impl LabInner {
             .collect();
         for p in procs.iter().rev() {
             p.kill();
+        }
+        for f in self
+            .pid_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            crate::bmc::kill_qemu(&f);
         }
         *self.site.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *self.ironpxe.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -361,6 +385,7 @@ impl Lab {
             name: name.to_string(),
             network: Network::Namespaces,
             site_dhcp: true,
+            site_addresses: true,
             router_advertisements: true,
             relayed_segment: false,
             site_v6: crate::v6::SiteV6::RaOnly,
@@ -748,8 +773,19 @@ impl Lab {
     /// Starts a QEMU guest on another bridge of the switch namespace (see
     /// [`Lab::add_segment`]).
     pub fn start_guest_on(&self, bridge: &str, config: GuestConfig) -> Result<Guest> {
+        let (mac, name, tap) = self.guest_tap(bridge, &config)?;
+        crate::guest::start(self, config, name, mac, Some(&tap))
+    }
+
+    /// A new guest's MAC, name and tap device (created on `bridge`, and persistent:
+    /// it outlives a QEMU that exits, so a guest can be powered on again).
+    pub(crate) fn guest_tap(
+        &self,
+        bridge: &str,
+        config: &GuestConfig,
+    ) -> Result<(ironpxe_core::MacAddr, String, String)> {
         self.require_namespaces("a guest on a bridge")?;
-        let (n, mac, name) = self.next_guest(&config)?;
+        let (n, mac, name) = self.next_guest(config)?;
         let tap = format!("{}-t{n}", self.inner.id);
         let sw = self.switch_ns();
         self.ip(&["-n", &sw, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
@@ -758,7 +794,7 @@ impl Lab {
         if !config.link.is_empty() {
             crate::link::Link::apply(sw, &tap, &config.link)?;
         }
-        crate::guest::start(self, config, name, mac, Some(&tap))
+        Ok((mac, name, tap))
     }
 
     /// The next guest's number, MAC (`52:54:00:<lab>:<N>` unless configured) and name.
@@ -781,6 +817,20 @@ impl Lab {
 
     pub(crate) fn next_client_index(&self) -> u32 {
         self.inner.next_client.fetch_add(1, Ordering::SeqCst)
+    }
+
+    pub(crate) fn next_bmc_index(&self) -> u32 {
+        self.inner.next_bmc.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Kills the process whose PID is in `pid_file` at teardown (one the lab
+    /// started through another process, such as a BMC's QEMU).
+    pub(crate) fn kill_at_teardown(&self, pid_file: PathBuf) {
+        self.inner
+            .pid_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pid_file);
     }
 
     /// Merges a guest's serial lines, ironpxe's events and the site server's DHCP

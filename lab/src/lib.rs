@@ -12,12 +12,18 @@
 //! - [`assets`] provides what guests boot: [`kernel`] (a Debian cloud kernel fetched
 //!   once into the [`cache_dir`]) and [`initrd`] (busybox and an `/init` that prints
 //!   `IRONPXE-MARKER cmdline=[...]` on ttyS0 and powers off), built at run time.
+//!   [`installer`] builds a stand-in installer initrd that reports success to its
+//!   `ironpxe.done=` URL and reboots (with the kernel's network modules, kept in
+//!   the cache). [`disk`] writes a local disk for guests that prints [`DISK_MARKER`] when the
+//!   firmware boots it (a BIOS boot sector, or an EFI application on a FAT disk).
 //! - [`Lab`] ([`lab`]) is the network and everything started in it; [`netns`]
 //!   creates, enters and removes namespaces and cleans up after killed labs;
 //!   [`site`] runs the site DHCP server; [`Lab::start_ironpxe`] ([`ironpxe`]) runs
 //!   the binary and reads its boot [`Event`]s from its status server; [`client`]
 //!   adds ordinary client namespaces; [`segments`] adds bridges, relays and
-//!   captures; [`Lab::relay_url`] lets ironpxe reach one server of the host's
+//!   captures; [`Lab::start_bmc`] ([`bmc`]) gives a guest a BMC (OpenIPMI's
+//!   `ipmi_sim`, IPMI over LAN on a management link) that powers its QEMU on and
+//!   off; [`Lab::relay_url`] lets ironpxe reach one server of the host's
 //!   network (an API, a kernel URL) and nothing else. With [`Network::User`] there
 //!   are no namespaces: ironpxe listens on loopback and each guest has a QEMU user
 //!   network.
@@ -55,12 +61,15 @@
 
 pub mod accel;
 pub mod assets;
+pub mod bmc;
 pub mod client;
+pub mod disk;
 pub mod error;
 pub mod events;
 mod fetch;
 pub mod firmware;
 pub mod guest;
+pub mod installer;
 pub mod ironpxe;
 pub mod lab;
 pub mod link;
@@ -79,11 +88,14 @@ use std::time::Duration;
 
 pub use accel::{Accel, AccelChoice};
 pub use assets::{cache_dir, initrd, kernel, kernel_in, workspace_dir, MARKER_PREFIX};
+pub use bmc::{Bmc, BMC_USER};
 pub use client::Client;
+pub use disk::{bios_disk, uefi_disk, GuestDisk, DISK_MARKER};
 pub use error::{Error, Result, WaitEnd};
 pub use events::{parse_event_line, parse_log_json, Event, EventFeed};
 pub use firmware::GuestFirmware;
 pub use guest::{Firmware, Guest, GuestConfig, Marker, DEFAULT_MARKER_TIMEOUT};
+pub use installer::{installer_initrd, net_modules, INSTALLED_MARKER, INSTALLER_MARKER};
 pub use ironpxe::{ironpxe_bin, metric_value, Ironpxe, DEFAULT_HTTP_PORT, DEFAULT_STATUS_PORT};
 pub use lab::{Lab, LabBuilder, Network, UserPorts};
 pub use link::{Block, Class, Counts, Link, LinkCounters, LinkFaults};
@@ -103,6 +115,11 @@ impl Lab {
     /// Builds the lab initrd in the lab's temporary directory.
     pub fn initrd(&self) -> Result<PathBuf> {
         initrd(self.tmp_dir())
+    }
+
+    /// Builds the installer initrd ([`installer`]) in the lab's temporary directory.
+    pub fn installer_initrd(&self) -> Result<PathBuf> {
+        installer_initrd(self.tmp_dir())
     }
 }
 

@@ -15,6 +15,7 @@ use crate::proc::{LineMode, Stop};
 impl Lab {
     pub(crate) fn start_site_dhcp(
         &self,
+        addresses: bool,
         ra: bool,
         relayed: bool,
         v6: crate::v6::SiteV6,
@@ -22,7 +23,7 @@ impl Lab {
         let (lo, hi) = self.dhcp_range();
         let leases = self.tmp_dir().join("site-dnsmasq.leases");
         let mut cmd = dnsmasq_cmd(&self.site_ns(), &self.site_ifname());
-        if self.has_ipv4() {
+        if addresses && self.has_ipv4() {
             cmd.arg(format!("--dhcp-range={lo},{hi},255.255.255.0,1h"));
         }
         cmd.arg(format!("--dhcp-leasefile={}", leases.display()));
@@ -66,6 +67,7 @@ impl Lab {
                         l.text.contains("DHCP, IP range")
                             || l.text.contains("DHCPv6, IP range")
                             || l.text.contains("sockets bound")
+                            || l.text.contains("router advertisement on")
                     })
                     .then_some(())
             });

@@ -17,6 +17,7 @@ let
     getExe = p: "${p}/bin/ironpxe";
     types = {
       bool = type "bool";
+      int = type "int";
       str = type "str";
       package = type "package";
       nullOr = t: type "nullOr ${t.name}";
@@ -29,6 +30,7 @@ let
   stubPkgs = {
     formats.toml = { }: { type = type "toml"; generate = name: value: "/nix/store/eval-only-${name}"; };
     ironpxe = "/nix/store/eval-only-ironpxe";
+    ipmitool = "/nix/store/eval-only-ipmitool";
     coreutils = "/nix/store/eval-only-coreutils";
   };
   evalModule = config: import ../module.nix { lib = stubLib; pkgs = stubPkgs; inherit config; };
@@ -36,11 +38,16 @@ let
   opts = (evalModule { services.ironpxe = { }; }).options.services.ironpxe;
 
   cluster = (import ../examples/cluster.nix { }).services.ironpxe;
-  clusterSettings = helpers.mkSettings { inherit (cluster) settings machines interface; };
+  clusterSettings = helpers.mkSettings {
+    inherit (cluster) settings machines interface dhcp;
+    adminTokenFile = "/run/credentials/ironpxe.service/admin-token";
+  };
 
   defaults = {
     apiServer = null; apiRequestTimeout = "5s"; interface = null; debug = false;
     dhcpNoBind = false; extraArguments = [ ]; settings = { }; configFile = "/etc/ironpxe.toml";
+    dhcp = { mode = "proxy"; subnet = null; pool = null; leaseTime = null; router = null; dns = [ ]; };
+    forceDhcpServer = false; adminTokenFile = null;
     ipv6 = false; listenAddress6 = null; ipv6Range = null; ipv6Stateful = "ipxe";
   };
   serviceOf = extra:
@@ -54,7 +61,7 @@ let
       evaluated = (evalModule { services.ironpxe = cfg; }).config;
     in
     {
-      inherit (evaluated.systemd.services.ironpxe) serviceConfig;
+      inherit (evaluated.systemd.services.ironpxe) serviceConfig path;
       firewall = evaluated.networking.firewall;
     };
 in
@@ -62,16 +69,31 @@ in
   service = {
     plain = serviceOf { };
     noBind = serviceOf { dhcpNoBind = true; };
+    dhcpServer = serviceOf {
+      dhcp = defaults.dhcp // { mode = "server"; subnet = "10.0.0.0/24"; };
+      forceDhcpServer = true;
+      adminTokenFile = "/run/secrets/admin";
+    };
     ipv6 = serviceOf { ipv6 = true; ipv6Range = "fd00::1000-fd00::10ff"; };
   };
-  options = builtins.mapAttrs (n: o: { type = o.type.name; description = o.description; default = o.default or null; }) opts;
+  # An option, or a group of options (services.ironpxe.dhcp).
+  options =
+    let describe = o: if o ? type then { type = o.type.name; description = o.description; default = o.default or null; }
+                      else builtins.mapAttrs (n: describe) o;
+    in builtins.mapAttrs (n: describe) opts;
   cluster = {
-    machines = map (m: { inherit (m) name mac profile; }) clusterSettings.machines;
+    machines = map (m: { inherit (m) name mac profile ip cmdline bmc; }) clusterSettings.machines;
     interface = clusterSettings.server.interface;
     firewall = helpers.firewallPorts clusterSettings;
+    dhcp = clusterSettings.dhcp;
+    profiles = clusterSettings.profiles;
+    server = clusterSettings.server;
+    # The whole ironpxe.toml the module would write, for `ironpxe check`.
+    settings = clusterSettings;
   };
   args = {
     config = helpers.mkArgs defaults;
+    stateful = helpers.mkArgs (defaults // { stateDir = "/var/lib/ironpxe"; forceDhcpServer = true; });
     api = helpers.mkArgs (defaults // {
       apiServer = "file:///etc/ironpxe/api";
       interface = "eno2";

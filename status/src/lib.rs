@@ -21,9 +21,13 @@
 //! - No answer is built while holding the store: a page is copied out under the
 //!   lock (machines whose events are shared [`Arc`]s), and serialised after it is
 //!   released, so a boot event is never kept waiting by a reader of the status.
+//! - [`InstallApi`] ([`install`]) serves the install API: installers report
+//!   success, operators ask for reinstalls, `GET /api/v1/installs` lists install
+//!   states with each machine's phase.
 //! - [`Status::open_state_dir`] restores a saved store and [`StateDir::run`] saves it
 //!   every few seconds when it changed, so a restart keeps history.
 
+pub mod install;
 pub mod machine;
 mod metrics;
 pub mod record;
@@ -40,6 +44,7 @@ use ironpxe_core::{BootEvent, EventSink};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
+pub use install::InstallApi;
 pub use machine::{Machine, Phase, PhaseSpan};
 pub use record::{Record, EVENT_TARGET};
 pub use store::{Neighbors, NoNeighbors, Page, ProcNetArp, Store, StoreConfig};

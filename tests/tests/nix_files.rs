@@ -118,6 +118,8 @@ fn module_declares_the_documented_options() {
         "apiServer",
         "dhcpNoBind",
         "memoryMax",
+        "adminTokenFile",
+        "forceDhcpServer",
     ] {
         let o = opts
             .get(name)
@@ -130,6 +132,81 @@ fn module_declares_the_documented_options() {
     assert_eq!(opts["settings"]["type"], "toml");
     assert_eq!(opts["machines"]["type"], "attrsOf submodule");
     assert_eq!(opts["memoryMax"]["default"], "512M");
+    for name in ["mode", "subnet", "pool", "leaseTime", "router", "dns"] {
+        assert!(
+            !opts["dhcp"][name]["description"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty(),
+            "services.ironpxe.dhcp.{name} is not declared"
+        );
+    }
+}
+
+#[test]
+fn dhcp_server_mode_keeps_state_opens_68_and_gets_its_token_as_a_credential() {
+    let v = eval();
+    let s = &v["service"]["dhcpServer"];
+    let exec = s["serviceConfig"]["ExecStart"].as_str().unwrap();
+    assert!(exec.contains("--state-dir /var/lib/ironpxe"), "{exec}");
+    assert!(exec.ends_with("--force"), "{exec}");
+    assert_eq!(
+        s["serviceConfig"]["LoadCredential"],
+        serde_json::json!(["admin-token:/run/secrets/admin"])
+    );
+    assert!(s["path"][0].as_str().unwrap().ends_with("-ipmitool"));
+    assert_eq!(
+        s["firewall"]["allowedUDPPorts"],
+        serde_json::json!([67, 69, 4011, 68])
+    );
+    // The state directory is passed in every mode; proxy mode opens no 68.
+    let plain = &v["service"]["plain"];
+    assert!(plain["serviceConfig"]["ExecStart"]
+        .as_str()
+        .unwrap()
+        .contains("--state-dir /var/lib/ironpxe"));
+    assert_eq!(
+        plain["firewall"]["allowedUDPPorts"],
+        serde_json::json!([67, 69, 4011])
+    );
+}
+
+#[test]
+fn seed_cluster_installs_once_with_reservations_and_passes_ironpxe_check() {
+    let v = eval();
+    let c = &v["cluster"];
+    assert_eq!(c["dhcp"]["mode"], "server");
+    assert_eq!(c["dhcp"]["subnet"], "10.0.0.0/24");
+    for role in ["manager", "storage", "compute"] {
+        assert_eq!(c["profiles"][role]["once"], true, "{role}");
+    }
+    let machines = c["machines"].as_array().unwrap();
+    let mut ips: Vec<&str> = machines.iter().map(|m| m["ip"].as_str().unwrap()).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 20, "reservations must be unique");
+    for m in machines {
+        let cmdline = m["cmdline"].as_str().unwrap();
+        assert!(cmdline.contains("ironpxe.done={{ DONE_URL }}"), "{cmdline}");
+        assert!(m["bmc"]["address"].as_str().unwrap().starts_with("10.1.0."));
+    }
+    // The rendered file is one ironpxe accepts.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.toml");
+    let text = toml::to_string(&c["settings"]).expect("the settings as TOML");
+    std::fs::write(&file, &text).unwrap();
+    let bin = ironpxe_lab::ironpxe_bin().expect("the ironpxe binary (cargo build -p ironpxe)");
+    let out = Command::new(bin)
+        .args(["check", "--no-file-checks", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ironpxe check refused the rendered cluster:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
