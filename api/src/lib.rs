@@ -219,6 +219,7 @@ fn interpret(body: &[u8], base: &Url) -> Result<(BootDecision, Vec<FileRef>), St
         initrds,
         cmdline,
         message: a.message.filter(|m| !m.is_empty()),
+        loader: Default::default(),
     };
     // Refuse here, with the reason, what the script could not carry.
     ironpxe_ipxe::check_spec(&spec).map_err(|e| e.to_string())?;

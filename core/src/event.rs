@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
+use crate::loader::{is_optional_probe, GrubPath};
 use crate::{ClientArch, FileId, MacAddr};
 
 /// The `tracing` target of boot events.
@@ -75,6 +76,18 @@ pub enum BootEvent {
         mac: MacAddr,
         /// The number of lookup slots.
         limit: usize,
+    },
+    /// The site DHCP server's DHCPACK to a machine that boots through GRUB (loader
+    /// `shim` or `grub`) names another next-server than ironpxe. Debian's signed
+    /// GRUB takes its TFTP server from that ACK, not from ProxyDHCP, so it will ask
+    /// the wrong server for its configuration. Warned once per machine.
+    DhcpSiteNextServer {
+        /// The machine.
+        mac: MacAddr,
+        /// The next-server (siaddr) the site's ACK names.
+        next_server: IpAddr,
+        /// The site server that sent it.
+        site_server: IpAddr,
     },
     /// The DHCP side saw which address a PXE client is taking (its REQUEST to the
     /// site server names it), so later TFTP and HTTP requests from that address are
@@ -175,6 +188,29 @@ pub enum BootEvent {
         mac: MacAddr,
         /// Its firmware.
         arch: ClientArch,
+        /// The client.
+        peer: Option<SocketAddr>,
+    },
+    /// A GRUB configuration, kernel or initrd was requested over HTTP, by a GRUB
+    /// built with the http module (UEFI HTTP Boot).
+    HttpGrub {
+        /// The machine, when the path names one.
+        mac: Option<MacAddr>,
+        /// The path requested.
+        file: String,
+        /// Bytes sent.
+        bytes: u64,
+        /// The client.
+        peer: Option<SocketAddr>,
+    },
+    /// GRUB received the last byte of the last file it loads (the last initrd, or
+    /// the kernel when there is none), over TFTP or HTTP: it boots the kernel now.
+    /// GRUB cannot call `/_/booting`, so this marks the boot instead.
+    GrubBooting {
+        /// The machine.
+        mac: MacAddr,
+        /// The path of that last file.
+        file: String,
         /// The client.
         peer: Option<SocketAddr>,
     },
@@ -336,6 +372,7 @@ impl BootEvent {
             BootEvent::DhcpIgnored { .. } => "dhcp.ignore",
             BootEvent::DhcpDropped { .. } => "dhcp.dropped",
             BootEvent::DhcpClientAddress { .. } => "dhcp.address",
+            BootEvent::DhcpSiteNextServer { .. } => "dhcp.next_server",
             BootEvent::TftpStart { .. } => "tftp.start",
             BootEvent::TftpDone { .. } => "tftp.done",
             BootEvent::TftpAborted { .. } => "tftp.aborted",
@@ -345,6 +382,8 @@ impl BootEvent {
             BootEvent::HttpIgnored { .. } => "http.ignored",
             BootEvent::HttpBooting { .. } => "http.booting",
             BootEvent::HttpBinary { .. } => "http.bin",
+            BootEvent::HttpGrub { .. } => "http.grub",
+            BootEvent::GrubBooting { .. } => "grub.booting",
             BootEvent::FileStart { .. } => "http.file.start",
             BootEvent::FileDone { .. } => "http.file.done",
             BootEvent::FileFailed { .. } => "http.file.failed",
@@ -363,6 +402,8 @@ impl BootEvent {
             | BootEvent::DhcpIgnored { mac, .. }
             | BootEvent::DhcpDropped { mac, .. }
             | BootEvent::DhcpClientAddress { mac, .. }
+            | BootEvent::DhcpSiteNextServer { mac, .. }
+            | BootEvent::GrubBooting { mac, .. }
             | BootEvent::HttpScript { mac, .. }
             | BootEvent::HttpLocal { mac, .. }
             | BootEvent::HttpIgnored { mac, .. }
@@ -370,6 +411,7 @@ impl BootEvent {
             | BootEvent::ApiAnswer { mac, .. }
             | BootEvent::ApiDeclined { mac, .. }
             | BootEvent::ApiError { mac, .. } => Some(*mac),
+            BootEvent::HttpGrub { mac, .. } => *mac,
             _ => None,
         }
     }
@@ -387,6 +429,8 @@ impl BootEvent {
             | BootEvent::HttpLocal { peer, .. }
             | BootEvent::HttpBooting { peer, .. }
             | BootEvent::HttpBinary { peer, .. }
+            | BootEvent::HttpGrub { peer, .. }
+            | BootEvent::GrubBooting { peer, .. }
             | BootEvent::FileStart { peer, .. }
             | BootEvent::FileDone { peer, .. }
             | BootEvent::FileFailed { peer, .. } => *peer,
@@ -398,7 +442,10 @@ impl BootEvent {
     pub fn loudness(&self) -> Loudness {
         match self {
             BootEvent::DhcpDropped { .. } => Loudness::Debug,
-            BootEvent::TftpFailed { .. }
+            // shim and GRUB ask for files they do without on every boot.
+            BootEvent::TftpFailed { file, .. } if is_optional_probe(file) => Loudness::Debug,
+            BootEvent::DhcpSiteNextServer { .. }
+            | BootEvent::TftpFailed { .. }
             | BootEvent::FileFailed { .. }
             | BootEvent::ApiError { .. }
             | BootEvent::ConfigRejected { .. } => Loudness::Warn,
@@ -450,6 +497,33 @@ impl BootEvent {
             BootEvent::DhcpClientAddress { mac, ip } => {
                 f("mac", shown(mac));
                 f("ip", shown(ip));
+            }
+            BootEvent::DhcpSiteNextServer {
+                mac,
+                next_server,
+                site_server,
+            } => {
+                f("mac", shown(mac));
+                f("next_server", shown(next_server));
+                f("site_server", shown(site_server));
+            }
+            BootEvent::HttpGrub {
+                mac,
+                file,
+                bytes,
+                peer,
+            } => {
+                if let Some(mac) = mac {
+                    f("mac", shown(mac));
+                }
+                f("file", text(file.as_str()));
+                f("bytes", Number(*bytes));
+                f("peer", client(peer));
+            }
+            BootEvent::GrubBooting { mac, file, peer } => {
+                f("mac", shown(mac));
+                f("file", text(file.as_str()));
+                f("peer", client(peer));
             }
             BootEvent::TftpStart {
                 file,
@@ -784,6 +858,26 @@ pub fn emit(event: BootEvent) {
     if let Some(sink) = SINK.get() {
         sink.event(&event);
     }
+    if let Some(booting) = event.implied() {
+        emit(booting);
+    }
+}
+
+impl BootEvent {
+    /// The event this one implies, if any: a TFTP transfer that sent GRUB the last
+    /// file of a machine's boot means the machine boots now
+    /// ([`BootEvent::GrubBooting`]).
+    pub fn implied(&self) -> Option<BootEvent> {
+        let BootEvent::TftpDone { file, peer, .. } = self else {
+            return None;
+        };
+        let path = GrubPath::parse(file).filter(GrubPath::is_last)?;
+        Some(BootEvent::GrubBooting {
+            mac: path.mac()?,
+            file: file.clone(),
+            peer: Some(*peer),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -886,6 +980,71 @@ mod tests {
             )
             .0
         );
+    }
+
+    #[test]
+    fn the_last_grub_file_implies_the_boot() {
+        let mac = MacAddr([0x52, 0x54, 0, 0, 0, 9]);
+        let id = crate::FileRef::parse("/srv/initrd").unwrap().id();
+        let path = |step| {
+            GrubPath::File {
+                mac,
+                step,
+                id: id.clone(),
+                name: "initrd".into(),
+            }
+            .to_path()
+        };
+        let done = |file: String| BootEvent::TftpDone {
+            file,
+            peer: "10.0.0.9:2070".parse().unwrap(),
+            bytes: 1,
+            duration_ms: 1,
+            blksize: 1024,
+            windowsize: 1,
+            retransmits: 0,
+        };
+        use crate::loader::GrubStep;
+        let last = path(GrubStep::Initrd { index: 2, of: 2 });
+        let booting = done(last.clone()).implied().expect("implied boot");
+        assert_eq!(booting.name(), "grub.booting");
+        assert_eq!(booting.mac(), Some(mac));
+        assert_eq!(
+            booting.render_fields(),
+            format!("mac=52:54:00:00:00:09 file={last} peer=10.0.0.9:2070")
+        );
+        assert_eq!(
+            done(path(GrubStep::Initrd { index: 1, of: 2 })).implied(),
+            None
+        );
+        assert_eq!(done(path(GrubStep::Kernel { initrds: 2 })).implied(), None);
+        assert!(done(path(GrubStep::Kernel { initrds: 0 }))
+            .implied()
+            .is_some());
+        assert_eq!(done("undionly.kpxe".into()).implied(), None);
+        // A failed or aborted transfer of the last file is not a boot.
+        let failed = BootEvent::TftpFailed {
+            file: last,
+            peer: "10.0.0.9:2070".parse().unwrap(),
+            reason: "timeout".into(),
+        };
+        assert_eq!(failed.implied(), None);
+    }
+
+    #[test]
+    fn shim_probes_are_not_warnings() {
+        let probe = BootEvent::TftpFailed {
+            file: "revocations_sbat.efi".into(),
+            peer: "10.0.0.9:2070".parse().unwrap(),
+            reason: "file not found".into(),
+        };
+        assert_eq!(probe.loudness(), Loudness::Debug);
+        let real = BootEvent::TftpFailed {
+            file: "grubx64.efi".into(),
+            peer: "10.0.0.9:2070".parse().unwrap(),
+            reason: "file not found".into(),
+        };
+        assert_eq!(real.loudness(), Loudness::Warn);
     }
 
     #[test]

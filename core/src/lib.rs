@@ -19,6 +19,9 @@
 //! - [`urls`] builds and parses every URL ironpxe hands out ([`BootUrls`]): the
 //!   script URL ProxyDHCP announces, the file and callback URLs of a script, and the
 //!   iPXE binaries of UEFI HTTP Boot.
+//! - [`loader`] names the loaders a spec boots through ([`Loader`]: iPXE, or shim and
+//!   GRUB for Secure Boot, or GRUB), the table of shim and GRUB binaries
+//!   ([`LoaderBinary`]), and the paths GRUB fetches ([`GrubPath`]).
 //! - [`ipxe_role`] is the table of iPXE binary roles ([`IpxeRole`]): their flags,
 //!   config keys, default file names and the firmware each serves, and
 //!   [`IpxeBinaries`], the file chosen per role.
@@ -33,6 +36,7 @@ pub mod config;
 mod duration;
 pub mod event;
 pub mod ipxe_role;
+pub mod loader;
 mod mac;
 mod spec;
 pub mod template;
@@ -44,6 +48,7 @@ pub use config::{Config, ConfigBooter};
 pub use duration::{parse_duration, DurationError};
 pub use event::{emit, BootEvent, EventSink, EVENT_TARGET};
 pub use ipxe_role::{IpxeBinaries, IpxeRole, RoleMap};
+pub use loader::{EfiCpu, GrubPath, Loader, LoaderBinary, LoaderSet};
 pub use mac::{MacAddr, MacParseError};
 pub use spec::{BootSpec, FileId, FileRef, FileRefError};
 pub use urls::BootUrls;

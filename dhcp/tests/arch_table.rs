@@ -54,6 +54,7 @@ fn run(c: &ProxyConfig, m: &Message, port: ServerPort) -> Result<ironpxe_dhcp::R
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     });
     let meta = RecvMeta {
         local_ip: SERVER,

@@ -39,6 +39,7 @@ fn run(name: &str, port: ServerPort) -> Result<Reply, Ignored> {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     });
     let meta = RecvMeta {
         local_ip: SERVER,

@@ -110,6 +110,7 @@ fn static_booter(f: &Files, cmdline: &str) -> Arc<dyn Booter> {
         initrds: vec![f.initrd.clone()],
         cmdline: cmdline.into(),
         message: None,
+        loader: Default::default(),
     }))
 }
 
@@ -252,6 +253,7 @@ async fn ignored_machines_and_unknown_files_are_404() {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     })))
     .await;
     let r = reqwest::get(file_url(&base, &gone)).await.unwrap();
@@ -288,6 +290,7 @@ async fn empty_file() {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     })))
     .await;
     let r = reqwest::get(file_url(&base, &empty)).await.unwrap();
@@ -391,6 +394,7 @@ async fn large_sparse_file_streams() {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     })))
     .await;
     let r = reqwest::get(file_url(&base, &big)).await.unwrap();
@@ -424,6 +428,7 @@ async fn client_going_away_is_logged_as_failed() {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     })))
     .await;
     let r = reqwest::get(file_url(&base, &fref)).await.unwrap();
@@ -482,6 +487,7 @@ async fn remote_files_stream_through() {
         initrds: vec![chunked.clone(), missing.clone()],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     })))
     .await;
 
@@ -515,6 +521,7 @@ async fn remote_files_stream_through() {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     })))
     .await;
     let r = reqwest::get(file_url(&base, &dead)).await.unwrap();
@@ -570,6 +577,7 @@ async fn start_big(
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     }));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

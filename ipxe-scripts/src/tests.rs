@@ -13,6 +13,7 @@ fn spec(cmdline: &str, message: Option<&str>) -> BootSpec {
         ],
         cmdline: cmdline.into(),
         message: message.map(Into::into),
+        loader: Default::default(),
     }
 }
 
@@ -401,6 +402,7 @@ fn image_names_are_unique() {
         ],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     };
     let (kernel, initrds) = image_names(&s);
     assert_eq!(kernel, "kernel");
@@ -413,6 +415,7 @@ fn image_names_are_unique() {
         initrds: vec![FileRef::parse("/a/initrd0").unwrap()],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     };
     // The kernel took "initrd0", so the initrd's fallback needs a suffix.
     assert_eq!(

@@ -93,6 +93,7 @@ fn boot_spec(args: &BootArgs) -> Result<BootSpec> {
         initrds,
         cmdline: args.cmdline.clone(),
         message: args.bootmsg.clone(),
+        loader: Default::default(),
     })
 }
 

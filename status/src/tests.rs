@@ -23,6 +23,7 @@ fn spec() -> BootSpec {
         ],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     }
 }
 
