@@ -537,11 +537,14 @@ impl GrubStep {
 /// | path | what |
 /// |---|---|
 /// | `grub/grub.cfg` | [`GrubPath::Dispatch`]: sources the machine's own file |
-/// | `grub/m/<mac>.cfg` | [`GrubPath::Machine`]: boots the machine's spec |
+/// | `grub.cfg` | the same dispatcher, where a GRUB whose prefix is the directory of its own image (the TFTP root) looks |
+/// | `grub/m/<mac>/<cpu>.cfg` | [`GrubPath::Machine`]: boots the machine's spec |
 /// | `grub/m/<mac>/<step>/<id>/<name>` | [`GrubPath::File`]: a kernel or initrd |
 /// | `grub/<platform>/<list>.lst` | [`GrubPath::ModuleList`]: GRUB's module lists |
 ///
-/// `<mac>` is `aa:bb:cc:dd:ee:ff`, as GRUB's `$net_default_mac` writes it; `<step>`
+/// `<mac>` is `aa:bb:cc:dd:ee:ff`, as GRUB's `$net_default_mac` writes it; `<cpu>`
+/// GRUB's `$grub_cpu` (`x86_64`, `arm64`), so the booter learns which firmware asks;
+/// `<step>`
 /// is `kernel+N` (the kernel, followed by N initrds) or `initrdIofN`; `<id>` the
 /// file's [`FileId`]; `<name>` its [`crate::FileRef::file_name`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -549,7 +552,12 @@ pub enum GrubPath {
     /// `grub/grub.cfg`.
     Dispatch,
     /// The configuration of one machine.
-    Machine(MacAddr),
+    Machine {
+        /// The machine.
+        mac: MacAddr,
+        /// The CPU its GRUB runs on.
+        cpu: EfiCpu,
+    },
     /// A kernel or initrd of one machine.
     File {
         /// The machine.
@@ -580,7 +588,9 @@ impl GrubPath {
     pub fn to_path(&self) -> String {
         match self {
             GrubPath::Dispatch => format!("{GRUB_DIR}/grub.cfg"),
-            GrubPath::Machine(mac) => format!("{GRUB_DIR}/m/{mac}.cfg"),
+            GrubPath::Machine { mac, cpu } => {
+                format!("{GRUB_DIR}/m/{mac}/{}.cfg", cpu.grub_cpu())
+            }
             GrubPath::File {
                 mac,
                 step,
@@ -605,6 +615,9 @@ impl GrubPath {
     /// including every path that would not be written back the same way.
     pub fn parse(path: &str) -> Option<GrubPath> {
         let path = path.strip_prefix('/').unwrap_or(path);
+        if path == "grub.cfg" {
+            return Some(GrubPath::Dispatch);
+        }
         let rest = path.strip_prefix(GRUB_DIR)?.strip_prefix('/')?;
         if rest == "grub.cfg" {
             return Some(GrubPath::Dispatch);
@@ -619,8 +632,14 @@ impl GrubPath {
             }
         }
         let m = rest.strip_prefix("m/")?;
-        if let Some(mac) = m.strip_suffix(".cfg") {
-            return canonical_mac(mac).map(GrubPath::Machine);
+        if let Some((mac, cfg)) = m.split_once('/') {
+            if let Some(cpu) = cfg.strip_suffix(".cfg") {
+                let cpu = EfiCpu::ALL.into_iter().find(|c| c.grub_cpu() == cpu)?;
+                return Some(GrubPath::Machine {
+                    mac: canonical_mac(mac)?,
+                    cpu,
+                });
+            }
         }
         let mut parts = m.split('/');
         let (mac, step, id, name) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -652,7 +671,7 @@ impl GrubPath {
     /// The machine the path belongs to.
     pub fn mac(&self) -> Option<MacAddr> {
         match self {
-            GrubPath::Machine(mac) | GrubPath::File { mac, .. } => Some(*mac),
+            GrubPath::Machine { mac, .. } | GrubPath::File { mac, .. } => Some(*mac),
             _ => None,
         }
     }
@@ -711,7 +730,7 @@ pub fn loader_step(path: &str) -> Option<LoaderStep> {
         return Some(LoaderStep::Binary(bin.spec().kind));
     }
     match GrubPath::parse(path)? {
-        GrubPath::Dispatch | GrubPath::Machine(_) => Some(LoaderStep::Config),
+        GrubPath::Dispatch | GrubPath::Machine { .. } => Some(LoaderStep::Config),
         GrubPath::File { step, .. } => Some(LoaderStep::File(step)),
         GrubPath::ModuleList { .. } => None,
     }
@@ -853,7 +872,14 @@ mod tests {
         let id = crate::FileRef::parse("/srv/vmlinuz").unwrap().id();
         for p in [
             GrubPath::Dispatch,
-            GrubPath::Machine(MAC),
+            GrubPath::Machine {
+                mac: MAC,
+                cpu: EfiCpu::X64,
+            },
+            GrubPath::Machine {
+                mac: MAC,
+                cpu: EfiCpu::Arm64,
+            },
             GrubPath::File {
                 mac: MAC,
                 step: GrubStep::Kernel { initrds: 2 },
@@ -873,9 +899,14 @@ mod tests {
         }
         assert_eq!(GrubPath::Dispatch.to_path(), "grub/grub.cfg");
         assert_eq!(
-            GrubPath::Machine(MAC).to_path(),
-            "grub/m/52:54:00:ab:00:01.cfg"
+            GrubPath::Machine {
+                mac: MAC,
+                cpu: EfiCpu::Arm64
+            }
+            .to_path(),
+            "grub/m/52:54:00:ab:00:01/arm64.cfg"
         );
+        assert_eq!(GrubPath::parse("/grub.cfg"), Some(GrubPath::Dispatch));
         let k = GrubPath::File {
             mac: MAC,
             step: GrubStep::Kernel { initrds: 1 },
@@ -910,7 +941,11 @@ mod tests {
         assert!(!file(GrubStep::Kernel { initrds: 1 }).is_last());
         assert!(!file(GrubStep::Initrd { index: 1, of: 2 }).is_last());
         assert!(file(GrubStep::Initrd { index: 2, of: 2 }).is_last());
-        assert!(!GrubPath::Machine(MAC).is_last());
+        assert!(!GrubPath::Machine {
+            mac: MAC,
+            cpu: EfiCpu::X64
+        }
+        .is_last());
         assert_eq!(file(GrubStep::Kernel { initrds: 1 }).mac(), Some(MAC));
     }
 
@@ -922,9 +957,12 @@ mod tests {
             "grub",
             "grub/",
             "grub/other.cfg",
-            "grub/m/52:54:00:AB:00:01.cfg",
-            "grub/m/52-54-00-ab-00-01.cfg",
-            "grub/m/zz.cfg",
+            "grub/m/52:54:00:ab:00:01.cfg",
+            "grub/m/52:54:00:AB:00:01/x86_64.cfg",
+            "grub/m/52-54-00-ab-00-01/x86_64.cfg",
+            "grub/m/52:54:00:ab:00:01/i386.cfg",
+            "grub/m/zz/arm64.cfg",
+            "grub/m//arm64.cfg",
             "grubx/grub.cfg",
             "grub/x86_64-efi/grub.cfg",
             "grub/i386-pc/command.lst",

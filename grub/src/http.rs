@@ -1,0 +1,123 @@
+//! GRUB's files over HTTP, for a GRUB built with the http module (UEFI HTTP Boot):
+//! `GET /grub/...` answers what TFTP answers for `grub/...`.
+//!
+//! A GRUB started by UEFI HTTP Boot has `(http,SERVER:PORT)` as its root and
+//! `/grub` as its prefix, so it reads `/grub/grub.cfg`, its machine's
+//! configuration and the kernel and initrds from the same paths over HTTP. Each
+//! answer carries a `Content-Length` and emits [`BootEvent::HttpGrub`]; once the last
+//! byte of a machine's last file has gone out, [`BootEvent::GrubBooting`].
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use futures_util::Stream;
+use ironpxe_core::event::{emit, BootEvent};
+use ironpxe_core::loader::{GrubPath, GRUB_DIR};
+use ironpxe_http::ConnAddrs;
+use ironpxe_tftp::OpenError;
+
+use crate::files::GrubFiles;
+
+/// Routes `GET /grub/{*path}` to `files`.
+pub fn router(files: Arc<GrubFiles>) -> Router {
+    Router::new()
+        .route(&format!("/{GRUB_DIR}/{{*path}}"), get(grub_file))
+        .with_state(files)
+}
+
+async fn grub_file(
+    State(files): State<Arc<GrubFiles>>,
+    Path(rest): Path<String>,
+    req: axum::extract::Request,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<ConnAddrs>>()
+        .map(|c| c.0.peer);
+    let path = format!("{GRUB_DIR}/{rest}");
+    let parsed = GrubPath::parse(&path);
+    let opened = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || files.open_grub(&path))
+            .await
+            .unwrap_or_else(|e| Err(OpenError::Io(format!("file reader failed: {e}"))))
+    };
+    let bytes = match opened {
+        Ok(b) => b,
+        Err(e) => {
+            let status = match e {
+                OpenError::NotFound => StatusCode::NOT_FOUND,
+                OpenError::AccessViolation(_) => StatusCode::FORBIDDEN,
+                OpenError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            tracing::debug!(%path, error = %e, "GRUB file not served over HTTP");
+            return (status, format!("{e}\n")).into_response();
+        }
+    };
+    let mac = parsed.as_ref().and_then(GrubPath::mac);
+    emit(BootEvent::HttpGrub {
+        mac,
+        file: path.clone(),
+        bytes: bytes.len() as u64,
+        peer,
+    });
+    let on_end: Option<Box<dyn FnOnce() + Send>> = match (parsed, mac) {
+        (Some(p), Some(mac)) if p.is_last() => Some(Box::new(move || {
+            emit(BootEvent::GrubBooting {
+                mac,
+                file: path,
+                peer,
+            })
+        })),
+        _ => None,
+    };
+    let len = bytes.len();
+    let content_type = if rest.ends_with(".cfg") {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    };
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CONTENT_LENGTH, HeaderValue::from(len)),
+        ],
+        Body::from_stream(Chunks {
+            data: bytes,
+            on_end,
+        }),
+    )
+        .into_response()
+}
+
+/// A file in 64 KiB chunks that runs `on_end` when the last one has been taken.
+struct Chunks {
+    data: Bytes,
+    on_end: Option<Box<dyn FnOnce() + Send>>,
+}
+
+const CHUNK: usize = 64 << 10;
+
+impl Stream for Chunks {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.data.is_empty() {
+            if let Some(f) = self.on_end.take() {
+                f();
+            }
+            return Poll::Ready(None);
+        }
+        let n = self.data.len().min(CHUNK);
+        Poll::Ready(Some(Ok(self.data.split_to(n))))
+    }
+}
