@@ -113,6 +113,17 @@ pub enum BootEvent {
         /// The file's size.
         size: u64,
     },
+    /// Every byte of a TFTP transfer has been sent once; the client's last ACK may
+    /// still be on its way, or never come (a client that boots what it loaded can
+    /// stop its network first). Logged at debug level.
+    TftpSent {
+        /// The requested file name.
+        file: String,
+        /// The client.
+        peer: SocketAddr,
+        /// The file's size.
+        bytes: u64,
+    },
     /// A TFTP transfer sent the whole file.
     TftpDone {
         /// The requested file name.
@@ -374,6 +385,7 @@ impl BootEvent {
             BootEvent::DhcpClientAddress { .. } => "dhcp.address",
             BootEvent::DhcpSiteNextServer { .. } => "dhcp.next_server",
             BootEvent::TftpStart { .. } => "tftp.start",
+            BootEvent::TftpSent { .. } => "tftp.sent",
             BootEvent::TftpDone { .. } => "tftp.done",
             BootEvent::TftpAborted { .. } => "tftp.aborted",
             BootEvent::TftpFailed { .. } => "tftp.failed",
@@ -422,6 +434,7 @@ impl BootEvent {
             BootEvent::DhcpAnswered { peer, .. }
             | BootEvent::DhcpIgnored { peer, .. }
             | BootEvent::TftpStart { peer, .. }
+            | BootEvent::TftpSent { peer, .. }
             | BootEvent::TftpDone { peer, .. }
             | BootEvent::TftpAborted { peer, .. }
             | BootEvent::TftpFailed { peer, .. } => Some(*peer),
@@ -441,7 +454,7 @@ impl BootEvent {
     /// Whether the log shows it as a warning.
     pub fn loudness(&self) -> Loudness {
         match self {
-            BootEvent::DhcpDropped { .. } => Loudness::Debug,
+            BootEvent::DhcpDropped { .. } | BootEvent::TftpSent { .. } => Loudness::Debug,
             // shim and GRUB ask for files they do without on every boot.
             BootEvent::TftpFailed { file, .. } if is_optional_probe(file) => Loudness::Debug,
             BootEvent::DhcpSiteNextServer { .. }
@@ -539,6 +552,11 @@ impl BootEvent {
                 f("windowsize", Number(u64::from(*windowsize)));
                 f("tsize", Bool(*tsize));
                 f("size", Number(*size));
+            }
+            BootEvent::TftpSent { file, peer, bytes } => {
+                f("file", text(file.as_str()));
+                f("peer", shown(peer));
+                f("bytes", Number(*bytes));
             }
             BootEvent::TftpDone {
                 file,
@@ -864,11 +882,12 @@ pub fn emit(event: BootEvent) {
 }
 
 impl BootEvent {
-    /// The event this one implies, if any: a TFTP transfer that sent GRUB the last
-    /// file of a machine's boot means the machine boots now
-    /// ([`BootEvent::GrubBooting`]).
+    /// The event this one implies, if any: once the last byte of the last file of a
+    /// machine's boot has been sent to GRUB over TFTP, the machine boots
+    /// ([`BootEvent::GrubBooting`]). Sent, not acknowledged: GRUB boots the kernel
+    /// right after reading that byte, and its last ACK may never leave the machine.
     pub fn implied(&self) -> Option<BootEvent> {
-        let BootEvent::TftpDone { file, peer, .. } = self else {
+        let BootEvent::TftpSent { file, peer, .. } = self else {
             return None;
         };
         let path = GrubPath::parse(file).filter(GrubPath::is_last)?;
@@ -995,14 +1014,10 @@ mod tests {
             }
             .to_path()
         };
-        let done = |file: String| BootEvent::TftpDone {
+        let done = |file: String| BootEvent::TftpSent {
             file,
             peer: "10.0.0.9:2070".parse().unwrap(),
             bytes: 1,
-            duration_ms: 1,
-            blksize: 1024,
-            windowsize: 1,
-            retransmits: 0,
         };
         use crate::loader::GrubStep;
         let last = path(GrubStep::Initrd { index: 2, of: 2 });
@@ -1022,7 +1037,18 @@ mod tests {
             .implied()
             .is_some());
         assert_eq!(done("undionly.kpxe".into()).implied(), None);
-        // A failed or aborted transfer of the last file is not a boot.
+        // The end of the transfer (the last ACK) does not count again.
+        let acked = BootEvent::TftpDone {
+            file: last.clone(),
+            peer: "10.0.0.9:2070".parse().unwrap(),
+            bytes: 1,
+            duration_ms: 1,
+            blksize: 1024,
+            windowsize: 1,
+            retransmits: 0,
+        };
+        assert_eq!(acked.implied(), None);
+        // A failed or aborted transfer before the last byte is not a boot.
         let failed = BootEvent::TftpFailed {
             file: last,
             peer: "10.0.0.9:2070".parse().unwrap(),

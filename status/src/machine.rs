@@ -244,6 +244,15 @@ impl Machine {
             },
             // shim and GRUB ask for files they do without on every boot.
             "tftp.failed" if rec.text("file").as_deref().is_some_and(is_optional_probe) => {}
+            // GRUB boots the kernel once it has the last byte; the ACK of that byte can
+            // be lost as the machine leaves its firmware, and the transfer then fails.
+            "tftp.failed"
+                if self.state == Some(Phase::Booted)
+                    && rec
+                        .text("file")
+                        .as_deref()
+                        .and_then(GrubPath::parse)
+                        .is_some() => {}
             "tftp.failed" | "http.file.failed" => {
                 self.reason = rec.text("reason");
                 self.enter(Phase::Failed, t, 0, &mut out);

@@ -854,19 +854,31 @@ fn grub_boot(t: u64, m: &str, ip: &str, spec: &BootSpec) -> Vec<Record> {
     out.push(tftp("tftp.done", "grub/grub.cfg", 1004));
     out.push(tftp("tftp.start", &cfg, 1005));
     out.push(tftp("tftp.done", &cfg, 1005));
+    let n_files = files.len();
     for (i, f) in files.iter().enumerate() {
         let port = 1006 + i as u16;
         out.push(tftp("tftp.start", f, port));
-        out.push(tftp("tftp.done", f, port));
+        out.push(tftp("tftp.sent", f, port));
+        if i + 1 < n_files {
+            out.push(tftp("tftp.done", f, port));
+        }
     }
     let last = files.last().unwrap().clone();
-    t += 1;
+    let last_port = 1006 + n_files as u16 - 1;
     out.push(with_peer(
-        Record::new(t, "grub.booting")
+        Record::new(t + 1, "grub.booting")
             .with("mac", m)
             .with("file", last.as_str()),
-        &format!("{ip}:1010"),
+        &format!("{ip}:{last_port}"),
     ));
+    // The machine booted before it acknowledged the last block: that transfer then
+    // fails, which does not undo the boot.
+    t += 1000;
+    out.push(
+        with_peer(Record::new(t, "tftp.failed"), &format!("{ip}:{last_port}"))
+            .with("file", last.as_str())
+            .with("reason", "no acknowledgement after 10 retransmissions"),
+    );
     out
 }
 
@@ -903,5 +915,9 @@ fn a_shim_and_grub_boot_reaches_booted_at_its_last_tftp_byte() {
             Phase::Booted,
         ]
     );
-    assert_eq!(m.files_done.len(), 3);
+    assert_eq!(
+        m.files_done.len(),
+        2,
+        "the last file was sent, not acknowledged"
+    );
 }

@@ -226,12 +226,21 @@ async fn run_transfer(
     let mut armed = t.poll_timeout().unwrap_or(started);
     let timer = tokio::time::sleep_until(armed.into());
     tokio::pin!(timer);
+    let mut all_sent = false;
     loop {
         while let Some(pkt) = t.poll_transmit() {
             // A failed send is a lost packet; the retransmission timer recovers.
             if let Err(e) = sock.send_to(&pkt, peer).await {
                 tracing::debug!(error = %e, "tftp send failed");
             }
+        }
+        if !all_sent && t.all_sent() {
+            all_sent = true;
+            emit(BootEvent::TftpSent {
+                file: file.to_string(),
+                peer,
+                bytes: t.size(),
+            });
         }
         if t.is_finished() {
             break;
