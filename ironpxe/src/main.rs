@@ -9,6 +9,7 @@ mod cli;
 mod config_mode;
 mod ipxe_files;
 mod lab_cmd;
+mod loader_files;
 mod run;
 mod server_config;
 

@@ -11,8 +11,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ironpxe_core::config::{IpxePaths, ServerSettings};
-use ironpxe_core::IpxeRole;
+use ironpxe_core::config::{IpxePaths, LoaderPaths, ServerSettings};
+use ironpxe_core::{IpxeRole, LoaderBinary};
 
 use crate::cli::ServerArgs;
 use crate::ipxe_files::Overrides;
@@ -46,6 +46,12 @@ pub(crate) struct ServerConfig {
     pub stuck_after: Duration,
     /// The iPXE binaries chosen by role.
     pub ipxe: Overrides,
+    /// The shim and GRUB binaries given (flags over the file's `[loaders]`); the
+    /// other slots are searched for.
+    pub loaders: LoaderPaths,
+    /// The loaders other than iPXE the boot specs use, as far as the mode knows
+    /// (`boot --loader`, the config file); the API may name others later.
+    pub loaders_used: Vec<ironpxe_core::Loader>,
     /// Receive DHCP through a packet socket instead of binding UDP 67.
     pub dhcp_no_bind: bool,
     /// Chainload iPXE even into clients already running iPXE.
@@ -72,16 +78,19 @@ impl ServerConfig {
             Path::new(""),
             &ServerSettings::default(),
             &IpxePaths::default(),
+            &LoaderPaths::default(),
         )
     }
 
-    /// Flags given on the command line win; the file `path` (its `[server]` and
-    /// `[ipxe]`) fills in the flags not given; the defaults fill in the rest.
+    /// Flags given on the command line win; the file `path` (its `[server]`,
+    /// `[ipxe]` and `[loaders]`) fills in the flags not given; the defaults fill in
+    /// the rest.
     pub(crate) fn merge(
         args: &ServerArgs,
         path: &Path,
         file: &ServerSettings,
         ipxe: &IpxePaths,
+        loaders: &LoaderPaths,
     ) -> ServerConfig {
         let http_port = args.port.or(file.http_port).unwrap_or(DEFAULT_HTTP_PORT);
         ServerConfig {
@@ -113,6 +122,14 @@ impl ServerConfig {
                 },
                 snponly: args.ipxe_snponly,
             },
+            loaders: {
+                let flags = args.loader_paths();
+                LoaderBinary::ALL
+                    .into_iter()
+                    .filter_map(|b| Some((b, flags.get(b).or(loaders.get(b))?.clone())))
+                    .collect()
+            },
+            loaders_used: Vec::new(),
             dhcp_no_bind: args.dhcp_no_bind,
             force_chainload: args.force_chainload,
             tftp_root: args.tftp_root.clone(),
@@ -163,6 +180,7 @@ mod tests {
             Path::new("f.toml"),
             &file(),
             &i,
+            &LoaderPaths::default(),
         );
         assert_eq!(m.interface.as_deref(), Some("eth1"));
         assert_eq!(m.interface_origin, "f.toml: server.interface");
@@ -187,7 +205,13 @@ mod tests {
             "/flag.kpxe",
         ]);
         let i = IpxePaths::default().with(IpxeRole::Bios, "/file.kpxe");
-        let m = ServerConfig::merge(&args, Path::new("f.toml"), &file(), &i);
+        let m = ServerConfig::merge(
+            &args,
+            Path::new("f.toml"),
+            &file(),
+            &i,
+            &LoaderPaths::default(),
+        );
         assert_eq!(m.http_port, 80);
         assert_eq!(m.listen_addr, Ipv4Addr::UNSPECIFIED);
         assert_eq!(m.shutdown_timeout, Duration::from_secs(30));
@@ -200,10 +224,34 @@ mod tests {
             Path::new("f.toml"),
             &file(),
             &i,
+            &LoaderPaths::default(),
         );
         assert_eq!(m.status_port, Some(9100));
         assert_eq!(m.interface.as_deref(), Some("eth2"));
         assert_eq!(m.interface_origin, "--interface");
+    }
+
+    #[test]
+    fn loader_flags_beat_the_files_loaders() {
+        let file_loaders = LoaderPaths::default()
+            .with(LoaderBinary::ShimX64, "/file/shim.efi")
+            .with(LoaderBinary::GrubArm64, "/file/grubaa64.efi");
+        let m = ServerConfig::merge(
+            &serve_args(&["--shim-x64", "/flag/shim.efi"]),
+            Path::new("f.toml"),
+            &file(),
+            &IpxePaths::default(),
+            &file_loaders,
+        );
+        assert_eq!(
+            m.loaders.get(LoaderBinary::ShimX64),
+            Some(&PathBuf::from("/flag/shim.efi"))
+        );
+        assert_eq!(
+            m.loaders.get(LoaderBinary::GrubArm64),
+            Some(&PathBuf::from("/file/grubaa64.efi"))
+        );
+        assert_eq!(m.loaders.get(LoaderBinary::GrubX64), None);
     }
 
     #[test]
@@ -229,6 +277,7 @@ mod tests {
             Path::new("f.toml"),
             &s,
             &IpxePaths::default(),
+            &LoaderPaths::default(),
         );
         assert_eq!(m.status_port, None);
         let m = ServerConfig::merge(
@@ -236,6 +285,7 @@ mod tests {
             Path::new("f.toml"),
             &s,
             &IpxePaths::default(),
+            &LoaderPaths::default(),
         );
         assert_eq!(m.status_port, Some(8080));
     }
