@@ -88,6 +88,7 @@ pub struct LabBuilder {
     site_dhcp: bool,
     router_advertisements: bool,
     relayed_segment: bool,
+    site_next_server: bool,
     out_dir: Option<PathBuf>,
     needs: Option<Needs>,
     accel: Option<Accel>,
@@ -112,6 +113,15 @@ impl LabBuilder {
     /// them iPXE waits about 16 s for one in its "Configuring" step.
     pub fn router_advertisements(mut self, on: bool) -> Self {
         self.router_advertisements = on;
+        self
+    }
+
+    /// Whether the site DHCP server names ironpxe as next-server (`siaddr`, with no
+    /// boot file) in its answers (default off). Debian's signed GRUB takes its TFTP
+    /// server from there, not from ProxyDHCP, so labs that boot through shim and
+    /// GRUB turn this on, as a real site must.
+    pub fn site_next_server(mut self, on: bool) -> Self {
+        self.site_next_server = on;
         self
     }
 
@@ -242,7 +252,11 @@ impl LabBuilder {
             netns::register_owner(&id)?;
             lab.create_network()?;
             if self.site_dhcp {
-                lab.start_site_dhcp(self.router_advertisements, self.relayed_segment)?;
+                lab.start_site_dhcp(
+                    self.router_advertisements,
+                    self.relayed_segment,
+                    self.site_next_server,
+                )?;
             }
         }
         lab.write_description()?;
@@ -340,6 +354,7 @@ impl Lab {
             site_dhcp: true,
             router_advertisements: true,
             relayed_segment: false,
+            site_next_server: false,
             out_dir: None,
             needs: None,
             accel: None,
