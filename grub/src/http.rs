@@ -4,8 +4,9 @@
 //! A GRUB started by UEFI HTTP Boot has `(http,SERVER:PORT)` as its root and
 //! `/grub` as its prefix, so it reads `/grub/grub.cfg`, its machine's
 //! configuration and the kernel and initrds from the same paths over HTTP. Each
-//! answer carries a `Content-Length` and emits [`BootEvent::HttpGrub`]; once the last
-//! byte of a machine's last file has gone out, [`BootEvent::GrubBooting`].
+//! answer carries a `Content-Length`, closes its connection (GRUB 2.06 reads until
+//! the server closes) and emits [`BootEvent::HttpGrub`]; once the last byte of a
+//! machine's last file has gone out, [`BootEvent::GrubBooting`].
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -90,6 +91,10 @@ async fn grub_file(
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (header::CONTENT_LENGTH, HeaderValue::from(len)),
+            // GRUB 2.06's http reads until the server closes the connection, even
+            // with a Content-Length; on a kept-alive connection it waits for the
+            // idle timeout after every file.
+            (header::CONNECTION, HeaderValue::from_static("close")),
         ],
         Body::from_stream(Chunks {
             data: bytes,

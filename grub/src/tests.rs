@@ -539,3 +539,38 @@ async fn http_serves_grub_files_with_a_length() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// GRUB 2.06 reads an HTTP body until the connection closes: over ironpxe's own
+/// HTTP server, a GRUB file's answer must end the connection, although the request
+/// (HTTP/1.1, no `Connection: close`) would keep it alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_ironpxes_server_a_grub_answer_closes_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = Arc::new(files_for(spec("x", None)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ironpxe_http::serve(
+        listener,
+        crate::http::router(f),
+        async {
+            let _ = stop_rx.await;
+        },
+        std::time::Duration::from_secs(1),
+    ));
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET /grub/grub.cfg HTTP/1.1\r\nHost: x\r\nUser-Agent: GRUB 2.06\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut answer))
+        .await
+        .expect("the server closed the connection after the answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    assert!(text.ends_with(&render::dispatch_config()), "{text}");
+    let _ = stop_tx.send(());
+    let _ = server.await;
+}

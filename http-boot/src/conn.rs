@@ -411,7 +411,13 @@ async fn write_response(
         || parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
         || parts.status == StatusCode::NOT_MODIFIED;
-    let mut reuse = keep_alive;
+    // A handler that answers `Connection: close` ends the connection after its
+    // answer (GRUB's http client reads a body until the connection closes).
+    let handler_closes = parts
+        .headers
+        .get(header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let mut reuse = keep_alive && !handler_closes;
     // How the body is framed on the wire.
     let mut chunked = false;
     if !no_body && local.is_none() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
