@@ -563,13 +563,19 @@ async fn over_ironpxes_server_a_grub_answer_closes_its_connection() {
         .await
         .unwrap();
     let mut answer = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut answer))
-        .await
-        .expect("the server closed the connection after the answer")
-        .unwrap();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        c.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server closed the connection after the answer")
+    .unwrap();
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
     assert!(text.ends_with(&render::dispatch_config()), "{text}");
     let _ = stop_tx.send(());
     let _ = server.await;
