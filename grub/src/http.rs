@@ -4,9 +4,10 @@
 //! A GRUB started by UEFI HTTP Boot has `(http,SERVER:PORT)` as its root and
 //! `/grub` as its prefix, so it reads `/grub/grub.cfg`, its machine's
 //! configuration and the kernel and initrds from the same paths over HTTP. Each
-//! answer carries a `Content-Length`, closes its connection (GRUB 2.06 reads until
-//! the server closes) and emits [`BootEvent::HttpGrub`]; once the last byte of a
-//! machine's last file has gone out, [`BootEvent::GrubBooting`].
+//! answer carries a `Content-Length` spelled exactly so (GRUB 2.06 matches header
+//! names case-sensitively, and without the length reads until the connection
+//! closes), closes its connection, and emits [`BootEvent::HttpGrub`]; once the last
+//! byte of a machine's last file has gone out, [`BootEvent::GrubBooting`].
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -88,12 +89,14 @@ async fn grub_file(
         "application/octet-stream"
     };
     (
+        // GRUB reads `Content-Length: ` only spelled so; without the length it
+        // reads until the connection closes.
+        axum::Extension(ironpxe_http::CapitalizedHeaders),
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (header::CONTENT_LENGTH, HeaderValue::from(len)),
-            // GRUB 2.06's http reads until the server closes the connection, even
-            // with a Content-Length; on a kept-alive connection it waits for the
-            // idle timeout after every file.
+            // A GRUB that did not get the length reads until the connection
+            // closes; never keep it waiting for the idle timeout.
             (header::CONNECTION, HeaderValue::from_static("close")),
         ],
         Body::from_stream(Chunks {

@@ -540,11 +540,13 @@ async fn http_serves_grub_files_with_a_length() {
     assert_eq!(r.status(), 404);
 }
 
-/// GRUB 2.06 reads an HTTP body until the connection closes: over ironpxe's own
-/// HTTP server, a GRUB file's answer must end the connection, although the request
-/// (HTTP/1.1, no `Connection: close`) would keep it alive.
+/// GRUB 2.06 reads an HTTP body's length only from a header spelled
+/// `Content-Length: `, and without it reads until the connection closes: over
+/// ironpxe's own HTTP server, a GRUB file's answer spells it so and ends the
+/// connection, although the request (HTTP/1.1, no `Connection: close`) would keep it
+/// alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_ironpxes_server_a_grub_answer_closes_its_connection() {
+async fn over_ironpxes_server_a_grub_answer_spells_its_length_and_closes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let f = Arc::new(files_for(spec("x", None)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -572,10 +574,13 @@ async fn over_ironpxes_server_a_grub_answer_closes_its_connection() {
     .unwrap();
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // GRUB reads the length only when written exactly so.
+    let len = render::dispatch_config().len();
     assert!(
-        text.to_ascii_lowercase().contains("connection: close"),
+        text.contains(&format!("\r\nContent-Length: {len}\r\n")),
         "{text}"
     );
+    assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
     assert!(text.ends_with(&render::dispatch_config()), "{text}");
     let _ = stop_tx.send(());
     let _ = server.await;

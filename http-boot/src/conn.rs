@@ -326,6 +326,7 @@ fn put_head(
     version: Version,
     status: StatusCode,
     headers: &axum::http::HeaderMap,
+    capitalized: bool,
 ) {
     out.clear();
     let v = if version == Version::HTTP_10 {
@@ -340,7 +341,15 @@ fn put_head(
         status.canonical_reason().unwrap_or("")
     );
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
+        if capitalized {
+            let mut upper = true;
+            for &c in name.as_str().as_bytes() {
+                out.push(if upper { c.to_ascii_uppercase() } else { c });
+                upper = c == b'-';
+            }
+        } else {
+            out.extend_from_slice(name.as_str().as_bytes());
+        }
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -447,7 +456,11 @@ async fn write_response(
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
     }
-    put_head(out, version, parts.status, &parts.headers);
+    let capitalized = parts
+        .extensions
+        .get::<crate::CapitalizedHeaders>()
+        .is_some();
+    put_head(out, version, parts.status, &parts.headers, capitalized);
     out.extend_from_slice(b"\r\n");
 
     if let Some(mut local) = local {
