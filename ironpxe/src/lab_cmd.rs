@@ -101,7 +101,9 @@ pub(crate) struct LabArgs {
 enum LabCommand {
     /// Boot one kernel, initrds and command line on every guest (`ironpxe boot`).
     Boot(LabBootArgs),
-    /// Fetch the lab's test kernel (a Debian cloud kernel) into the cache; print its path.
+    /// Fetch the lab's test kernel (a Debian cloud kernel) into the cache; print its
+    /// path. With an ARM64 --firmware, also the lab's ARM64 files (kernel, busybox,
+    /// shim, GRUB: downloaded with apt-get, unpacked into the cache, not installed).
     Kernel,
     /// Write the lab's marker initrd (busybox; prints the kernel command line, powers off).
     Initrd {
@@ -408,9 +410,14 @@ fn simple(r: Result<()>) -> ExitCode {
 }
 
 fn fetch_kernel(run: &RunArgs) -> Result<()> {
-    let cache = run.cache_dir.clone().unwrap_or_else(ironpxe_lab::cache_dir);
-    let kernel = ironpxe_lab::kernel_in(&cache)?;
-    println!("{}", kernel.display());
+    let cache = lab_cache(run);
+    if run.firmware.iter().any(|f| !f.firmware().is_arm64()) {
+        let kernel = ironpxe_lab::kernel_in(&cache)?;
+        println!("{}", kernel.display());
+    }
+    if run.firmware.iter().any(|f| f.firmware().is_arm64()) {
+        println!("{}", assets::arm64_kernel_in(&cache)?.display());
+    }
     Ok(())
 }
 
