@@ -107,7 +107,9 @@ async fn grub_file(
         .into_response()
 }
 
-/// A file in 64 KiB chunks that runs `on_end` when the last one has been taken.
+/// A file in 64 KiB chunks that runs `on_end` as the last one is handed to the
+/// connection (a server that knows the length stops polling once it has written
+/// that many bytes, so the end of the stream is never asked for).
 struct Chunks {
     data: Bytes,
     on_end: Option<Box<dyn FnOnce() + Send>>,
@@ -126,6 +128,12 @@ impl Stream for Chunks {
             return Poll::Ready(None);
         }
         let n = self.data.len().min(CHUNK);
-        Poll::Ready(Some(Ok(self.data.split_to(n))))
+        let chunk = self.data.split_to(n);
+        if self.data.is_empty() {
+            if let Some(f) = self.on_end.take() {
+                f();
+            }
+        }
+        Poll::Ready(Some(Ok(chunk)))
     }
 }

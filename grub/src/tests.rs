@@ -585,3 +585,89 @@ async fn over_ironpxes_server_a_grub_answer_spells_its_length_and_closes() {
     let _ = stop_tx.send(());
     let _ = server.await;
 }
+
+/// Every event emitted in this test binary.
+fn collected() -> &'static std::sync::Mutex<Vec<ironpxe_core::BootEvent>> {
+    struct Collector;
+    static EVENTS: std::sync::Mutex<Vec<ironpxe_core::BootEvent>> =
+        std::sync::Mutex::new(Vec::new());
+    impl ironpxe_core::EventSink for Collector {
+        fn event(&self, e: &ironpxe_core::BootEvent) {
+            EVENTS.lock().unwrap().push(e.clone());
+        }
+    }
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        ironpxe_core::event::set_sink(Arc::new(Collector));
+    });
+    &EVENTS
+}
+
+/// Over HTTP, sending the last byte of a machine's last file marks its boot; an
+/// earlier file does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_the_last_file_marks_the_boot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let events = collected();
+    let mac = MacAddr([0x52, 0x54, 0x00, 0x77, 0x00, 0x01]);
+    let dir = tempfile::tempdir().unwrap();
+    let (kernel, initrd) = (dir.path().join("vmlinuz"), dir.path().join("initrd"));
+    std::fs::write(&kernel, vec![1u8; 300_000]).unwrap();
+    std::fs::write(&initrd, vec![2u8; 100_000]).unwrap();
+    let s = BootSpec {
+        kernel: FileRef::Local(kernel),
+        initrds: vec![FileRef::Local(initrd)],
+        cmdline: String::new(),
+        message: None,
+        loader: Loader::Grub,
+    };
+    let path = |step, f: &FileRef| {
+        GrubPath::File {
+            mac,
+            step,
+            id: f.id(),
+            name: f.file_name("x"),
+        }
+        .to_path()
+    };
+    let kpath = path(GrubStep::Kernel { initrds: 1 }, &s.kernel);
+    let ipath = path(GrubStep::Initrd { index: 1, of: 1 }, &s.initrds[0]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ironpxe_http::serve(
+        listener,
+        crate::http::router(Arc::new(files_for(s))),
+        async {
+            let _ = stop_rx.await;
+        },
+        std::time::Duration::from_secs(1),
+    ));
+    let booted = |file: &str| {
+        events.lock().unwrap().iter().any(|e| {
+            matches!(e, ironpxe_core::BootEvent::GrubBooting { mac: m, file: f, .. }
+                if *m == mac && f == file)
+        })
+    };
+    for (p, len) in [(&kpath, 300_000usize), (&ipath, 100_000)] {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(format!("GET /{p} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            c.read_to_end(&mut answer),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(answer.len() > len, "{}", answer.len());
+        if p == &kpath {
+            assert!(!booted(&kpath), "the kernel is not the last file");
+        }
+    }
+    assert!(booted(&ipath), "no grub.booting after the last initrd");
+    let _ = stop_tx.send(());
+    let _ = server.await;
+}
