@@ -11,7 +11,8 @@
 //! For each machine, ironpxe asks `GET <URL>/v1/boot/<mac>` (MAC in lowercase
 //! `aa:bb:cc:dd:ee:ff` form) and gets JSON: `kernel`, `initrd` (list), `cmdline` (a
 //! string, or pixiecore's older object form), `message`, or `ipxe-script` (served
-//! verbatim). Any non-200 answer, bad JSON or timeout means "do not boot this
+//! verbatim). ironpxe also reads `loader` (`"ipxe"`, `"grub"` or `"shim"`, see
+//! [`ironpxe_core::Loader`]), which pixiecore APIs do not send. Any non-200 answer, bad JSON or timeout means "do not boot this
 //! machine", with one log line saying why. Relative URLs resolve against `<URL>/v1/`,
 //! so `x` is `<URL>/v1/x` and `/x` is the server's root. (pixiecore's code resolves
 //! against `<URL>/v1` without the slash, so there `x` is `<URL>/x`; absolute paths and
@@ -160,6 +161,9 @@ struct ApiAnswer {
     message: Option<String>,
     #[serde(default, rename = "ipxe-script")]
     ipxe_script: Option<String>,
+    /// ironpxe's extension: how the machine is loaded (`ipxe` when absent).
+    #[serde(default)]
+    loader: Option<String>,
 }
 
 /// What a lookup produced.
@@ -223,11 +227,16 @@ fn interpret(body: &[u8], base: &Url) -> Result<(BootDecision, Vec<FileRef>), St
     }
     let (cmdline, extra) = resolve_cmdline(&cmdline, &mut |x: &str| resolve(x))
         .map_err(|e| format!("cmdline: {e}"))?;
+    let loader = match a.loader.as_deref() {
+        None => Default::default(),
+        Some(l) => l.parse().map_err(|e| format!("loader: {e}"))?,
+    };
     let spec = BootSpec {
         kernel,
         initrds,
         cmdline,
         message: a.message.filter(|m| !m.is_empty()),
+        loader,
     };
     // Refuse here, with the reason, what the script could not carry.
     ironpxe_ipxe::check_spec(&spec).map_err(|e| e.to_string())?;

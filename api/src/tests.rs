@@ -52,6 +52,25 @@ fn answers_are_read_and_urls_resolved_against_v1() {
 }
 
 #[test]
+fn the_loader_extension_is_read() {
+    use ironpxe_core::Loader;
+    assert_eq!(netboot(r#"{"kernel": "k"}"#).0.loader, Loader::Ipxe);
+    assert_eq!(
+        netboot(r#"{"kernel": "k", "loader": "shim"}"#).0.loader,
+        Loader::Shim
+    );
+    assert_eq!(
+        netboot(r#"{"kernel": "k", "loader": "grub"}"#).0.loader,
+        Loader::Grub
+    );
+    let e = interpret(br#"{"kernel": "k", "loader": "pxelinux"}"#, &base()).unwrap_err();
+    assert_eq!(
+        e,
+        "loader: unknown loader \"pxelinux\": expected \"ipxe\", \"grub\" or \"shim\""
+    );
+}
+
+#[test]
 fn templated_urls_become_served_files() {
     let (s, files) = netboot(
         r#"{"kernel": "/k", "cmdline": "cfg={{ URL \"/cloud-config\" }} id={{ ID \"file:///srv/x\" }} plain=https://other/y"}"#,

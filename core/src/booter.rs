@@ -146,6 +146,7 @@ mod tests {
             initrds: vec![FileRef::parse("/srv/initrd").unwrap()],
             cmdline: "console=ttyS0".into(),
             message: None,
+            loader: Default::default(),
         };
         let b = StaticBooter::new(spec.clone());
         assert_eq!(b.file(&spec.kernel.id()), Some(spec.kernel.clone()));
@@ -165,6 +166,7 @@ mod tests {
             initrds: vec![],
             cmdline: k.into(),
             message: None,
+            loader: Default::default(),
         };
         let a = spec("/a");
         let b = spec("/b");
@@ -195,6 +197,7 @@ mod tests {
                 initrds: vec![],
                 cmdline: String::new(),
                 message: None,
+                loader: Default::default(),
             },
             vec![extra.clone()],
         );

@@ -23,11 +23,15 @@
 //! user = "ironpxe"              # started as root: run as this user once the ports are bound
 //! default_profile = "installer" # unset: machines not listed are not answered
 //!
+//! [loaders]                    # shim and GRUB, when not in the usual places
+//! shim_x64 = "/srv/efi/shimx64.efi"
+//!
 //! [profiles.installer]
 //! kernel = "/srv/netboot/bzImage"        # path (relative to this file), file:// or http(s)://
 //! initrd = ["/srv/netboot/initrd"]
 //! cmdline = "console=ttyS0 loglevel=4"
 //! message = "NixOS installer"
+//! loader = "shim"              # "ipxe" (default), "shim" (Secure Boot) or "grub"
 //!
 //! [[machines]]
 //! mac = "52:54:00:00:00:01"
@@ -55,6 +59,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::ipxe_role::{IpxeRole, RoleMap};
+use crate::loader::{Loader, LoaderBinary, LoaderMap};
 use crate::template::resolve_cmdline;
 use crate::{BootDecision, BootSpec, Booter, ClientArch, FileId, FileRef, MacAddr};
 
@@ -72,8 +77,15 @@ pub trait Checks {
         Ok(())
     }
 
-    /// Can this spec be served? (The binary renders its iPXE script.)
+    /// Can this spec be served? (The binary renders its iPXE script, and its GRUB
+    /// configuration when its loader is GRUB or shim.)
     fn spec(&self, _spec: &BootSpec) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A profile or machine boots through `loader` (GRUB or shim): can this server
+    /// give it one? `paths` are the file's `[loaders]`.
+    fn loader(&self, _loader: Loader, _paths: &LoaderPaths) -> Result<(), String> {
         Ok(())
     }
 }
@@ -181,6 +193,10 @@ pub struct ServerSettings {
 /// paths resolved against the file.
 pub type IpxePaths = RoleMap<PathBuf>;
 
+/// `[loaders]`: shim and GRUB binaries by slot (keys as in
+/// [`LoaderBinary::spec`]'s `config_key`), relative paths resolved against the file.
+pub type LoaderPaths = LoaderMap<PathBuf>;
+
 /// A validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -188,6 +204,10 @@ pub struct Config {
     pub server: ServerSettings,
     /// `[ipxe]`.
     pub ipxe: IpxePaths,
+    /// `[loaders]`.
+    pub loaders: LoaderPaths,
+    /// The loaders other than iPXE that profiles or machines use, each once.
+    pub loaders_used: Vec<Loader>,
     /// Per-machine answers.
     pub booter: ConfigBooter,
     /// `[server] admin_token_file`: the Bearer token of the admin API
@@ -275,6 +295,8 @@ struct RawConfig {
     #[serde(default)]
     ipxe: RawIpxe,
     #[serde(default)]
+    loaders: RawLoaders,
+    #[serde(default)]
     profiles: BTreeMap<S, RawProfile>,
     #[serde(default)]
     machines: Vec<Spanned<RawMachine>>,
@@ -305,6 +327,9 @@ struct RawServer {
 /// Keys are checked against the role table during validation.
 type RawIpxe = BTreeMap<S, S>;
 
+/// Keys are checked against the loader table during validation.
+type RawLoaders = BTreeMap<S, S>;
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawProfile {
@@ -313,6 +338,7 @@ struct RawProfile {
     cmdline: Option<S>,
     message: Option<S>,
     once: Option<Spanned<bool>>,
+    loader: Option<S>,
 }
 
 #[derive(Deserialize)]
@@ -326,6 +352,7 @@ struct RawMachine {
     cmdline: Option<S>,
     cmdline_append: Option<S>,
     message: Option<S>,
+    loader: Option<S>,
     boot: Option<S>,
     once: Option<Spanned<bool>>,
     bmc: Option<Spanned<install::RawBmc>>,
@@ -346,6 +373,7 @@ struct Resolved {
     message: Option<String>,
     /// A profile's `once`.
     once: Option<bool>,
+    loader: Option<Loader>,
 }
 
 struct Validator<'a> {
@@ -354,6 +382,10 @@ struct Validator<'a> {
     checks: &'a dyn Checks,
     problems: Vec<Problem>,
     files: HashMap<FileId, FileRef>,
+    /// `[loaders]`, for [`Checks::loader`].
+    loader_paths: LoaderPaths,
+    /// Loaders other than iPXE in use, each once, in file order.
+    loaders_used: Vec<Loader>,
 }
 
 impl Validator<'_> {
@@ -399,6 +431,11 @@ impl Validator<'_> {
     }
 
     fn path_at(&mut self, v: &S, key: &str) -> Option<PathBuf> {
+        self.binary_path_at(v, key, "iPXE binary")
+    }
+
+    /// The path of a binary ironpxe serves (`what` names it in messages).
+    fn binary_path_at(&mut self, v: &S, key: &str, what: &str) -> Option<PathBuf> {
         let p = PathBuf::from(v.get_ref());
         if v.get_ref().is_empty() {
             self.problem(v.span().start, key, "empty path");
@@ -406,11 +443,7 @@ impl Validator<'_> {
         }
         let p = if p.is_relative() { self.dir.join(p) } else { p };
         if let Err(e) = self.checks.file(&p) {
-            self.problem(
-                v.span().start,
-                key,
-                format!("iPXE binary {}: {e}", p.display()),
-            );
+            self.problem(v.span().start, key, format!("{what} {}: {e}", p.display()));
         }
         Some(p)
     }
@@ -469,6 +502,26 @@ impl Validator<'_> {
             self.problem(offset, key, e);
         }
     }
+
+    /// A `loader` key: one of the loader names, and one this server can give.
+    fn loader_at(&mut self, v: &S, key: &str) -> Option<Loader> {
+        let loader = match v.get_ref().parse::<Loader>() {
+            Ok(l) => l,
+            Err(e) => {
+                self.problem(v.span().start, key, e.to_string());
+                return None;
+            }
+        };
+        if loader != Loader::Ipxe {
+            if let Err(e) = self.checks.loader(loader, &self.loader_paths) {
+                self.problem(v.span().start, key, e);
+            }
+            if !self.loaders_used.contains(&loader) {
+                self.loaders_used.push(loader);
+            }
+        }
+        Some(loader)
+    }
 }
 
 /// The validated profiles by name, with the offset of their `[profiles.NAME]` header.
@@ -501,9 +554,12 @@ impl Config {
             checks,
             problems: Vec::new(),
             files: HashMap::new(),
+            loader_paths: LoaderPaths::default(),
+            loaders_used: Vec::new(),
         };
         let server = v.server(&raw.server);
         let ipxe = v.ipxe(&raw.ipxe);
+        v.loader_paths = v.loaders(&raw.loaders);
         let profiles = v.profiles(&raw.profiles);
         let default = v.default_profile(raw.server.default_profile.as_ref(), &profiles);
         let default_once = raw
@@ -529,6 +585,8 @@ impl Config {
         Ok(Config {
             server,
             ipxe,
+            loaders: v.loader_paths,
+            loaders_used: v.loaders_used,
             booter: ConfigBooter {
                 machines,
                 default,
@@ -731,6 +789,34 @@ impl Validator<'_> {
         ipxe
     }
 
+    /// `[loaders]`.
+    fn loaders(&mut self, raw: &RawLoaders) -> LoaderPaths {
+        let mut paths = LoaderPaths::default();
+        for (key, path) in raw {
+            let name = format!("loaders.{}", key.get_ref());
+            match LoaderBinary::from_config_key(key.get_ref()) {
+                Some(bin) => {
+                    let what = format!("{} binary", bin.name());
+                    if let Some(p) = self.binary_path_at(path, &name, &what) {
+                        paths.insert(bin, p);
+                    }
+                }
+                None => {
+                    let known: Vec<&str> = LoaderBinary::ALL
+                        .iter()
+                        .map(|b| b.spec().config_key)
+                        .collect();
+                    self.problem(
+                        key.span().start,
+                        name,
+                        format!("unknown key, expected one of {}", known.join(", ")),
+                    );
+                }
+            }
+        }
+        paths
+    }
+
     /// `[profiles.NAME]`. Text problems of a profile are reported once, here, not
     /// once per machine using it.
     fn profiles(&mut self, raw: &BTreeMap<S, RawProfile>) -> Profiles {
@@ -743,12 +829,14 @@ impl Validator<'_> {
                 p.initrd.as_deref(),
                 p.cmdline.as_ref(),
                 p.message.as_ref(),
+                p.loader.as_ref(),
             );
             r.once = p.once.as_ref().map(|o| *o.get_ref());
             let text_at = p
                 .cmdline
                 .as_ref()
                 .or(p.message.as_ref())
+                .or(p.loader.as_ref())
                 .map(|c| c.span().start)
                 .unwrap_or(name.span().start);
             if let Some(spec) = text_spec(&r) {
@@ -767,6 +855,7 @@ impl Validator<'_> {
         initrd: Option<&[S]>,
         cmdline: Option<&S>,
         message: Option<&S>,
+        loader: Option<&S>,
     ) -> Resolved {
         Resolved {
             kernel_given: kernel.is_some(),
@@ -775,6 +864,7 @@ impl Validator<'_> {
             cmdline: cmdline.and_then(|c| self.cmdline_at(c, &format!("{key}.cmdline"))),
             message: message.and_then(|m| self.text_at(m, &format!("{key}.message"))),
             once: None,
+            loader: loader.and_then(|l| self.loader_at(l, &format!("{key}.loader"))),
         }
     }
 
@@ -950,6 +1040,7 @@ impl Validator<'_> {
             m.initrd.as_deref(),
             m.cmdline.as_ref(),
             m.message.as_ref(),
+            m.loader.as_ref(),
         );
         let append = m
             .cmdline_append
@@ -981,9 +1072,13 @@ impl Validator<'_> {
         let base = profile.cloned().unwrap_or_default();
         match build_spec(&base, own) {
             Ok(spec) => {
-                if m.cmdline.is_some() || m.cmdline_append.is_some() || m.message.is_some() {
+                if m.cmdline.is_some()
+                    || m.cmdline_append.is_some()
+                    || m.message.is_some()
+                    || m.loader.is_some()
+                {
                     // Where a problem with the machine's own text is reported.
-                    let at = [&m.cmdline, &m.cmdline_append, &m.message]
+                    let at = [&m.cmdline, &m.cmdline_append, &m.message, &m.loader]
                         .into_iter()
                         .flatten()
                         .map(|t| t.span().start)
@@ -1045,12 +1140,13 @@ fn build_spec(profile: &Resolved, own: &Resolved) -> Result<BootSpec, ()> {
             .or_else(|| profile.cmdline.clone())
             .unwrap_or_default(),
         message: own.message.clone().or_else(|| profile.message.clone()),
+        loader: own.loader.or(profile.loader).unwrap_or_default(),
     })
 }
 
 /// A spec carrying a profile's text, to check that it can be rendered.
 fn text_spec(r: &Resolved) -> Option<BootSpec> {
-    if r.cmdline.is_none() && r.message.is_none() {
+    if r.cmdline.is_none() && r.message.is_none() && r.loader.is_none() {
         return None;
     }
     Some(BootSpec {
@@ -1061,6 +1157,7 @@ fn text_spec(r: &Resolved) -> Option<BootSpec> {
         initrds: r.initrds.clone().unwrap_or_default(),
         cmdline: r.cmdline.clone().unwrap_or_default(),
         message: r.message.clone(),
+        loader: r.loader.unwrap_or_default(),
     })
 }
 

@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
+use crate::loader::{is_optional_probe, GrubPath};
 use crate::{ClientArch, FileId, MacAddr};
 
 /// The `tracing` target of boot events.
@@ -76,6 +77,18 @@ pub enum BootEvent {
         /// The number of lookup slots.
         limit: usize,
     },
+    /// The site DHCP server's DHCPACK to a machine that boots through GRUB (loader
+    /// `shim` or `grub`) names another next-server than ironpxe. Debian's signed
+    /// GRUB takes its TFTP server from that ACK, not from ProxyDHCP, so it will ask
+    /// the wrong server for its configuration. Warned once per machine.
+    DhcpSiteNextServer {
+        /// The machine.
+        mac: MacAddr,
+        /// The next-server (siaddr) the site's ACK names.
+        next_server: IpAddr,
+        /// The site server that sent it.
+        site_server: IpAddr,
+    },
     /// The DHCP side saw which address a PXE client is taking (its REQUEST to the
     /// site server names it), so later TFTP and HTTP requests from that address are
     /// the machine's.
@@ -99,6 +112,17 @@ pub enum BootEvent {
         tsize: bool,
         /// The file's size.
         size: u64,
+    },
+    /// Every byte of a TFTP transfer has been sent once; the client's last ACK may
+    /// still be on its way, or never come (a client that boots what it loaded can
+    /// stop its network first). Logged at debug level.
+    TftpSent {
+        /// The requested file name.
+        file: String,
+        /// The client.
+        peer: SocketAddr,
+        /// The file's size.
+        bytes: u64,
     },
     /// A TFTP transfer sent the whole file.
     TftpDone {
@@ -175,6 +199,29 @@ pub enum BootEvent {
         mac: MacAddr,
         /// Its firmware.
         arch: ClientArch,
+        /// The client.
+        peer: Option<SocketAddr>,
+    },
+    /// A GRUB configuration, kernel or initrd was requested over HTTP, by a GRUB
+    /// built with the http module (UEFI HTTP Boot).
+    HttpGrub {
+        /// The machine, when the path names one.
+        mac: Option<MacAddr>,
+        /// The path requested.
+        file: String,
+        /// Bytes sent.
+        bytes: u64,
+        /// The client.
+        peer: Option<SocketAddr>,
+    },
+    /// GRUB received the last byte of the last file it loads (the last initrd, or
+    /// the kernel when there is none), over TFTP or HTTP: it boots the kernel now.
+    /// GRUB cannot call `/_/booting`, so this marks the boot instead.
+    GrubBooting {
+        /// The machine.
+        mac: MacAddr,
+        /// The path of that last file.
+        file: String,
         /// The client.
         peer: Option<SocketAddr>,
     },
@@ -366,7 +413,9 @@ impl BootEvent {
             BootEvent::DhcpIgnored { .. } => "dhcp.ignore",
             BootEvent::DhcpDropped { .. } => "dhcp.dropped",
             BootEvent::DhcpClientAddress { .. } => "dhcp.address",
+            BootEvent::DhcpSiteNextServer { .. } => "dhcp.next_server",
             BootEvent::TftpStart { .. } => "tftp.start",
+            BootEvent::TftpSent { .. } => "tftp.sent",
             BootEvent::TftpDone { .. } => "tftp.done",
             BootEvent::TftpAborted { .. } => "tftp.aborted",
             BootEvent::TftpFailed { .. } => "tftp.failed",
@@ -375,6 +424,8 @@ impl BootEvent {
             BootEvent::HttpIgnored { .. } => "http.ignored",
             BootEvent::HttpBooting { .. } => "http.booting",
             BootEvent::HttpBinary { .. } => "http.bin",
+            BootEvent::HttpGrub { .. } => "http.grub",
+            BootEvent::GrubBooting { .. } => "grub.booting",
             BootEvent::FileStart { .. } => "http.file.start",
             BootEvent::FileDone { .. } => "http.file.done",
             BootEvent::FileFailed { .. } => "http.file.failed",
@@ -396,6 +447,8 @@ impl BootEvent {
             | BootEvent::DhcpIgnored { mac, .. }
             | BootEvent::DhcpDropped { mac, .. }
             | BootEvent::DhcpClientAddress { mac, .. }
+            | BootEvent::DhcpSiteNextServer { mac, .. }
+            | BootEvent::GrubBooting { mac, .. }
             | BootEvent::HttpScript { mac, .. }
             | BootEvent::HttpLocal { mac, .. }
             | BootEvent::HttpIgnored { mac, .. }
@@ -406,6 +459,7 @@ impl BootEvent {
             | BootEvent::InstallDone { mac, .. }
             | BootEvent::InstallReset { mac, .. }
             | BootEvent::DhcpLease { mac, .. } => Some(*mac),
+            BootEvent::HttpGrub { mac, .. } => *mac,
             _ => None,
         }
     }
@@ -416,6 +470,7 @@ impl BootEvent {
             BootEvent::DhcpAnswered { peer, .. }
             | BootEvent::DhcpIgnored { peer, .. }
             | BootEvent::TftpStart { peer, .. }
+            | BootEvent::TftpSent { peer, .. }
             | BootEvent::TftpDone { peer, .. }
             | BootEvent::TftpAborted { peer, .. }
             | BootEvent::TftpFailed { peer, .. } => Some(*peer),
@@ -423,6 +478,8 @@ impl BootEvent {
             | BootEvent::HttpLocal { peer, .. }
             | BootEvent::HttpBooting { peer, .. }
             | BootEvent::HttpBinary { peer, .. }
+            | BootEvent::HttpGrub { peer, .. }
+            | BootEvent::GrubBooting { peer, .. }
             | BootEvent::FileStart { peer, .. }
             | BootEvent::FileDone { peer, .. }
             | BootEvent::FileFailed { peer, .. }
@@ -435,8 +492,11 @@ impl BootEvent {
     /// Whether the log shows it as a warning.
     pub fn loudness(&self) -> Loudness {
         match self {
-            BootEvent::DhcpDropped { .. } => Loudness::Debug,
-            BootEvent::TftpFailed { .. }
+            BootEvent::DhcpDropped { .. } | BootEvent::TftpSent { .. } => Loudness::Debug,
+            // shim and GRUB ask for files they do without on every boot.
+            BootEvent::TftpFailed { file, .. } if is_optional_probe(file) => Loudness::Debug,
+            BootEvent::DhcpSiteNextServer { .. }
+            | BootEvent::TftpFailed { .. }
             | BootEvent::FileFailed { .. }
             | BootEvent::ApiError { .. }
             | BootEvent::ConfigRejected { .. } => Loudness::Warn,
@@ -489,6 +549,33 @@ impl BootEvent {
                 f("mac", shown(mac));
                 f("ip", shown(ip));
             }
+            BootEvent::DhcpSiteNextServer {
+                mac,
+                next_server,
+                site_server,
+            } => {
+                f("mac", shown(mac));
+                f("next_server", shown(next_server));
+                f("site_server", shown(site_server));
+            }
+            BootEvent::HttpGrub {
+                mac,
+                file,
+                bytes,
+                peer,
+            } => {
+                if let Some(mac) = mac {
+                    f("mac", shown(mac));
+                }
+                f("file", text(file.as_str()));
+                f("bytes", Number(*bytes));
+                f("peer", client(peer));
+            }
+            BootEvent::GrubBooting { mac, file, peer } => {
+                f("mac", shown(mac));
+                f("file", text(file.as_str()));
+                f("peer", client(peer));
+            }
             BootEvent::TftpStart {
                 file,
                 peer,
@@ -503,6 +590,11 @@ impl BootEvent {
                 f("windowsize", Number(u64::from(*windowsize)));
                 f("tsize", Bool(*tsize));
                 f("size", Number(*size));
+            }
+            BootEvent::TftpSent { file, peer, bytes } => {
+                f("file", text(file.as_str()));
+                f("peer", shown(peer));
+                f("bytes", Number(*bytes));
             }
             BootEvent::TftpDone {
                 file,
@@ -844,6 +936,27 @@ pub fn emit(event: BootEvent) {
     if let Some(sink) = SINK.get() {
         sink.event(&event);
     }
+    if let Some(booting) = event.implied() {
+        emit(booting);
+    }
+}
+
+impl BootEvent {
+    /// The event this one implies, if any: once the last byte of the last file of a
+    /// machine's boot has been sent to GRUB over TFTP, the machine boots
+    /// ([`BootEvent::GrubBooting`]). Sent, not acknowledged: GRUB boots the kernel
+    /// right after reading that byte, and its last ACK may never leave the machine.
+    pub fn implied(&self) -> Option<BootEvent> {
+        let BootEvent::TftpSent { file, peer, .. } = self else {
+            return None;
+        };
+        let path = GrubPath::parse(file).filter(GrubPath::is_last)?;
+        Some(BootEvent::GrubBooting {
+            mac: path.mac()?,
+            file: file.clone(),
+            peer: Some(*peer),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -946,6 +1059,78 @@ mod tests {
             )
             .0
         );
+    }
+
+    #[test]
+    fn the_last_grub_file_implies_the_boot() {
+        let mac = MacAddr([0x52, 0x54, 0, 0, 0, 9]);
+        let id = crate::FileRef::parse("/srv/initrd").unwrap().id();
+        let path = |step| {
+            GrubPath::File {
+                mac,
+                step,
+                id: id.clone(),
+                name: "initrd".into(),
+            }
+            .to_path()
+        };
+        let done = |file: String| BootEvent::TftpSent {
+            file,
+            peer: "10.0.0.9:2070".parse().unwrap(),
+            bytes: 1,
+        };
+        use crate::loader::GrubStep;
+        let last = path(GrubStep::Initrd { index: 2, of: 2 });
+        let booting = done(last.clone()).implied().expect("implied boot");
+        assert_eq!(booting.name(), "grub.booting");
+        assert_eq!(booting.mac(), Some(mac));
+        assert_eq!(
+            booting.render_fields(),
+            format!("mac=52:54:00:00:00:09 file={last} peer=10.0.0.9:2070")
+        );
+        assert_eq!(
+            done(path(GrubStep::Initrd { index: 1, of: 2 })).implied(),
+            None
+        );
+        assert_eq!(done(path(GrubStep::Kernel { initrds: 2 })).implied(), None);
+        assert!(done(path(GrubStep::Kernel { initrds: 0 }))
+            .implied()
+            .is_some());
+        assert_eq!(done("undionly.kpxe".into()).implied(), None);
+        // The end of the transfer (the last ACK) does not count again.
+        let acked = BootEvent::TftpDone {
+            file: last.clone(),
+            peer: "10.0.0.9:2070".parse().unwrap(),
+            bytes: 1,
+            duration_ms: 1,
+            blksize: 1024,
+            windowsize: 1,
+            retransmits: 0,
+        };
+        assert_eq!(acked.implied(), None);
+        // A failed or aborted transfer before the last byte is not a boot.
+        let failed = BootEvent::TftpFailed {
+            file: last,
+            peer: "10.0.0.9:2070".parse().unwrap(),
+            reason: "timeout".into(),
+        };
+        assert_eq!(failed.implied(), None);
+    }
+
+    #[test]
+    fn shim_probes_are_not_warnings() {
+        let probe = BootEvent::TftpFailed {
+            file: "revocations_sbat.efi".into(),
+            peer: "10.0.0.9:2070".parse().unwrap(),
+            reason: "file not found".into(),
+        };
+        assert_eq!(probe.loudness(), Loudness::Debug);
+        let real = BootEvent::TftpFailed {
+            file: "grubx64.efi".into(),
+            peer: "10.0.0.9:2070".parse().unwrap(),
+            reason: "file not found".into(),
+        };
+        assert_eq!(real.loudness(), Loudness::Warn);
     }
 
     #[test]

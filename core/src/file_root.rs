@@ -208,6 +208,7 @@ mod tests {
             initrds: vec![],
             cmdline,
             message: None,
+            loader: Default::default(),
         })
     }
 

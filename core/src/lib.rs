@@ -24,6 +24,9 @@
 //! - [`net6`]: IPv6 address ranges (stateful DHCPv6), which IPv6 addresses can be
 //!   announced in boot URLs, MACs from EUI-64 link-local addresses, and the
 //!   [`AddrFamily`](net6::AddrFamily) label of status and metrics.
+//! - [`loader`] names the loaders a spec boots through ([`Loader`]: iPXE, or shim and
+//!   GRUB for Secure Boot, or GRUB), the table of shim and GRUB binaries
+//!   ([`LoaderBinary`]), and the paths GRUB fetches ([`GrubPath`]).
 //! - [`ipxe_role`] is the table of iPXE binary roles ([`IpxeRole`]): their flags,
 //!   config keys, default file names and the firmware each serves, and
 //!   [`IpxeBinaries`], the file chosen per role.
@@ -39,6 +42,7 @@ mod duration;
 pub mod event;
 pub mod file_root;
 pub mod ipxe_role;
+pub mod loader;
 mod mac;
 pub mod net6;
 mod spec;
@@ -52,6 +56,7 @@ pub use duration::{parse_duration, DurationError};
 pub use event::{emit, BootEvent, EventSink, EVENT_TARGET};
 pub use file_root::{ConfinedBooter, FileRoot, FileRootError};
 pub use ipxe_role::{IpxeBinaries, IpxeRole, RoleMap};
+pub use loader::{EfiCpu, GrubPath, Loader, LoaderBinary, LoaderSet};
 pub use mac::{MacAddr, MacParseError};
 pub use spec::{BootSpec, FileId, FileRef, FileRefError};
 pub use urls::BootUrls;

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use crate::Loader;
+
 /// Where the bytes of a kernel or initrd come from.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum FileRef {
@@ -143,6 +145,8 @@ pub struct BootSpec {
     pub cmdline: String,
     /// Text shown on the client console before booting.
     pub message: Option<String>,
+    /// What loads it: iPXE (the default), or shim and GRUB for Secure Boot, or GRUB.
+    pub loader: Loader,
 }
 
 impl BootSpec {
@@ -207,6 +211,7 @@ mod tests {
             initrds: vec![FileRef::parse("/i").unwrap()],
             cmdline: format!("a {} b", crate::template::file_marker(&extra.id())),
             message: None,
+            loader: Default::default(),
         };
         assert_eq!(
             spec.file_ids(),

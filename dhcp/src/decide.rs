@@ -2,13 +2,22 @@
 //!
 //! Pure and deterministic: the current time and the chainload memory are passed in,
 //! so every branch is a unit test without sockets.
+//!
+//! A machine whose boot spec asks for shim or GRUB ([`Loader`]) gets that chain's
+//! first file from [`LoaderSet::first_file`]: over TFTP for EFI x64 (7, 9) and ARM64
+//! (11) PXE, in the BOOTP `file` field and option 67 alike (shim finds GRUB next to
+//! the file the `file` field names), or as a `/_/bin/` URL for UEFI HTTP Boot (16,
+//! 19) when that GRUB can fetch over HTTP. Firmware with no shim or GRUB image (BIOS,
+//! 32-bit EFI) falls back to iPXE, noted once per machine in the log.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode};
-use ironpxe_core::{BootDecision, BootUrls, Booter, ClientArch, MacAddr};
+use ironpxe_core::loader::LoaderGap;
+use ironpxe_core::{BootDecision, BootUrls, Booter, ClientArch, Loader, LoaderSet, MacAddr};
 
 use crate::request::{NotPxe, PxeRequest, VendorClass};
 
@@ -23,6 +32,11 @@ pub struct ProxyConfig {
     pub http_port: u16,
     /// Chainload binaries.
     pub binaries: IpxeBinaries,
+    /// The shim and GRUB binaries, for machines whose loader is shim or GRUB.
+    pub loaders: LoaderSet,
+    /// Where answers that hand a machine shim or GRUB are recorded, for the watch on
+    /// the site server's DHCPACKs ([`crate::site_ack`]).
+    pub loader_offers: LoaderOffers,
     /// Chainload the configured iPXE even into clients that already are iPXE with
     /// HTTP (to replace an old NIC ROM's iPXE). Loops are avoided by remembering the
     /// chainload per MAC.
@@ -52,6 +66,8 @@ impl Default for ProxyConfig {
         ProxyConfig {
             http_port: 80,
             binaries: IpxeBinaries::default(),
+            loaders: LoaderSet::default(),
+            loader_offers: LoaderOffers::default(),
             force_chainload: false,
             chainload_window: Duration::from_secs(120),
             lookup_wait: LOOKUP_WAIT,
@@ -112,6 +128,20 @@ pub enum BootPath {
         /// URL of the binary.
         url: String,
     },
+    /// Load the first binary of the shim or GRUB chain over TFTP.
+    Loader {
+        /// shim or GRUB.
+        loader: Loader,
+        /// TFTP file name.
+        file: String,
+    },
+    /// UEFI HTTP Boot firmware: download the first binary of the shim or GRUB chain.
+    LoaderHttp {
+        /// shim or GRUB.
+        loader: Loader,
+        /// URL of the binary.
+        url: String,
+    },
 }
 
 impl BootPath {
@@ -121,22 +151,36 @@ impl BootPath {
             BootPath::Chainload { .. } => "tftp",
             BootPath::Script { .. } => "http",
             BootPath::HttpBoot { .. } => "httpboot",
+            BootPath::Loader {
+                loader: Loader::Grub,
+                ..
+            } => "grub",
+            BootPath::Loader { .. } => "shim",
+            BootPath::LoaderHttp {
+                loader: Loader::Grub,
+                ..
+            } => "httpboot-grub",
+            BootPath::LoaderHttp { .. } => "httpboot-shim",
         }
     }
 
     /// The file name or URL given to the client, owned.
     pub fn into_target(self) -> String {
         match self {
-            BootPath::Chainload { file } => file,
-            BootPath::Script { url } | BootPath::HttpBoot { url } => url,
+            BootPath::Chainload { file } | BootPath::Loader { file, .. } => file,
+            BootPath::Script { url }
+            | BootPath::HttpBoot { url }
+            | BootPath::LoaderHttp { url, .. } => url,
         }
     }
 
     /// The file name or URL given to the client.
     pub fn target(&self) -> &str {
         match self {
-            BootPath::Chainload { file } => file,
-            BootPath::Script { url } | BootPath::HttpBoot { url } => url,
+            BootPath::Chainload { file } | BootPath::Loader { file, .. } => file,
+            BootPath::Script { url }
+            | BootPath::HttpBoot { url }
+            | BootPath::LoaderHttp { url, .. } => url,
         }
     }
 }
@@ -193,6 +237,9 @@ pub enum Ignored {
         "iPXE without HTTP support came back after a chainload; not answering to avoid a boot loop"
     )]
     ChainloadLoop,
+    /// The machine's loader (shim or GRUB) cannot be given to this client.
+    #[error("{0}")]
+    Loader(LoaderGap),
 }
 
 impl Ignored {
@@ -205,10 +252,43 @@ impl Ignored {
     }
 }
 
-/// Remembers, per MAC, the exchange (xid) in which we last chainloaded iPXE.
+/// The machines ProxyDHCP recently handed shim or GRUB, and when; shared between the
+/// decision core, which records them, and the site-ACK watch, which checks the site
+/// server's answers to them. Bounded: a flood of MACs cannot grow it.
+#[derive(Clone, Debug, Default)]
+pub struct LoaderOffers(Arc<Mutex<HashMap<MacAddr, Instant>>>);
+
+impl LoaderOffers {
+    /// Entries kept before old ones are dropped.
+    const MAX: usize = 4096;
+
+    /// Records that `mac` was handed shim or GRUB at `now`.
+    pub fn record(&self, mac: MacAddr, now: Instant) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= Self::MAX && !m.contains_key(&mac) {
+            let window = Duration::from_secs(600);
+            m.retain(|_, t| now.saturating_duration_since(*t) <= window);
+            if m.len() >= Self::MAX {
+                m.clear();
+            }
+        }
+        m.insert(mac, now);
+    }
+
+    /// Whether `mac` was handed shim or GRUB within `window` before `now`.
+    pub fn recent(&self, mac: MacAddr, now: Instant, window: Duration) -> bool {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&mac)
+            .is_some_and(|t| now.saturating_duration_since(*t) <= window)
+    }
+}
+
+/// Remembers, per MAC, the exchange (xid) in which we last chainloaded iPXE, and
+/// when a machine's loader last fell back to iPXE (noted once per machine).
 #[derive(Debug, Default)]
 pub struct ChainloadMemory {
     entries: HashMap<MacAddr, (u32, Instant)>,
+    fallbacks: HashMap<MacAddr, Instant>,
 }
 
 impl ChainloadMemory {
@@ -237,6 +317,28 @@ impl ChainloadMemory {
         }
         self.entries.insert(mac, (xid, now));
     }
+
+    /// Whether the fallback of `mac` to iPXE should be logged now: once per
+    /// machine and [`ChainloadMemory::NOTE_AGAIN`], not once per packet.
+    fn note_fallback(&mut self, mac: MacAddr, now: Instant) -> bool {
+        if let Some(t) = self.fallbacks.get(&mac) {
+            if now.saturating_duration_since(*t) < Self::NOTE_AGAIN {
+                return false;
+            }
+        }
+        if self.fallbacks.len() >= Self::PRUNE_AT {
+            self.fallbacks
+                .retain(|_, t| now.saturating_duration_since(*t) < Self::NOTE_AGAIN);
+            if self.fallbacks.len() >= Self::PRUNE_AT {
+                self.fallbacks.clear();
+            }
+        }
+        self.fallbacks.insert(mac, now);
+        true
+    }
+
+    /// How long before a machine's fallback to iPXE is logged again.
+    pub const NOTE_AGAIN: Duration = Duration::from_secs(600);
 
     /// Number of remembered MACs.
     pub fn len(&self) -> usize {
@@ -314,13 +416,35 @@ pub fn answer(
         reply_type,
         http_boot,
     } = classified;
-    let path = if http_boot {
-        http_boot_path(cfg, &req, meta)?
-    } else {
-        choose_path(cfg, &req, meta, now, memory)?
+    let loader = match decision {
+        BootDecision::Netboot(spec) => spec.loader,
+        _ => Loader::Ipxe,
     };
-    if let BootPath::Chainload { .. } | BootPath::HttpBoot { .. } = path {
-        memory.record(req.mac, req.xid, now, cfg.chainload_window);
+    let path = match loader_path(cfg, &req, meta, loader, http_boot) {
+        Some(Ok(path)) => path,
+        Some(Err(LoaderGap::NoCpu { arch, loader })) => {
+            if memory.note_fallback(req.mac, now) {
+                tracing::info!(
+                    mac = %req.mac,
+                    %arch,
+                    %loader,
+                    "{}",
+                    LoaderGap::NoCpu { arch, loader }
+                );
+            }
+            ipxe_path(cfg, &req, meta, now, memory, http_boot)?
+        }
+        Some(Err(gap)) => return Err(Ignored::Loader(gap)),
+        None => ipxe_path(cfg, &req, meta, now, memory, http_boot)?,
+    };
+    match path {
+        BootPath::Chainload { .. } | BootPath::HttpBoot { .. } => {
+            memory.record(req.mac, req.xid, now, cfg.chainload_window)
+        }
+        BootPath::Loader { .. } | BootPath::LoaderHttp { .. } => {
+            cfg.loader_offers.record(req.mac, now)
+        }
+        BootPath::Script { .. } => {}
     }
 
     let dest = if !req.giaddr.is_unspecified() {
@@ -355,6 +479,50 @@ pub fn decide(
     let c = classify(PxeRequest::parse(msg)?, meta)?;
     let decision = booter.decide(c.request.mac, c.request.arch, Duration::ZERO);
     answer(cfg, msg, c, &decision, meta, now, memory)
+}
+
+/// The iPXE path of a client: its HTTP Boot binary, a chainload or the script.
+fn ipxe_path(
+    cfg: &ProxyConfig,
+    req: &PxeRequest,
+    meta: &RecvMeta,
+    now: Instant,
+    memory: &ChainloadMemory,
+    http_boot: bool,
+) -> Result<BootPath, Ignored> {
+    if http_boot {
+        http_boot_path(cfg, req, meta)
+    } else {
+        choose_path(cfg, req, meta, now, memory)
+    }
+}
+
+/// The shim or GRUB path of a client whose spec asks for one; `None` for iPXE.
+fn loader_path(
+    cfg: &ProxyConfig,
+    req: &PxeRequest,
+    meta: &RecvMeta,
+    loader: Loader,
+    http_boot: bool,
+) -> Option<Result<BootPath, LoaderGap>> {
+    if !loader.uses_grub() {
+        return None;
+    }
+    let file = match cfg.loaders.first_file(loader, req.arch) {
+        Ok(f) => f,
+        Err(gap) => return Some(Err(gap)),
+    };
+    Some(Ok(if http_boot {
+        BootPath::LoaderHttp {
+            loader,
+            url: boot_urls(cfg, meta).binary(file),
+        }
+    } else {
+        BootPath::Loader {
+            loader,
+            file: file.to_string(),
+        }
+    }))
 }
 
 fn choose_path(
@@ -462,6 +630,35 @@ fn build_reply(
 #[cfg(test)]
 mod memory_tests {
     use super::*;
+
+    #[test]
+    fn a_fallback_is_noted_once_per_machine() {
+        let mut m = ChainloadMemory::default();
+        let t0 = Instant::now();
+        let a = MacAddr([2, 0, 0, 0, 0, 1]);
+        let b = MacAddr([2, 0, 0, 0, 0, 2]);
+        assert!(m.note_fallback(a, t0));
+        assert!(!m.note_fallback(a, t0 + Duration::from_secs(4)));
+        assert!(m.note_fallback(b, t0 + Duration::from_secs(4)));
+        assert!(m.note_fallback(a, t0 + ChainloadMemory::NOTE_AGAIN));
+    }
+
+    #[test]
+    fn loader_offers_are_recent_then_forgotten() {
+        let o = LoaderOffers::default();
+        let t0 = Instant::now();
+        let a = MacAddr([2, 0, 0, 0, 0, 1]);
+        let w = Duration::from_secs(120);
+        assert!(!o.recent(a, t0, w));
+        o.record(a, t0);
+        assert!(o.recent(a, t0 + w, w));
+        assert!(!o.recent(a, t0 + w + Duration::from_secs(1), w));
+        for i in 0..10_000u32 {
+            let b = i.to_be_bytes();
+            o.record(MacAddr([2, 1, b[0], b[1], b[2], b[3]]), t0);
+        }
+        assert!(o.0.lock().unwrap().len() <= LoaderOffers::MAX);
+    }
 
     #[test]
     fn a_flood_of_fresh_macs_stays_bounded() {

@@ -17,6 +17,9 @@
 //!   `IP_PKTINFO`).
 //! - [`nobind`]: the non-binding receive path (`--dhcp-no-bind`): a packet socket
 //!   with a BPF filter, IPv4/UDP decoding, and raw sends from port 67.
+//! - [`site_ack`]: watches the site DHCP server's broadcast DHCPACKs to machines
+//!   ProxyDHCP handed shim or GRUB, and warns once per machine when one names
+//!   another next-server (Debian's signed GRUB takes its TFTP server from there).
 //! - [`server`]: the tokio driver: receive, decode, ask the booter (off the receive
 //!   loop when it must wait), answer, send, log an event.
 //! - [`server_mode`]: the built-in DHCPv4 server (`[dhcp] mode = "server"`, off by
@@ -37,12 +40,13 @@ pub mod nobind;
 pub mod request;
 pub mod server;
 pub mod server_mode;
+pub mod site_ack;
 pub mod sock;
 pub mod v6;
 
 pub use decide::{
     answer, classify, decide, BootPath, ChainloadMemory, Classified, Destination, Ignored,
-    IpxeBinaries, ProxyConfig, RecvMeta, Reply, ServerPort, LOOKUP_WAIT, MAX_LOOKUPS,
+    IpxeBinaries, LoaderOffers, ProxyConfig, RecvMeta, Reply, ServerPort, LOOKUP_WAIT, MAX_LOOKUPS,
 };
 pub use request::{ClientGuid, IpxeInfo, NotPxe, PxeRequest, VendorClass};
 pub use server::serve;

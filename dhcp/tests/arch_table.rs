@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable};
-use ironpxe_core::{BootSpec, ClientArch, FileRef, IpxeRole, StaticBooter};
+use ironpxe_core::loader::{EfiCpu, LoaderGap};
+use ironpxe_core::{
+    BootSpec, ClientArch, FileRef, IpxeRole, Loader, LoaderBinary, LoaderSet, StaticBooter,
+};
 use ironpxe_dhcp::{
     decide, BootPath, ChainloadMemory, Destination, Ignored, IpxeBinaries, ProxyConfig, RecvMeta,
     ServerPort,
@@ -49,11 +52,21 @@ fn packet(class: &[u8], arch: u16, msg_type: MessageType) -> Message {
 }
 
 fn run(c: &ProxyConfig, m: &Message, port: ServerPort) -> Result<ironpxe_dhcp::Reply, Ignored> {
+    run_loader(c, m, port, Loader::Ipxe)
+}
+
+fn run_loader(
+    c: &ProxyConfig,
+    m: &Message,
+    port: ServerPort,
+    loader: Loader,
+) -> Result<ironpxe_dhcp::Reply, Ignored> {
     let booter = StaticBooter::new(BootSpec {
         kernel: FileRef::parse("/srv/vmlinuz").unwrap(),
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader,
     });
     let meta = RecvMeta {
         local_ip: SERVER,
@@ -203,4 +216,166 @@ fn efi_pxe_request_on_4011_is_acked_with_the_same_binary() {
         r.dest,
         Destination::Unicast(SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 150), 68))
     );
+}
+
+/// Every shim and GRUB binary, and an arm64 GRUB with the http module.
+fn loader_cfg() -> ProxyConfig {
+    ProxyConfig {
+        loaders: LoaderBinary::ALL
+            .into_iter()
+            .fold(LoaderSet::default(), LoaderSet::with)
+            .with_grub_http(EfiCpu::Arm64),
+        ..cfg()
+    }
+}
+
+fn shim(file: &str) -> Result<BootPath, Ignored> {
+    Ok(BootPath::Loader {
+        loader: Loader::Shim,
+        file: file.into(),
+    })
+}
+
+fn grub(file: &str) -> Result<BootPath, Ignored> {
+    Ok(BootPath::Loader {
+        loader: Loader::Grub,
+        file: file.into(),
+    })
+}
+
+fn loader_url(loader: Loader, file: &str) -> Result<BootPath, Ignored> {
+    Ok(BootPath::LoaderHttp {
+        loader,
+        url: format!("http://10.77.0.2:8080/_/bin/{file}"),
+    })
+}
+
+#[test]
+fn every_firmware_code_gets_its_loader_path() {
+    let c = loader_cfg();
+    let no_http_x64 = Err(Ignored::Loader(LoaderGap::GrubWithoutHttp {
+        cpu: EfiCpu::X64,
+    }));
+    let table: Vec<(&str, Message, Loader, Result<BootPath, Ignored>)> = vec![
+        // No shim or GRUB for BIOS and 32-bit EFI: iPXE, as for loader "ipxe".
+        ("0 BIOS, shim", pxe(0), Loader::Shim, tftp("undionly.kpxe")),
+        ("0 BIOS, grub", pxe(0), Loader::Grub, tftp("undionly.kpxe")),
+        (
+            "6 EFI ia32, shim",
+            pxe(6),
+            Loader::Shim,
+            tftp("ipxe-i386.efi"),
+        ),
+        ("7 EFI x64, shim", pxe(7), Loader::Shim, shim("shimx64.efi")),
+        ("9 EFI BC, shim", pxe(9), Loader::Shim, shim("shimx64.efi")),
+        ("9 EFI BC, grub", pxe(9), Loader::Grub, grub("grubx64.efi")),
+        ("9 EFI BC, ipxe", pxe(9), Loader::Ipxe, tftp("ipxe.efi")),
+        (
+            "10 arm32, shim",
+            pxe(10),
+            Loader::Shim,
+            Err(Ignored::UnsupportedArch(ClientArch::EfiArm32)),
+        ),
+        (
+            "11 arm64, shim",
+            pxe(11),
+            Loader::Shim,
+            shim("shimaa64.efi"),
+        ),
+        (
+            "11 arm64, grub",
+            pxe(11),
+            Loader::Grub,
+            grub("grubaa64.efi"),
+        ),
+        (
+            "15 HTTP ia32, shim",
+            http(15),
+            Loader::Shim,
+            url("ipxe-i386.efi"),
+        ),
+        // Debian's signed GRUB has no http: HTTP Boot x64 into it cannot work.
+        (
+            "16 HTTP x64, shim",
+            http(16),
+            Loader::Shim,
+            no_http_x64.clone(),
+        ),
+        ("16 HTTP x64, grub", http(16), Loader::Grub, no_http_x64),
+        (
+            "19 HTTP arm64, grub",
+            http(19),
+            Loader::Grub,
+            loader_url(Loader::Grub, "grubaa64.efi"),
+        ),
+        (
+            "19 HTTP arm64, shim",
+            http(19),
+            Loader::Shim,
+            loader_url(Loader::Shim, "shimaa64.efi"),
+        ),
+    ];
+    for (name, msg, loader, want) in table {
+        let got = run_loader(&c, &msg, ServerPort::Dhcp, loader).map(|r| r.path);
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn shim_is_named_in_the_file_field_and_option_67_alike() {
+    // shim finds GRUB next to the file the BOOTP `file` field names.
+    for port in [ServerPort::Dhcp, ServerPort::Pxe] {
+        let msg_type = match port {
+            ServerPort::Dhcp => MessageType::Discover,
+            ServerPort::Pxe => MessageType::Request,
+        };
+        let req = packet(b"PXEClient:Arch:00011:UNDI:003016", 11, msg_type);
+        let r = run_loader(&loader_cfg(), &req, port, Loader::Shim).unwrap();
+        let m = r.message;
+        assert_eq!(
+            m.opts().get(OptionCode::BootfileName),
+            Some(&DhcpOption::BootfileName(b"shimaa64.efi".to_vec()))
+        );
+        let fname = m.fname().unwrap();
+        assert_eq!(&fname[..12], b"shimaa64.efi");
+        assert!(fname[12..].iter().all(|b| *b == 0));
+        assert_eq!(m.siaddr(), SERVER);
+        assert_eq!(r.path.kind(), "shim");
+    }
+    // HTTP Boot: the URL in both, option 60 HTTPClient.
+    let r = run_loader(&loader_cfg(), &http(19), ServerPort::Dhcp, Loader::Grub).unwrap();
+    let want = b"http://10.77.0.2:8080/_/bin/grubaa64.efi";
+    assert_eq!(&r.message.fname().unwrap()[..want.len()], want);
+    assert_eq!(
+        r.message.opts().get(OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
+    );
+    assert_eq!(r.path.kind(), "httpboot-grub");
+}
+
+#[test]
+fn a_missing_loader_binary_is_not_answered_and_named() {
+    let c = ProxyConfig {
+        loaders: LoaderSet::default().with(LoaderBinary::GrubX64),
+        ..cfg()
+    };
+    let err = run_loader(&c, &pxe(7), ServerPort::Dhcp, Loader::Shim).unwrap_err();
+    assert_eq!(
+        err,
+        Ignored::Loader(LoaderGap::Missing {
+            loader: Loader::Shim,
+            cpu: EfiCpu::X64,
+            missing: LoaderBinary::ShimX64
+        })
+    );
+    assert!(err.to_string().contains("install shim-signed"), "{err}");
+    assert!(!err.is_routine());
+    // GRUB alone is there.
+    assert_eq!(
+        run_loader(&c, &pxe(7), ServerPort::Dhcp, Loader::Grub).map(|r| r.path),
+        grub("grubx64.efi")
+    );
+    // HTTP Boot into a GRUB without http: said plainly.
+    let err = run_loader(&loader_cfg(), &http(16), ServerPort::Dhcp, Loader::Shim).unwrap_err();
+    assert!(err.to_string().contains("has no http module"), "{err}");
 }

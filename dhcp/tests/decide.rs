@@ -25,6 +25,7 @@ fn booter() -> StaticBooter {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     })
 }
 

@@ -184,6 +184,7 @@ fn root_nobind_answers_only_packets_to_the_interface() {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     }));
     let cfg = ProxyConfig {
         binaries: IpxeBinaries::default().with(IpxeRole::Bios, "undionly.kpxe"),

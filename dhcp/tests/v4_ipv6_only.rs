@@ -23,6 +23,7 @@ fn no_offer_without_an_ipv4_address_on_the_interface() {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     });
     let meta = |ip| RecvMeta {
         local_ip: ip,

@@ -142,6 +142,7 @@ fn netboot() -> BootDecision {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     }))
 }
 

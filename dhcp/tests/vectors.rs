@@ -39,6 +39,7 @@ fn run(name: &str, port: ServerPort) -> Result<Reply, Ignored> {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     });
     let meta = RecvMeta {
         local_ip: SERVER,
@@ -240,6 +241,7 @@ fn only_a_well_formed_guid_is_echoed() {
             initrds: vec![],
             cmdline: String::new(),
             message: None,
+            loader: Default::default(),
         });
         let meta = RecvMeta {
             local_ip: SERVER,

@@ -41,6 +41,7 @@ fn fixed() -> &'static Fixed {
             initrds: vec![],
             cmdline: "console=ttyS0".into(),
             message: None,
+            loader: Default::default(),
         }),
     })
 }

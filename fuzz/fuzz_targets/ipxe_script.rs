@@ -58,6 +58,7 @@ fn decode(data: &[u8]) -> Option<Input> {
             initrds,
             cmdline,
             message,
+            loader: Default::default(),
         },
     })
 }

@@ -545,6 +545,7 @@ fn put_head(
     version: Version,
     status: StatusCode,
     headers: &axum::http::HeaderMap,
+    capitalized: bool,
 ) {
     out.clear();
     let v = if version == Version::HTTP_10 {
@@ -559,7 +560,15 @@ fn put_head(
         status.canonical_reason().unwrap_or("")
     );
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
+        if capitalized {
+            let mut upper = true;
+            for &c in name.as_str().as_bytes() {
+                out.push(if upper { c.to_ascii_uppercase() } else { c });
+                upper = c == b'-';
+            }
+        } else {
+            out.extend_from_slice(name.as_str().as_bytes());
+        }
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -644,7 +653,13 @@ async fn write_response(
         || parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
         || parts.status == StatusCode::NOT_MODIFIED;
-    let mut reuse = keep_alive;
+    // A handler that answers `Connection: close` ends the connection after its
+    // answer (GRUB's http client reads a body until the connection closes).
+    let handler_closes = parts
+        .headers
+        .get(header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let mut reuse = keep_alive && !handler_closes;
     // How the body is framed on the wire.
     let mut chunked = false;
     if !no_body && local.is_none() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
@@ -674,7 +689,11 @@ async fn write_response(
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
     }
-    put_head(out, version, parts.status, &parts.headers);
+    let capitalized = parts
+        .extensions
+        .get::<crate::CapitalizedHeaders>()
+        .is_some();
+    put_head(out, version, parts.status, &parts.headers, capitalized);
     out.extend_from_slice(b"\r\n");
 
     if let Some(mut local) = local {

@@ -62,6 +62,7 @@ mod tests {
             initrds: vec![FileRef::parse("/i").unwrap()],
             cmdline: String::new(),
             message: None,
+            loader: Default::default(),
         };
         let g = Grants::default();
         g.grant(a, &spec);

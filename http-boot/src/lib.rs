@@ -88,6 +88,12 @@ pub use conn::{
     HttpLimits, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_HEAD, MAX_HEADERS, SEND_STALL,
 };
 
+/// Put in an answer's extensions to have its header names written capitalized
+/// (`Content-Length`), for clients that match them case-sensitively: GRUB 2.06's
+/// http reads the length only from `Content-Length: `.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CapitalizedHeaders;
+
 /// What the HTTP handlers share: the booter, and a client for remote files.
 #[derive(Clone)]
 pub struct HttpState {

@@ -21,6 +21,7 @@ async fn a_download_at_the_file_limit_waits_for_a_descriptor() {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     };
     let id = spec.kernel.id();
     let booter: Arc<dyn Booter> = Arc::new(StaticBooter::new(spec));

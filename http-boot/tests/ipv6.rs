@@ -35,6 +35,7 @@ async fn scripts_for_ipv6_clients_name_ipv6_urls() {
         initrds: vec![],
         cmdline: "console=ttyS0".into(),
         message: None,
+        loader: Default::default(),
     };
     let state = HttpState::new(Arc::new(StaticBooter::new(spec))).unwrap();
     tokio::spawn(serve(

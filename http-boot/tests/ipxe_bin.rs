@@ -14,6 +14,7 @@ async fn start() -> BootUrls {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     }));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -93,6 +93,7 @@ async fn start(size: u64, limits: HttpLimits) -> (tempfile::TempDir, SocketAddr,
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     }));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

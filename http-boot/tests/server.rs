@@ -110,6 +110,7 @@ fn static_booter(f: &Files, cmdline: &str) -> Arc<dyn Booter> {
         initrds: vec![f.initrd.clone()],
         cmdline: cmdline.into(),
         message: None,
+        loader: Default::default(),
     }))
 }
 
@@ -261,6 +262,7 @@ async fn ignored_machines_and_unknown_files_are_404() {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     })))
     .await;
     let r = reqwest::get(file_url(&base, &gone)).await.unwrap();
@@ -297,6 +299,7 @@ async fn empty_file() {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     })))
     .await;
     let r = reqwest::get(file_url(&base, &empty)).await.unwrap();
@@ -406,6 +409,7 @@ async fn large_sparse_file_streams() {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     })))
     .await;
     let r = reqwest::get(file_url(&base, &big)).await.unwrap();
@@ -439,6 +443,7 @@ async fn client_going_away_is_logged_as_failed() {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     })))
     .await;
     let r = reqwest::get(file_url(&base, &fref)).await.unwrap();
@@ -497,6 +502,7 @@ async fn remote_files_stream_through() {
         initrds: vec![chunked.clone(), missing.clone()],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     })))
     .await;
 
@@ -530,6 +536,7 @@ async fn remote_files_stream_through() {
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     })))
     .await;
     let r = reqwest::get(file_url(&base, &dead)).await.unwrap();
@@ -592,6 +599,7 @@ async fn start_big(
         initrds: vec![],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     }));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -15,6 +15,7 @@ fn spec(cmdline: &str, message: Option<&str>) -> BootSpec {
         ],
         cmdline: cmdline.into(),
         message: message.map(Into::into),
+        loader: Default::default(),
     }
 }
 
@@ -403,6 +404,7 @@ fn image_names_are_unique() {
         ],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     };
     let (kernel, initrds) = image_names(&s);
     assert_eq!(kernel, "kernel");
@@ -415,6 +417,7 @@ fn image_names_are_unique() {
         initrds: vec![FileRef::parse("/a/initrd0").unwrap()],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     };
     // The kernel took "initrd0", so the initrd's fallback needs a suffix.
     assert_eq!(
@@ -588,6 +591,7 @@ fn done_url_names_this_machine_on_the_server_it_reached() {
         initrds: vec![],
         cmdline: canon,
         message: None,
+        loader: Default::default(),
     };
     let script = boot_script(&BootScript {
         base_url: "http://10.0.0.2:8080",

@@ -5,10 +5,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use ironpxe_core::config::StatefulFor;
+use ironpxe_core::config::{LoaderPaths, StatefulFor};
 use ironpxe_core::ipxe_role::{IpxeRole, RoleMap};
 use ironpxe_core::net6::Ipv6Range;
-use ironpxe_core::parse_duration;
+use ironpxe_core::{parse_duration, Loader, LoaderBinary};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -267,6 +267,12 @@ pub(crate) struct BootArgs {
     #[arg(long)]
     pub bootmsg: Option<String>,
 
+    /// How clients load the kernel: `ipxe` (chainloaded iPXE, then HTTP), `shim`
+    /// (signed shim, then signed GRUB over TFTP: the Secure Boot path) or `grub`
+    /// (GRUB alone). BIOS clients boot with iPXE whatever this says.
+    #[arg(long, value_name = "LOADER", default_value = "ipxe", value_parser = parse_loader)]
+    pub loader: Loader,
+
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -357,6 +363,20 @@ pub(crate) struct ServerArgs {
     #[arg(long, help = IpxeRole::Snponly.spec().help)]
     pub ipxe_snponly: bool,
 
+    // The shim and GRUB flags: one field per slot of the table in
+    // ironpxe_core::loader (`loader_flags_match_the_table` checks).
+    #[arg(long, value_name = "FILE", help = LoaderBinary::ShimX64.spec().help)]
+    pub shim_x64: Option<PathBuf>,
+
+    #[arg(long, value_name = "FILE", help = LoaderBinary::GrubX64.spec().help)]
+    pub grub_x64: Option<PathBuf>,
+
+    #[arg(long, value_name = "FILE", help = LoaderBinary::ShimArm64.spec().help)]
+    pub shim_arm64: Option<PathBuf>,
+
+    #[arg(long, value_name = "FILE", help = LoaderBinary::GrubArm64.spec().help)]
+    pub grub_arm64: Option<PathBuf>,
+
     /// Receive DHCP without binding UDP 67 (through a packet socket), so ironpxe can
     /// run on the same host as a DHCP server that holds the port. Needs CAP_NET_RAW.
     #[arg(long)]
@@ -441,6 +461,22 @@ impl ServerArgs {
         }
     }
 
+    /// The shim and GRUB paths given as flags, by slot.
+    pub(crate) fn loader_paths(&self) -> LoaderPaths {
+        LoaderBinary::ALL
+            .into_iter()
+            .filter_map(|b| {
+                let p = match b {
+                    LoaderBinary::ShimX64 => &self.shim_x64,
+                    LoaderBinary::GrubX64 => &self.grub_x64,
+                    LoaderBinary::ShimArm64 => &self.shim_arm64,
+                    LoaderBinary::GrubArm64 => &self.grub_arm64,
+                };
+                Some((b, p.clone()?))
+            })
+            .collect()
+    }
+
     /// The iPXE paths given as flags, by role.
     pub(crate) fn ipxe_paths(&self) -> RoleMap<PathBuf> {
         let mut args = self.clone();
@@ -449,6 +485,11 @@ impl ServerArgs {
             .filter_map(|r| Some((r, args.ipxe_path_mut(r)?.take()?)))
             .collect()
     }
+}
+
+fn parse_loader(s: &str) -> Result<Loader, String> {
+    s.parse()
+        .map_err(|e: ironpxe_core::loader::UnknownLoader| e.to_string())
 }
 
 #[cfg(test)]
@@ -484,6 +525,49 @@ mod ipxe_flag_tests {
             help("ipxe-snponly").as_deref(),
             Some(IpxeRole::Snponly.spec().help)
         );
+    }
+
+    #[test]
+    fn loader_flags_match_the_table() {
+        let cmd = Cli::command();
+        let boot = cmd.find_subcommand("boot").unwrap();
+        for bin in LoaderBinary::ALL {
+            let spec = bin.spec();
+            let arg = boot
+                .get_arguments()
+                .find(|a| a.get_long() == Some(spec.flag))
+                .unwrap_or_else(|| panic!("--{}", spec.flag));
+            assert_eq!(
+                arg.get_help().map(|h| h.to_string()).as_deref(),
+                Some(spec.help)
+            );
+            let path = format!("/srv/{}", spec.served_as);
+            let cli =
+                Cli::try_parse_from(["ironpxe", "boot", "/k", &format!("--{}", spec.flag), &path])
+                    .unwrap();
+            let Command::Boot(b) = cli.command else {
+                panic!("not boot")
+            };
+            let paths = b.server.loader_paths();
+            assert_eq!(paths.iter().count(), 1);
+            assert_eq!(paths.get(bin), Some(&PathBuf::from(&path)));
+        }
+    }
+
+    #[test]
+    fn the_loader_flag_parses() {
+        let cli = Cli::try_parse_from(["ironpxe", "boot", "/k", "--loader", "shim"]).unwrap();
+        let Command::Boot(b) = cli.command else {
+            panic!("not boot")
+        };
+        assert_eq!(b.loader, Loader::Shim);
+        let cli = Cli::try_parse_from(["ironpxe", "boot", "/k"]).unwrap();
+        let Command::Boot(b) = cli.command else {
+            panic!("not boot")
+        };
+        assert_eq!(b.loader, Loader::Ipxe);
+        let e = Cli::try_parse_from(["ironpxe", "boot", "/k", "--loader", "pxelinux"]).unwrap_err();
+        assert!(e.to_string().contains("unknown loader \"pxelinux\""), "{e}");
     }
 }
 

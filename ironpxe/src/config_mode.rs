@@ -14,10 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use ironpxe_core::config::{Checks, ConfigError, IpxePaths, MachineBoot, ServerSettings};
+use ironpxe_core::config::{
+    Checks, ConfigError, IpxePaths, LoaderPaths, MachineBoot, ServerSettings,
+};
 use ironpxe_core::event::{emit, BootEvent};
 use ironpxe_core::template::resolve_cmdline;
-use ironpxe_core::{BootSpec, Booter, Config, FileRef, SwapBooter};
+use ironpxe_core::{BootSpec, Booter, Config, FileRef, Loader, LoaderBinary, SwapBooter};
 use tracing::{info, warn};
 
 use crate::cli::{CheckArgs, ServeArgs};
@@ -27,11 +29,26 @@ use crate::server_config::ServerConfig;
 /// How often the watcher looks at the file.
 const POLL: Duration = Duration::from_secs(1);
 
-/// The checks `check` and `serve` run: files exist and are readable, and each boot
-/// script can be rendered.
+/// The checks `check` and `serve` run: files exist and are readable, each boot
+/// script (and, for GRUB and shim machines, each GRUB configuration) can be
+/// rendered, and each loader in use has its binaries.
 pub(crate) struct FsChecks {
     /// Check files (off for `check --no-file-checks`).
     pub files: bool,
+    /// shim and GRUB paths given as flags, which win over the file's `[loaders]`.
+    pub loader_flags: LoaderPaths,
+    /// The binaries found, looked for once per load.
+    found: std::cell::OnceCell<Result<crate::loader_files::LoaderFileSet, String>>,
+}
+
+impl FsChecks {
+    pub(crate) fn new(files: bool, loader_flags: LoaderPaths) -> Self {
+        FsChecks {
+            files,
+            loader_flags,
+            found: std::cell::OnceCell::new(),
+        }
+    }
 }
 
 impl Checks for FsChecks {
@@ -43,7 +60,32 @@ impl Checks for FsChecks {
     }
 
     fn spec(&self, spec: &BootSpec) -> Result<(), String> {
-        ironpxe_ipxe::check_spec(spec).map_err(|e| e.to_string())
+        // Each loader carries what it can: GRUB takes `${x}`, iPXE takes quotes. (A
+        // BIOS client of a GRUB or shim machine falls back to iPXE; if its command
+        // line cannot pass iPXE, that client is refused with the reason.)
+        if spec.loader.uses_grub() {
+            ironpxe_grub::check_spec(spec).map_err(|e| e.to_string())
+        } else {
+            ironpxe_ipxe::check_spec(spec).map_err(|e| e.to_string())
+        }
+    }
+
+    fn loader(&self, loader: Loader, paths: &LoaderPaths) -> Result<(), String> {
+        if !self.files {
+            return Ok(());
+        }
+        let found = self.found.get_or_init(|| {
+            let merged: LoaderPaths = LoaderBinary::ALL
+                .into_iter()
+                .filter_map(|b| Some((b, self.loader_flags.get(b).or(paths.get(b))?.clone())))
+                .collect();
+            crate::loader_files::LoaderFileSet::resolve(&merged, Path::new("/"))
+                .map_err(|e| format!("{e:#}"))
+        });
+        match found {
+            Ok(set) => set.unusable(loader).map_or(Ok(()), Err),
+            Err(e) => Err(e.clone()),
+        }
     }
 }
 
@@ -82,7 +124,11 @@ impl std::fmt::Display for LoadError {
     }
 }
 
-fn load(path: &Path, file_checks: bool) -> Result<(Config, String), LoadError> {
+fn load(
+    path: &Path,
+    file_checks: bool,
+    loader_flags: &LoaderPaths,
+) -> Result<(Config, String), LoadError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         LoadError::Read(format!(
             "{}: cannot read: {}",
@@ -92,8 +138,8 @@ fn load(path: &Path, file_checks: bool) -> Result<(Config, String), LoadError> {
     })?;
     // Relative paths in the file are relative to its directory, wherever we run from.
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let cfg = parse_with_display(&text, path, &abs, &FsChecks { files: file_checks })
-        .map_err(LoadError::Problems)?;
+    let checks = FsChecks::new(file_checks, loader_flags.clone());
+    let cfg = parse_with_display(&text, path, &abs, &checks).map_err(LoadError::Problems)?;
     Ok((cfg, text))
 }
 
@@ -113,9 +159,12 @@ fn parse_with_display(
 
 /// `ironpxe check`.
 pub(crate) fn check(args: &CheckArgs) -> Result<()> {
-    match load(&args.config, !args.no_file_checks) {
+    match load(&args.config, !args.no_file_checks, &LoaderPaths::default()) {
         Ok((cfg, _)) => {
             println!("{}: ok: {}", args.config.display(), summary(&cfg));
+            for line in loader_notes(&cfg, !args.no_file_checks) {
+                println!("{}: {line}", args.config.display());
+            }
             Ok(())
         }
         Err(LoadError::Read(m)) => bail!("{m}"),
@@ -129,6 +178,50 @@ pub(crate) fn check(args: &CheckArgs) -> Result<()> {
             )
         }
     }
+}
+
+/// What `check` says about the shim and GRUB path when the file uses it: the
+/// binaries found, what the site's DHCP server must do, and what UEFI HTTP Boot
+/// clients cannot get.
+fn loader_notes(cfg: &Config, file_checks: bool) -> Vec<String> {
+    if cfg.loaders_used.is_empty() {
+        return Vec::new();
+    }
+    let used: Vec<&str> = cfg.loaders_used.iter().map(|l| l.name()).collect();
+    let mut out = Vec::new();
+    if file_checks {
+        match crate::loader_files::LoaderFileSet::resolve(&cfg.loaders, Path::new("/")) {
+            Ok(set) => {
+                out.extend(set.report.iter().map(|l| format!("loader binary {l}")));
+                for (bin, _) in &set.missing {
+                    out.push(format!(
+                        "note: no {} binary ({}): {} clients of loader {} get no answer \
+                         (install {} or set [loaders] {})",
+                        bin.name(),
+                        bin.spec().served_as,
+                        bin.spec().cpu,
+                        used.join("/"),
+                        bin.spec().package,
+                        bin.spec().config_key
+                    ));
+                }
+                out.extend(
+                    set.http_boot_notes()
+                        .into_iter()
+                        .map(|n| format!("note: {n}")),
+                );
+            }
+            Err(e) => out.push(format!("note: {e:#}")),
+        }
+    }
+    out.push(format!(
+        "note: loader {} needs the site's DHCP server to name this server as next-server \
+         (siaddr): Debian's signed GRUB takes its TFTP server from the site's DHCPACK, \
+         not from ProxyDHCP (dnsmasq: --dhcp-boot=,,<this server's address>; ISC dhcpd: \
+         next-server <address>;)",
+        used.join("/")
+    ));
+    out
 }
 
 fn summary(cfg: &Config) -> String {
@@ -155,7 +248,8 @@ fn summary(cfg: &Config) -> String {
 /// runtime configuration (the command line over the file's `[server]` and `[ipxe]`),
 /// the booter and the install wiring for [`crate::run::serve`].
 pub(crate) fn prepare(args: &ServeArgs) -> Result<(ServerConfig, Arc<dyn Booter>, InstallWiring)> {
-    let (cfg, _) = load(&args.config, true).map_err(|e| match e {
+    let loader_flags = args.server.loader_paths();
+    let (cfg, _) = load(&args.config, true, &loader_flags).map_err(|e| match e {
         LoadError::Read(m) => anyhow::anyhow!("{m}"),
         LoadError::Problems(e) => anyhow::anyhow!(
             "{} has {} problem(s); nothing was started:\n{e}",
@@ -163,7 +257,14 @@ pub(crate) fn prepare(args: &ServeArgs) -> Result<(ServerConfig, Arc<dyn Booter>
             e.problems.len()
         ),
     })?;
-    let mut server = ServerConfig::merge(&args.server, &args.config, &cfg.server, &cfg.ipxe);
+    let mut server = ServerConfig::merge(
+        &args.server,
+        &args.config,
+        &cfg.server,
+        &cfg.ipxe,
+        &cfg.loaders,
+    );
+    server.loaders_used = cfg.loaders_used.clone();
     // Reloads read the file again, and downloads its local files.
     server.read_after_start = std::iter::once(args.config.clone())
         .chain(cfg.booter.local_files().map(Path::to_path_buf))
@@ -179,6 +280,7 @@ pub(crate) fn prepare(args: &ServeArgs) -> Result<(ServerConfig, Arc<dyn Booter>
     let applied = Applied {
         server: cfg.server.clone(),
         ipxe: cfg.ipxe.clone(),
+        loaders: cfg.loaders.clone(),
         dhcp: cfg.dhcp.clone(),
         admin_token_file: cfg.admin_token_file.clone(),
     };
@@ -191,6 +293,7 @@ pub(crate) fn prepare(args: &ServeArgs) -> Result<(ServerConfig, Arc<dyn Booter>
         swap.clone(),
         applied,
         wiring.fleet.clone(),
+        loader_flags,
     )?;
     Ok((server, swap, wiring))
 }
@@ -200,6 +303,7 @@ pub(crate) fn prepare(args: &ServeArgs) -> Result<(ServerConfig, Arc<dyn Booter>
 struct Applied {
     server: ServerSettings,
     ipxe: IpxePaths,
+    loaders: LoaderPaths,
     dhcp: ironpxe_core::config::DhcpMode,
     admin_token_file: Option<PathBuf>,
 }
@@ -228,6 +332,7 @@ fn start_watcher(
     swap: Arc<SwapBooter>,
     applied: Applied,
     fleet: ironpxe_state::Fleet,
+    loader_flags: LoaderPaths,
 ) -> Result<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     std::thread::Builder::new()
@@ -269,7 +374,7 @@ fn start_watcher(
                         }
                     };
                     last = stamp(&path);
-                    match load(&path, true) {
+                    match load(&path, true, &loader_flags) {
                         Ok((cfg, text)) => {
                             if why != "SIGHUP" && text == last_text {
                                 continue;
@@ -288,12 +393,13 @@ fn start_watcher(
                             let now = Applied {
                                 server: cfg.server.clone(),
                                 ipxe: cfg.ipxe.clone(),
+                                loaders: cfg.loaders.clone(),
                                 dhcp: cfg.dhcp.clone(),
                                 admin_token_file: cfg.admin_token_file.clone(),
                             };
                             if now != applied {
                                 warn!(
-                                    "{}: changes to [server], [ipxe] and [dhcp] take effect after a restart",
+                                    "{}: changes to [server], [ipxe], [loaders] and [dhcp] take effect after a restart",
                                     path.display()
                                 );
                             }
@@ -378,7 +484,7 @@ mod tests {
             "[[machines]]\nmac = \"52:54:00:00:00:01\"\nkernel = \"bzImage\"\ninitrd = [\"nope\"]\ncmdline = \"a=${x}\"\n",
         )
         .unwrap();
-        let Err(LoadError::Problems(e)) = load(&file, true) else {
+        let Err(LoadError::Problems(e)) = load(&file, true, &LoaderPaths::default()) else {
             panic!("loaded")
         };
         let text = e.to_string();
@@ -399,7 +505,7 @@ mod tests {
             ]
         );
         // Without file checks only the text problem is left.
-        let Err(LoadError::Problems(e)) = load(&file, false) else {
+        let Err(LoadError::Problems(e)) = load(&file, false, &LoaderPaths::default()) else {
             panic!("loaded")
         };
         assert_eq!(e.problems.len(), 1);

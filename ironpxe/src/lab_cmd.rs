@@ -14,8 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use ironpxe_core::config::{Config, MachineBoot, NoChecks};
-use ironpxe_core::{parse_duration, FileRef, MacAddr};
+use ironpxe_core::config::{Config, LoaderPaths, MachineBoot, NoChecks};
+use ironpxe_core::{parse_duration, FileRef, Loader, LoaderBinary, MacAddr};
+use ironpxe_lab::assets::{self, GuestArch};
 use ironpxe_lab::run::{run_guests, Expect, GuestPlan, Progress, RunReport, Verdict};
 use ironpxe_lab::{Accel, GuestFirmware, Lab, Needs, Network};
 use regex::Regex;
@@ -63,14 +64,24 @@ Examples:
   ironpxe lab --user-net boot ./bzImage ./initrd --expect 'Welcome'
 
 Firmware (--firmware, comma-separated; one guest per firmware and machine):
-  bios       SeaBIOS with the iPXE NIC ROM
-  uefi       OVMF: EDK2's PXE client chainloads ipxe.efi over TFTP
-             (with --user-net: QEMU's iPXE NIC ROM)
-  uefi-http  OVMF UEFI HTTP Boot: snponly.efi over HTTP, no TFTP (not with --user-net)
-  uefi6      OVMF PXE over IPv6: DHCPv6, the iPXE binary over TFTP on IPv6
-             (ironpxe runs with --ipv6; not with --user-net)
-  uefi-http6 OVMF UEFI HTTP Boot over IPv6: snponly.efi over HTTP on IPv6
-             (ironpxe runs with --ipv6; not with --user-net)";
+  bios        SeaBIOS with the iPXE NIC ROM
+  uefi        OVMF: EDK2's PXE client chainloads ipxe.efi over TFTP
+              (with --user-net: QEMU's iPXE NIC ROM)
+  uefi-http   OVMF UEFI HTTP Boot: snponly.efi over HTTP, no TFTP (not with --user-net)
+  uefi6       OVMF PXE over IPv6: DHCPv6, the iPXE binary over TFTP on IPv6
+              (ironpxe runs with --ipv6; not with --user-net)
+  uefi-http6  OVMF UEFI HTTP Boot over IPv6: snponly.efi over HTTP on IPv6
+              (ironpxe runs with --ipv6; not with --user-net)
+  uefi-sb     OVMF with Secure Boot (Microsoft's keys): signed shim, signed GRUB, kernel
+              over TFTP (loader shim)
+  arm64       AAVMF (ARM64), EDK2's PXE client: shim, GRUB over TFTP (loader shim)
+  arm64-sb    AAVMF with Secure Boot: signed shim and GRUB (loader shim)
+  arm64-http  AAVMF UEFI HTTP Boot: the lab's GRUB with http, everything over HTTP
+              (loader grub)
+The shim, Secure Boot and ARM64 paths run only in namespaces; there the site DHCP server
+names ironpxe as next-server, as Debian's signed GRUB needs. In `boot` mode without a
+KERNEL, ARM64 guests boot the lab's ARM64 kernel and initrd (not together with x86
+guests: one kernel serves them all); `--loader` defaults to what the firmwares need.";
 
 /// `ironpxe lab`.
 #[derive(Args, Debug)]
@@ -94,7 +105,9 @@ pub(crate) struct LabArgs {
 enum LabCommand {
     /// Boot one kernel, initrds and command line on every guest (`ironpxe boot`).
     Boot(LabBootArgs),
-    /// Fetch the lab's test kernel (a Debian cloud kernel) into the cache; print its path.
+    /// Fetch the lab's test kernel (a Debian cloud kernel) into the cache; print its
+    /// path. With an ARM64 --firmware, also the lab's ARM64 files (kernel, busybox,
+    /// shim, GRUB: downloaded with apt-get, unpacked into the cache, not installed).
     Kernel,
     /// Write the lab's marker initrd (busybox; prints the kernel command line, powers off).
     Initrd {
@@ -119,9 +132,10 @@ struct LabBootArgs {
     #[arg(value_name = "INITRD")]
     initrds: Vec<String>,
 
-    /// Kernel command line.
-    #[arg(short = 'c', long, default_value = "console=ttyS0")]
-    cmdline: String,
+    /// Kernel command line [default: console=ttyS0, or console=ttyAMA0 for ARM64
+    /// guests].
+    #[arg(short = 'c', long)]
+    cmdline: Option<String>,
 
     /// Message printed on the guest's console before it boots.
     #[arg(long)]
@@ -130,11 +144,22 @@ struct LabBootArgs {
     /// Also load the lab's marker initrd, after yours.
     #[arg(long)]
     lab_initrd: bool,
+
+    /// The loader ironpxe gives the guests (ipxe, grub, shim) [default: shim for
+    /// uefi-sb, arm64 and arm64-sb guests, grub for arm64-http, else ipxe].
+    #[arg(long, value_name = "LOADER", value_parser = parse_loader)]
+    loader: Option<Loader>,
+}
+
+fn parse_loader(s: &str) -> Result<Loader, String> {
+    s.parse()
+        .map_err(|e: ironpxe_core::loader::UnknownLoader| e.to_string())
 }
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Firmwares to boot, comma-separated: bios, uefi, uefi-http.
+    /// Firmwares to boot, comma-separated: bios, uefi, uefi-http, uefi-sb, arm64,
+    /// arm64-sb, arm64-http.
     #[arg(
         long,
         value_name = "LIST",
@@ -232,6 +257,16 @@ enum ModeArg {
     /// The lab's test kernel, fetched into the cache once the machine has passed
     /// the preflight check.
     LabKernel,
+    /// The lab's ARM64 test kernel (from the cache).
+    LabKernelArm64,
+    /// The lab's ARM64 marker initrd.
+    LabInitrdArm64,
+    /// Debian's signed ARM64 shim (from the cache).
+    LabShimArm64,
+    /// Debian's signed ARM64 netboot GRUB (from the cache).
+    LabGrubArm64,
+    /// The lab's ARM64 GRUB with the http module, built once the lab exists.
+    LabGrubHttpArm64,
 }
 
 impl<T: Into<OsString>> From<T> for ModeArg {
@@ -379,9 +414,14 @@ fn simple(r: Result<()>) -> ExitCode {
 }
 
 fn fetch_kernel(run: &RunArgs) -> Result<()> {
-    let cache = run.cache_dir.clone().unwrap_or_else(ironpxe_lab::cache_dir);
-    let kernel = ironpxe_lab::kernel_in(&cache)?;
-    println!("{}", kernel.display());
+    let cache = lab_cache(run);
+    if run.firmware.iter().any(|f| !f.firmware().is_arm64()) {
+        let kernel = ironpxe_lab::kernel_in(&cache)?;
+        println!("{}", kernel.display());
+    }
+    if run.firmware.iter().any(|f| f.firmware().is_arm64()) {
+        println!("{}", assets::arm64_kernel_in(&cache)?.display());
+    }
     Ok(())
 }
 
@@ -434,6 +474,12 @@ fn prepare(args: &LabArgs, network: Network) -> Result<Setup> {
              `ironpxe lab --config FILE` or `ironpxe lab --api URL --mac MAC` (see --help)"
         ),
     };
+    let mut mode_args = mode_args;
+    mode_args.extend(arm64_loader_args(
+        &run.firmware,
+        &args.command,
+        args.config.as_deref(),
+    )?);
     let mut guests = Vec::new();
     let several = run.firmware.len() > 1;
     // A machine named by its MAC gets `52-54-00-…` in file names.
@@ -476,10 +522,77 @@ type Mode = (
     String,
 );
 
+/// The loader a set of firmwares needs: shim when any boots through shim (Secure
+/// Boot, ARM64), else GRUB when any needs it (ARM64 HTTP Boot), else iPXE. shim serves
+/// the others too: BIOS falls back to iPXE, and shim loads any GRUB without Secure
+/// Boot.
+fn loader_for(firmwares: &[GuestFirmware]) -> Loader {
+    firmwares
+        .iter()
+        .map(|f| f.loader())
+        .max_by_key(|l| match l {
+            Loader::Ipxe => 0,
+            Loader::Grub => 1,
+            Loader::Shim => 2,
+        })
+        .unwrap_or_default()
+}
+
+/// The ARM64 shim and GRUB for ironpxe, from the lab's cache, when ARM64 guests boot
+/// (distributions install no ARM64 binaries on an x86 host). A configuration that
+/// names its own in `[loaders]` keeps them.
+fn arm64_loader_args(
+    firmwares: &[GuestFirmware],
+    command: &Option<LabCommand>,
+    config: Option<&Path>,
+) -> Result<Vec<ModeArg>> {
+    let has = |f: GuestFirmware| firmwares.contains(&f);
+    let arm64 = firmwares.iter().any(|f| f.firmware().is_arm64());
+    if !arm64 {
+        return Ok(Vec::new());
+    }
+    if has(GuestFirmware::Arm64Http) && has(GuestFirmware::Arm64Sb) {
+        bail!(
+            "--firmware arm64-sb needs Debian's signed ARM64 GRUB and arm64-http a GRUB \
+             with the http module, and ironpxe serves one ARM64 GRUB: run them separately"
+        );
+    }
+    let own = match (command, config) {
+        (Some(LabCommand::Boot(_)), _) | (_, None) => LoaderPaths::default(),
+        (_, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Config::parse(&text, path, &NoChecks)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .loaders
+        }
+    };
+    let mut out = Vec::new();
+    if own.get(LoaderBinary::ShimArm64).is_none() {
+        out.push("--shim-arm64".into());
+        out.push(ModeArg::LabShimArm64);
+    }
+    if own.get(LoaderBinary::GrubArm64).is_none() {
+        out.push("--grub-arm64".into());
+        out.push(if has(GuestFirmware::Arm64Http) {
+            ModeArg::LabGrubHttpArm64
+        } else {
+            ModeArg::LabGrubArm64
+        });
+    }
+    Ok(out)
+}
+
 fn boot_mode(b: &LabBootArgs, run: &RunArgs) -> Result<Mode> {
     // The lab's own kernel, when it boots, is fetched after the preflight check.
     let mut args: Vec<ModeArg> = vec!["boot".into()];
     let mut remote = Vec::new();
+    let arm64 = run
+        .firmware
+        .iter()
+        .filter(|f| f.firmware().is_arm64())
+        .count();
+    let all_arm64 = arm64 == run.firmware.len();
     let what = match &b.kernel {
         Some(kernel) => {
             let files: Vec<&String> = std::iter::once(kernel).chain(&b.initrds).collect();
@@ -490,7 +603,17 @@ fn boot_mode(b: &LabBootArgs, run: &RunArgs) -> Result<Mode> {
                 args.push(f.as_str().into());
             }
             if b.lab_initrd {
-                args.push(ModeArg::LabInitrd);
+                if arm64 > 0 && !all_arm64 {
+                    bail!(
+                        "--lab-initrd: ARM64 and x86 guests need different initrds; \
+                         run them separately"
+                    );
+                }
+                args.push(if all_arm64 {
+                    ModeArg::LabInitrdArm64
+                } else {
+                    ModeArg::LabInitrd
+                });
             }
             format!(
                 "ironpxe boot {}",
@@ -505,13 +628,37 @@ fn boot_mode(b: &LabBootArgs, run: &RunArgs) -> Result<Mode> {
             if !b.initrds.is_empty() {
                 bail!("INITRD without KERNEL");
             }
-            args.push(ModeArg::LabKernel);
-            args.push(ModeArg::LabInitrd);
-            "ironpxe boot <the lab's test kernel> <the lab's marker initrd>".to_string()
+            if arm64 > 0 && !all_arm64 {
+                bail!(
+                    "`boot` serves one kernel to every guest, and ARM64 and x86 guests need \
+                     their own: run them separately, or use --config with a profile per \
+                     architecture"
+                );
+            }
+            if all_arm64 {
+                args.push(ModeArg::LabKernelArm64);
+                args.push(ModeArg::LabInitrdArm64);
+                "ironpxe boot <the lab's ARM64 test kernel> <the lab's ARM64 marker initrd>"
+                    .to_string()
+            } else {
+                args.push(ModeArg::LabKernel);
+                args.push(ModeArg::LabInitrd);
+                "ironpxe boot <the lab's test kernel> <the lab's marker initrd>".to_string()
+            }
         }
     };
+    let cmdline = match &b.cmdline {
+        Some(c) => c.clone(),
+        None if all_arm64 => "console=ttyAMA0".to_string(),
+        None => "console=ttyS0".to_string(),
+    };
     args.push("--cmdline".into());
-    args.push(b.cmdline.as_str().into());
+    args.push(cmdline.into());
+    let loader = b.loader.unwrap_or_else(|| loader_for(&run.firmware));
+    if loader != Loader::Ipxe {
+        args.push("--loader".into());
+        args.push(loader.name().into());
+    }
     if let Some(m) = &b.bootmsg {
         args.push("--bootmsg".into());
         args.push(m.as_str().into());
@@ -572,10 +719,12 @@ fn build_lab(run: &RunArgs, network: Network, setup: &Setup) -> Result<Lab> {
         uefi: false,
         lab_initrd: setup.mode_args.contains(&ModeArg::LabInitrd),
         test_kernel: setup.mode_args.contains(&ModeArg::LabKernel),
+        grub_http: setup.mode_args.contains(&ModeArg::LabGrubHttpArm64),
         // ironpxe does not start without them, even when user networking never
         // chainloads one.
         ipxe_binaries: true,
         cache_dir: run.cache_dir.clone(),
+        ..Needs::network_only()
     };
     for f in &run.firmware {
         f.add_needs(&mut needs);
@@ -591,7 +740,10 @@ fn build_lab(run: &RunArgs, network: Network, setup: &Setup) -> Result<Lab> {
     } else {
         ironpxe_lab::SiteV6::RaOnly
     };
+    // Debian's signed GRUB takes its TFTP server from the site's DHCPACK.
+    let grub = run.firmware.iter().any(|f| f.loader().uses_grub());
     let mut builder = Lab::builder("ironpxe-lab")
+        .site_next_server(grub)
         .network(network)
         .site_ipv6(site_v6)
         .needs(needs)
@@ -649,6 +801,28 @@ fn start_ironpxe(
                 let kernel = ironpxe_lab::kernel_in(&cache).context("the lab's test kernel")?;
                 args.push(kernel.into_os_string());
             }
+            ModeArg::LabKernelArm64 => {
+                let cache = lab_cache(run);
+                args.push(assets::arm64_kernel_in(&cache)?.into_os_string());
+            }
+            ModeArg::LabInitrdArm64 => {
+                let cache = lab_cache(run);
+                args.push(
+                    assets::initrd_in(lab.tmp_dir(), GuestArch::Arm64, &cache)?.into_os_string(),
+                );
+            }
+            ModeArg::LabShimArm64 => {
+                let cache = lab_cache(run);
+                args.push(assets::arm64_shim_and_grub_in(&cache)?.0.into_os_string());
+            }
+            ModeArg::LabGrubArm64 => {
+                let cache = lab_cache(run);
+                args.push(assets::arm64_shim_and_grub_in(&cache)?.1.into_os_string());
+            }
+            ModeArg::LabGrubHttpArm64 => {
+                let cache = lab_cache(run);
+                args.push(assets::grub_http_arm64_in(lab.tmp_dir(), &cache)?.into_os_string());
+            }
         }
     }
     // Given as flags, these win over a configuration's [server] values, which
@@ -674,6 +848,10 @@ fn start_ironpxe(
         out.line(format!("ironpxe lab: skipped {s}"));
     }
     Ok(ironpxe)
+}
+
+fn lab_cache(run: &RunArgs) -> PathBuf {
+    run.cache_dir.clone().unwrap_or_else(ironpxe_lab::cache_dir)
 }
 
 fn expectation(run: &RunArgs) -> Expect {
@@ -856,6 +1034,57 @@ mod tests {
     }
 
     #[test]
+    fn shim_and_arm64_guests_get_their_loader_kernel_and_binaries() {
+        let setup = prepare(
+            &lab_args(&["lab", "boot", "--firmware", "arm64,arm64-sb"]),
+            Network::Namespaces,
+        )
+        .unwrap();
+        assert_eq!(
+            setup.mode_args,
+            vec![
+                ModeArg::from("boot"),
+                ModeArg::LabKernelArm64,
+                ModeArg::LabInitrdArm64,
+                "--cmdline".into(),
+                "console=ttyAMA0".into(),
+                "--loader".into(),
+                "shim".into(),
+                "--shim-arm64".into(),
+                ModeArg::LabShimArm64,
+                "--grub-arm64".into(),
+                ModeArg::LabGrubArm64,
+            ]
+        );
+        let setup = prepare(
+            &lab_args(&["lab", "boot", "--firmware", "arm64-http"]),
+            Network::Namespaces,
+        )
+        .unwrap();
+        assert!(setup.mode_args.contains(&ModeArg::LabGrubHttpArm64));
+        assert!(setup.mode_args.contains(&"grub".into()));
+        // x86 Secure Boot next to BIOS: shim for the EFI guest, iPXE for BIOS.
+        let setup = prepare(
+            &lab_args(&["lab", "boot", "--firmware", "bios,uefi-sb"]),
+            Network::Namespaces,
+        )
+        .unwrap();
+        let text: Vec<String> = setup
+            .mode_args
+            .iter()
+            .filter_map(|a| match a {
+                ModeArg::Text(t) => Some(t.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            text,
+            ["boot", "--cmdline", "console=ttyS0", "--loader", "shim"]
+        );
+        assert_eq!(loader_for(&[GuestFirmware::Bios]), Loader::Ipxe);
+    }
+
+    #[test]
     fn the_lab_kernel_and_initrd_are_placeholders_until_the_lab_exists() {
         let setup = prepare(&lab_args(&["lab", "boot"]), Network::Namespaces).unwrap();
         assert_eq!(setup.mode_args[1], ModeArg::LabKernel);
@@ -914,8 +1143,23 @@ mod tests {
             assert!(prepare(&lab_args(args), net).is_err(), "{args:?}");
         }
         let cli =
-            crate::cli::Cli::try_parse_from(["ironpxe", "lab", "boot", "--firmware", "arm64"]);
-        assert!(cli.is_err(), "arm64 is not offered until it boots");
+            crate::cli::Cli::try_parse_from(["ironpxe", "lab", "boot", "--firmware", "riscv64"]);
+        assert!(cli.is_err(), "an unknown firmware is refused when parsing");
+        // One kernel cannot serve ARM64 and x86 guests; one ARM64 GRUB cannot be both
+        // Debian's signed one and one with http; shim and GRUB need namespaces.
+        for (args, net) in [
+            (
+                &["lab", "boot", "--firmware", "bios,arm64"][..],
+                Network::Namespaces,
+            ),
+            (
+                &["lab", "boot", "--firmware", "arm64-sb,arm64-http"],
+                Network::Namespaces,
+            ),
+            (&["lab", "boot", "--firmware", "uefi-sb"], Network::User),
+        ] {
+            assert!(prepare(&lab_args(args), net).is_err(), "{args:?}");
+        }
         let cli = crate::cli::Cli::try_parse_from(["ironpxe", "lab", "boot", "--expect", "("]);
         assert!(cli.is_err(), "a bad --expect is refused when parsing");
     }

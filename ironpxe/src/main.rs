@@ -10,6 +10,7 @@ mod config_mode;
 mod install;
 mod ipxe_files;
 mod lab_cmd;
+mod loader_files;
 mod machines_cmd;
 mod privileges;
 mod run;

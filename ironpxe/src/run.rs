@@ -15,6 +15,7 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::{BootArgs, Cli, Command, LogArgs, LogFormat};
 use crate::install::InstallWiring;
 use crate::ipxe_files::{IpxeSet, SEARCH_DIRS};
+use crate::loader_files::LoaderFileSet;
 use crate::server_config::{ServerConfig, StatusPlace};
 
 /// The boot status store, fed by the log subscriber's status layer.
@@ -101,7 +102,9 @@ fn boot_mode(args: &BootArgs) -> Result<(ServerConfig, Arc<dyn Booter>)> {
     // `{{ ID "x" }}` / `{{ URL "x" }}` in --cmdline, as in pixiecore's boot mode.
     let extra = crate::config_mode::resolve_boot_cmdline(&mut spec)?;
     // What iPXE cannot carry is refused now, not with a 500 for every script.
-    check_boot_text(&spec)?;
+    if !spec.loader.uses_grub() {
+        check_boot_text(&spec)?;
+    }
     for f in spec.files().chain(extra.iter()) {
         info!(file = %f, "serving");
     }
@@ -114,7 +117,11 @@ fn boot_mode(args: &BootArgs) -> Result<(ServerConfig, Arc<dyn Booter>)> {
             FileRef::Remote(_) => None,
         })
         .collect();
+    let loader = spec.loader;
     let booter: Arc<dyn Booter> = Arc::new(StaticBooter::with_files(spec, extra));
+    if loader.uses_grub() {
+        server.loaders_used.push(loader);
+    }
     Ok((server, booter))
 }
 
@@ -154,12 +161,18 @@ fn boot_spec(args: &BootArgs) -> Result<BootSpec> {
         .iter()
         .map(|i| file_ref(i, "INITRD"))
         .collect::<Result<Vec<_>>>()?;
-    Ok(BootSpec {
+    let spec = BootSpec {
         kernel,
         initrds,
         cmdline: args.cmdline.clone(),
         message: args.bootmsg.clone(),
-    })
+        loader: args.loader,
+    };
+    if spec.loader.uses_grub() {
+        ironpxe_grub::check_spec(&spec)
+            .with_context(|| format!("--loader {}: --cmdline", spec.loader))?;
+    }
+    Ok(spec)
 }
 
 fn file_ref(input: &str, what: &str) -> Result<FileRef> {
@@ -206,6 +219,28 @@ pub(crate) fn serve(
     for line in &ipxe.report {
         info!("iPXE {line}");
     }
+    let loaders = LoaderFileSet::resolve(&args.loaders, Path::new("/"))?;
+    for line in &loaders.report {
+        info!("loader {line}");
+    }
+    for loader in &args.loaders_used {
+        if let Some(why) = loaders.unusable(*loader) {
+            bail!("{why}");
+        }
+    }
+    if !args.loaders_used.is_empty() || !loaders.set.is_empty() {
+        for note in loaders.http_boot_notes() {
+            info!("{note}");
+        }
+    }
+    if !args.loaders_used.is_empty() {
+        info!(
+            "shim and GRUB clients: the site's DHCP server must name this server as \
+             next-server (Debian's signed GRUB takes its TFTP server from the site's \
+             DHCPACK, not from ProxyDHCP); ironpxe warns once per machine when it sees \
+             an ACK that names another (event dhcp.next_server)"
+        );
+    }
 
     if let Some(ifname) = &args.interface {
         nix::net::if_::if_nametoindex(ifname.as_str()).map_err(|e| {
@@ -224,7 +259,7 @@ pub(crate) fn serve(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = rt.block_on(serve_async(args, booter, ipxe, user, install));
+    let result = rt.block_on(serve_async(args, booter, ipxe, user, install, loaders));
     // Transfers past the shutdown timeout are abandoned, not waited for.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     result
@@ -264,6 +299,7 @@ async fn serve_async(
     ipxe: IpxeSet,
     user: Option<crate::privileges::Target>,
     install: InstallWiring,
+    loaders: LoaderFileSet,
 ) -> Result<()> {
     let mut signals = Signals::new()?;
     let listen = args.listen_addr;
@@ -393,9 +429,12 @@ async fn serve_async(
         None => None,
     };
 
+    let loader_offers = ironpxe_dhcp::LoaderOffers::default();
     let proxy = ProxyConfig {
         http_port: args.http_port,
         binaries: ipxe.binaries.clone(),
+        loaders: loaders.set.clone(),
+        loader_offers: loader_offers.clone(),
         force_chainload: args.force_chainload,
         lookup_wait: args.dhcp_lookup_wait,
         ..ProxyConfig::default()
@@ -422,24 +461,45 @@ async fn serve_async(
         "ironpxe ready"
     );
 
-    // The same binaries over HTTP, for UEFI HTTP Boot clients.
-    let http_binaries = ipxe.files.clone();
+    // The iPXE, shim and GRUB binaries, over TFTP and over HTTP (for UEFI HTTP Boot
+    // clients), each under its own name.
+    let mut binaries = ipxe.files;
+    for (name, bytes) in loaders.files {
+        if binaries.contains_key(&name) {
+            bail!(
+                "an iPXE binary is named {name:?}, which the {name} loader binary needs; rename it"
+            );
+        }
+        binaries.insert(name, bytes);
+    }
+    let http_binaries = binaries.clone();
     let mut files = ironpxe_tftp::MemoryFiles::new();
-    for (name, bytes) in ipxe.files {
+    for (name, bytes) in binaries {
         files
             .insert(&name, bytes)
-            .with_context(|| format!("iPXE binary name {name:?} cannot be served over TFTP"))?;
+            .with_context(|| format!("binary name {name:?} cannot be served over TFTP"))?;
     }
-    let files: Arc<dyn ironpxe_tftp::FileSource> = match tftp_root {
-        None => Arc::new(files),
-        Some(root) => {
-            info!(dir = %root.path().display(), "serving the TFTP root next to the iPXE binaries");
-            let mut overlay = ironpxe_tftp::Overlay::new();
-            overlay.push(Arc::new(files));
-            overlay.push(Arc::new(root));
-            Arc::new(overlay)
+    // GRUB's files: the dispatcher, each machine's configuration, its kernel and
+    // initrds. A `grub/` tree of the operator's own in the TFTP root comes first.
+    let grub_files = Arc::new(
+        ironpxe_grub::GrubFiles::new(booter.clone(), args.http_port)
+            .with_remote(Arc::new(RemoteFiles::new()?)),
+    );
+    let mut overlay = ironpxe_tftp::Overlay::new();
+    overlay.push(Arc::new(files));
+    if let Some(root) = tftp_root {
+        info!(dir = %root.path().display(), "serving the TFTP root next to the iPXE binaries");
+        if root.path().join("grub/grub.cfg").exists() && !args.loaders_used.is_empty() {
+            tracing::warn!(
+                dir = %root.path().display(),
+                "the TFTP root has grub/grub.cfg, which is served instead of ironpxe's; \
+                 GRUB clients of shim and GRUB machines read that file"
+            );
         }
-    };
+        overlay.push(Arc::new(root));
+    }
+    overlay.push(grub_files.clone());
+    let files: Arc<dyn ironpxe_tftp::FileSource> = Arc::new(overlay);
     let shutdown = CancellationToken::new();
     let drain = args.shutdown_timeout;
     let mut servers = tokio::task::JoinSet::new();
@@ -464,7 +524,9 @@ async fn serve_async(
         install.admin_token.clone(),
         install.db.as_ref().map(|d| d.leases()),
     );
-    let mut router = ironpxe_http::router(state).merge(install_api.installer_router());
+    let mut router = ironpxe_http::router(state)
+        .merge(ironpxe_grub::http::router(grub_files))
+        .merge(install_api.installer_router());
     if let Some(db) = &install.db {
         info!(file = %db.path().display(), "install state and leases kept in the state database");
     }
@@ -519,6 +581,23 @@ async fn serve_async(
         let r = ironpxe_http::serve_with(http_listener, router, stop, drain, http_limits).await;
         ("HTTP", r)
     });
+    // The site server's broadcast DHCPACKs to machines handed shim or GRUB.
+    match ironpxe_dhcp::site_ack::bind_watch(device) {
+        Ok(sock) => {
+            let stop = shutdown.clone().cancelled_owned();
+            tokio::spawn(ironpxe_dhcp::site_ack::watch(
+                sock,
+                loader_offers,
+                move |ip| ip == listen || ironpxe_dhcp::site_ack::is_local_address(ip),
+                stop,
+            ));
+        }
+        Err(e) => info!(
+            error = %e,
+            "not watching the site's DHCPACKs on udp 255.255.255.255:68; a site server \
+             that names another next-server for GRUB machines goes unnoticed"
+        ),
+    }
     let done = dhcp_thread.serve(
         proxy,
         booter,
@@ -697,5 +776,45 @@ impl Signals {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
         }
+    }
+}
+
+/// Fetches remote kernels and initrds whole for GRUB's TFTP transfers, on the
+/// runtime that asked (the TFTP driver calls from its blocking pool).
+struct RemoteFiles {
+    client: reqwest::Client,
+}
+
+/// The largest remote file fetched into memory for a TFTP transfer.
+const REMOTE_MAX: u64 = 1 << 30;
+
+impl RemoteFiles {
+    fn new() -> Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .user_agent(concat!("ironpxe/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot set up the HTTP client for remote files")?;
+        Ok(RemoteFiles { client })
+    }
+}
+
+impl ironpxe_grub::RemoteFetch for RemoteFiles {
+    fn fetch(&self, url: &url::Url) -> std::result::Result<bytes::Bytes, String> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
+        let client = self.client.clone();
+        let url = url.clone();
+        handle.block_on(async move {
+            let r = client
+                .get(url.clone())
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .map_err(|e| format!("{url}: {e}"))?;
+            if r.content_length().is_some_and(|n| n > REMOTE_MAX) {
+                return Err(format!("{url}: larger than {REMOTE_MAX} bytes"));
+            }
+            r.bytes().await.map_err(|e| format!("{url}: {e}"))
+        })
     }
 }

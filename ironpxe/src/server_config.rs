@@ -11,9 +11,9 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ironpxe_core::config::{Ipv6Settings, IpxePaths, ServerSettings, StatefulFor};
+use ironpxe_core::config::{Ipv6Settings, IpxePaths, LoaderPaths, ServerSettings, StatefulFor};
 use ironpxe_core::net6::Ipv6Range;
-use ironpxe_core::IpxeRole;
+use ironpxe_core::{IpxeRole, LoaderBinary};
 
 use crate::cli::ServerArgs;
 use crate::ipxe_files::Overrides;
@@ -63,6 +63,12 @@ pub(crate) struct ServerConfig {
     pub stuck_after: Duration,
     /// The iPXE binaries chosen by role.
     pub ipxe: Overrides,
+    /// The shim and GRUB binaries given (flags over the file's `[loaders]`); the
+    /// other slots are searched for.
+    pub loaders: LoaderPaths,
+    /// The loaders other than iPXE the boot specs use, as far as the mode knows
+    /// (`boot --loader`, the config file); the API may name others later.
+    pub loaders_used: Vec<ironpxe_core::Loader>,
     /// Receive DHCP through a packet socket instead of binding UDP 67.
     pub dhcp_no_bind: bool,
     /// Chainload iPXE even into clients already running iPXE.
@@ -141,16 +147,19 @@ impl ServerConfig {
             Path::new(""),
             &ServerSettings::default(),
             &IpxePaths::default(),
+            &LoaderPaths::default(),
         )
     }
 
-    /// Flags given on the command line win; the file `path` (its `[server]` and
-    /// `[ipxe]`) fills in the flags not given; the defaults fill in the rest.
+    /// Flags given on the command line win; the file `path` (its `[server]`,
+    /// `[ipxe]` and `[loaders]`) fills in the flags not given; the defaults fill in
+    /// the rest.
     pub(crate) fn merge(
         args: &ServerArgs,
         path: &Path,
         file: &ServerSettings,
         ipxe: &IpxePaths,
+        loaders: &LoaderPaths,
     ) -> ServerConfig {
         let http_port = args.port.or(file.http_port).unwrap_or(DEFAULT_HTTP_PORT);
         let listen_addr = args
@@ -193,6 +202,14 @@ impl ServerConfig {
                 },
                 snponly: args.ipxe_snponly,
             },
+            loaders: {
+                let flags = args.loader_paths();
+                LoaderBinary::ALL
+                    .into_iter()
+                    .filter_map(|b| Some((b, flags.get(b).or(loaders.get(b))?.clone())))
+                    .collect()
+            },
+            loaders_used: Vec::new(),
             dhcp_no_bind: args.dhcp_no_bind,
             force_chainload: args.force_chainload,
             tftp_root: args.tftp_root.clone(),
@@ -261,6 +278,7 @@ mod tests {
             Path::new("f.toml"),
             &file(),
             &i,
+            &LoaderPaths::default(),
         );
         assert_eq!(m.interface.as_deref(), Some("eth1"));
         assert_eq!(m.interface_origin, "f.toml: server.interface");
@@ -295,7 +313,13 @@ mod tests {
             "8",
         ]);
         let i = IpxePaths::default().with(IpxeRole::Bios, "/file.kpxe");
-        let m = ServerConfig::merge(&args, Path::new("f.toml"), &file(), &i);
+        let m = ServerConfig::merge(
+            &args,
+            Path::new("f.toml"),
+            &file(),
+            &i,
+            &LoaderPaths::default(),
+        );
         assert_eq!(m.http_port, 80);
         assert_eq!(m.tftp_per_address, 8);
         assert_eq!(m.listen_addr, Ipv4Addr::UNSPECIFIED);
@@ -316,6 +340,7 @@ mod tests {
             Path::new("f.toml"),
             &file(),
             &i,
+            &LoaderPaths::default(),
         );
         assert_eq!(
             m.status,
@@ -329,9 +354,33 @@ mod tests {
             Path::new("f.toml"),
             &file(),
             &i,
+            &LoaderPaths::default(),
         );
         assert_eq!(m.user.as_deref(), Some("nobody"));
         assert_eq!(m.user_origin, "--user");
+    }
+
+    #[test]
+    fn loader_flags_beat_the_files_loaders() {
+        let file_loaders = LoaderPaths::default()
+            .with(LoaderBinary::ShimX64, "/file/shim.efi")
+            .with(LoaderBinary::GrubArm64, "/file/grubaa64.efi");
+        let m = ServerConfig::merge(
+            &serve_args(&["--shim-x64", "/flag/shim.efi"]),
+            Path::new("f.toml"),
+            &file(),
+            &IpxePaths::default(),
+            &file_loaders,
+        );
+        assert_eq!(
+            m.loaders.get(LoaderBinary::ShimX64),
+            Some(&PathBuf::from("/flag/shim.efi"))
+        );
+        assert_eq!(
+            m.loaders.get(LoaderBinary::GrubArm64),
+            Some(&PathBuf::from("/file/grubaa64.efi"))
+        );
+        assert_eq!(m.loaders.get(LoaderBinary::GrubX64), None);
     }
 
     #[test]
@@ -366,7 +415,13 @@ mod tests {
             ..ServerSettings::default()
         };
         let i = IpxePaths::default();
-        let m = ServerConfig::merge(&serve_args(&[]), Path::new("f.toml"), &file, &i);
+        let m = ServerConfig::merge(
+            &serve_args(&[]),
+            Path::new("f.toml"),
+            &file,
+            &i,
+            &LoaderPaths::default(),
+        );
         let v6 = m.ipv6.unwrap();
         assert_eq!(v6.listen, "fd00::2".parse::<Ipv6Addr>().unwrap());
         assert_eq!(v6.listen_origin, "f.toml: server.listen_addr6");
@@ -384,6 +439,7 @@ mod tests {
             Path::new("f.toml"),
             &file,
             &i,
+            &LoaderPaths::default(),
         );
         let v6 = m.ipv6.unwrap();
         assert_eq!(v6.listen, "fd00::3".parse::<Ipv6Addr>().unwrap());
@@ -407,6 +463,7 @@ mod tests {
             Path::new("f.toml"),
             &s,
             &IpxePaths::default(),
+            &LoaderPaths::default(),
         );
         assert_eq!(m.status, StatusPlace::BootPort);
         let m = ServerConfig::merge(
@@ -414,6 +471,7 @@ mod tests {
             Path::new("f.toml"),
             &s,
             &IpxePaths::default(),
+            &LoaderPaths::default(),
         );
         assert_eq!(
             m.status,
@@ -425,6 +483,7 @@ mod tests {
             Path::new("f.toml"),
             &s,
             &IpxePaths::default(),
+            &LoaderPaths::default(),
         );
         assert_eq!(
             m.status,

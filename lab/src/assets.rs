@@ -6,8 +6,16 @@
 //! directory ([`cache_dir`]: `$IRONPXE_LAB_CACHE`, else `$XDG_CACHE_HOME/ironpxe`,
 //! else `~/.cache/ironpxe`). The initrd is a cpio (newc) archive written here in
 //! Rust: `/bin/busybox` from busybox-static, a `/dev/console` node and an `/init`
-//! that prints [`MARKER_PREFIX`] with `/proc/cmdline` on ttyS0 and powers off.
+//! that prints the kernel's Secure Boot state ([`SECURE_BOOT_PREFIX`]) and
+//! [`MARKER_PREFIX`] with `/proc/cmdline` on the serial console and powers off.
 //! Nothing binary is kept in the source tree.
+//!
+//! ARM64 guests boot the same from ARM64 files: Debian's arm64 cloud kernel,
+//! busybox-static, shim and GRUB, downloaded once with `apt-get download` (the arm64
+//! architecture must be known to apt; `scripts/setup-debian` adds it) and unpacked
+//! with `dpkg-deb -x` into the cache ([`arm64_root_in`]); nothing arm64 is installed
+//! on the host. [`grub_http_arm64`] builds a GRUB with the http module from those
+//! modules for UEFI HTTP Boot.
 
 use std::fs;
 use std::io::Write;
@@ -19,21 +27,68 @@ use crate::error::{io_err, Error, Result};
 /// The start of the line the initrd prints: `IRONPXE-MARKER cmdline=[...]`.
 pub const MARKER_PREFIX: &str = "IRONPXE-MARKER cmdline=[";
 
+/// The start of the line with the kernel's own word on Secure Boot, printed before
+/// the marker: `IRONPXE-SECUREBOOT [secureboot: Secure boot enabled]` (the
+/// kernel's `secureboot:` log line, empty when it printed none, as on BIOS).
+pub const SECURE_BOOT_PREFIX: &str = "IRONPXE-SECUREBOOT [";
+
+/// The CPU a guest's initrd is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestArch {
+    /// x86-64: the host's busybox-static, serial console ttyS0.
+    X86_64,
+    /// ARM64: busybox-static:arm64 from the cache, serial console ttyAMA0 (PL011).
+    Arm64,
+}
+
+impl GuestArch {
+    /// The serial console device of QEMU's machine for this CPU.
+    pub fn console(self) -> &'static str {
+        match self {
+            GuestArch::X86_64 => "ttyS0",
+            GuestArch::Arm64 => "ttyAMA0",
+        }
+    }
+}
+
+/// The arm64 packages the lab unpacks into its cache, by name or (for the kernel) by
+/// the meta-package that names it.
+pub const ARM64_PACKAGES: [&str; 5] = [
+    "linux-image-cloud-arm64",
+    "busybox-static",
+    "shim-signed",
+    "grub-efi-arm64-signed",
+    "grub-efi-arm64-bin",
+];
+
+/// The meta-package whose first dependency names the arm64 kernel package.
+const ARM64_KERNEL_META: &str = "linux-image-cloud-arm64:arm64";
+
+/// The directory in the cache the arm64 packages are unpacked into.
+const ARM64_DIR: &str = "arm64-debian";
+
+/// Written last into [`ARM64_DIR`]: the unpacked tree is complete.
+const ARM64_DONE: &str = ".ironpxe-complete";
+
 /// The meta-package whose first dependency names the kernel package to fetch.
 const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 
-/// The `/init` of the lab initrd. Applets are called through `/bin/busybox` so the
-/// archive needs no symlink farm.
+/// The `/init` of the lab initrd, for serial console `@CONSOLE@`. Applets are called
+/// through `/bin/busybox` so the archive needs no symlink farm. The kernel logs
+/// `secureboot: Secure boot enabled` (or `disabled`) early on EFI; the line is
+/// passed on as it is.
 const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
 /bin/busybox mount -t devtmpfs devtmpfs /dev
+sb="$(/bin/busybox dmesg | /bin/busybox grep -m1 'secureboot:' | /bin/busybox sed 's/^\[[^]]*\] *//')"
+echo "IRONPXE-SECUREBOOT [$sb]" > /dev/@CONSOLE@
 cmdline="$(/bin/busybox cat /proc/cmdline)"
-echo "IRONPXE-MARKER cmdline=[$cmdline]" > /dev/ttyS0
+echo "IRONPXE-MARKER cmdline=[$cmdline]" > /dev/@CONSOLE@
 /bin/busybox poweroff -f
 /bin/busybox sleep 5
-echo "IRONPXE-LAB poweroff failed" > /dev/ttyS0
+echo "IRONPXE-LAB poweroff failed" > /dev/@CONSOLE@
 "#;
 
 /// The source tree's root (the parent of this crate's directory), as it was when
@@ -256,9 +311,24 @@ fn static_elf(d: &[u8]) -> Option<bool> {
 
 /// Builds the lab initrd in `dir` and returns its path (`dir/ironpxe-lab-initrd.cpio`).
 pub fn initrd(dir: &Path) -> Result<PathBuf> {
-    let busybox = busybox_path().ok_or_else(|| {
-        Error::Invalid("busybox not found: install the Debian package busybox-static".into())
-    })?;
+    initrd_for(dir, GuestArch::X86_64)
+}
+
+/// Builds the lab initrd for `arch` in `dir` and returns its path
+/// (`dir/ironpxe-lab-initrd.cpio`, or `…-arm64.cpio`). The ARM64 one takes busybox
+/// from the cache ([`arm64_root`]).
+pub fn initrd_for(dir: &Path, arch: GuestArch) -> Result<PathBuf> {
+    initrd_in(dir, arch, &cache_dir())
+}
+
+/// [`initrd_for`] with an explicit cache directory.
+pub fn initrd_in(dir: &Path, arch: GuestArch, cache: &Path) -> Result<PathBuf> {
+    let busybox = match arch {
+        GuestArch::X86_64 => busybox_path().ok_or_else(|| {
+            Error::Invalid("busybox not found: install the Debian package busybox-static".into())
+        })?,
+        GuestArch::Arm64 => arm64_root_in(cache)?.join("bin/busybox"),
+    };
     if !is_static_elf(&busybox)? {
         return Err(Error::Invalid(format!(
             "{} is dynamically linked: install the Debian package busybox-static",
@@ -266,6 +336,7 @@ pub fn initrd(dir: &Path) -> Result<PathBuf> {
         )));
     }
     let bb = fs::read(&busybox).map_err(io_err("read", &busybox))?;
+    let init = INIT_SCRIPT.replace("@CONSOLE@", arch.console());
     let mut w = NewcWriter::default();
     for d in ["bin", "dev", "proc", "sys", "sbin", "usr", "usr/bin", "tmp"] {
         w.dir(d);
@@ -273,13 +344,216 @@ pub fn initrd(dir: &Path) -> Result<PathBuf> {
     w.char_dev("dev/console", 0o600, 5, 1);
     w.file("bin/busybox", 0o755, &bb);
     w.symlink("bin/sh", "busybox");
-    w.file("init", 0o755, INIT_SCRIPT.as_bytes());
+    w.file("init", 0o755, init.as_bytes());
     let bytes = w.finish();
     fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-    let path = dir.join("ironpxe-lab-initrd.cpio");
+    let path = dir.join(match arch {
+        GuestArch::X86_64 => "ironpxe-lab-initrd.cpio",
+        GuestArch::Arm64 => "ironpxe-lab-initrd-arm64.cpio",
+    });
     let mut f = fs::File::create(&path).map_err(io_err("create", &path))?;
     f.write_all(&bytes).map_err(io_err("write", &path))?;
     Ok(path)
+}
+
+/// Whether apt knows the arm64 architecture (`dpkg --print-foreign-architectures`),
+/// so the lab's arm64 packages can be downloaded.
+pub fn apt_has_arm64() -> bool {
+    Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .is_some_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == "arm64")
+        })
+}
+
+/// Whether [`arm64_root_in`] can answer for `cache` without downloading.
+pub fn arm64_is_cached_in(cache: &Path) -> bool {
+    cache.join(ARM64_DIR).join(ARM64_DONE).is_file()
+}
+
+/// The unpacked arm64 packages in [`cache_dir`], downloaded first when not cached.
+pub fn arm64_root() -> Result<PathBuf> {
+    arm64_root_in(&cache_dir())
+}
+
+/// [`arm64_root`] with an explicit cache directory: `<cache>/arm64-debian`, holding
+/// `boot/vmlinuz-*`, `bin/busybox`, `usr/lib/shim/shimaa64.efi.signed`,
+/// `usr/lib/grub/arm64-efi-signed/grubnetaa64.efi.signed` and the GRUB modules in
+/// `usr/lib/grub/arm64-efi/`.
+pub fn arm64_root_in(cache: &Path) -> Result<PathBuf> {
+    let dest = cache.join(ARM64_DIR);
+    if arm64_is_cached_in(cache) {
+        return Ok(dest);
+    }
+    let hint = "run scripts/setup-debian: it adds the arm64 architecture to apt \
+                (dpkg --add-architecture arm64 && apt-get update)";
+    if !apt_has_arm64() {
+        return Err(Error::Arm64(format!(
+            "apt does not know the arm64 architecture, so the lab's arm64 packages ({}) \
+             cannot be downloaded: {hint}",
+            ARM64_PACKAGES.join(", ")
+        )));
+    }
+    fs::create_dir_all(cache).map_err(io_err("create the cache directory", cache))?;
+    let kernel = parse_kernel_depends(&run(
+        Command::new("apt-cache").args(["depends", ARM64_KERNEL_META]),
+        hint,
+    )?)
+    .ok_or_else(|| {
+        Error::Arm64(format!(
+            "`apt-cache depends {ARM64_KERNEL_META}` names no linux-image package: {hint}"
+        ))
+    })?;
+    let kernel = kernel.trim_end_matches(":arm64").to_string();
+    let mut packages = vec![format!("{kernel}:arm64")];
+    packages.extend(ARM64_PACKAGES[1..].iter().map(|p| format!("{p}:arm64")));
+    let work = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(cache)
+        .map_err(io_err("create a temporary directory in", cache))?;
+    run(
+        Command::new("apt-get")
+            .arg("download")
+            .args(&packages)
+            .current_dir(work.path()),
+        hint,
+    )?;
+    let root = work.path().join("root");
+    let mut debs: Vec<PathBuf> = fs::read_dir(work.path())
+        .map_err(io_err("read", work.path()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    debs.sort();
+    if debs.len() != packages.len() {
+        return Err(Error::Arm64(format!(
+            "`apt-get download {}` produced {} .deb files, not {}",
+            packages.join(" "),
+            debs.len(),
+            packages.len()
+        )));
+    }
+    for deb in &debs {
+        run(
+            Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root),
+            "dpkg-deb comes with the dpkg package",
+        )?;
+    }
+    // The kernel's modules are most of its size; the lab boots without them.
+    for unused in [
+        "lib/modules",
+        "usr/lib/modules",
+        "usr/share/doc",
+        "usr/share/man",
+    ] {
+        let _ = fs::remove_dir_all(root.join(unused));
+    }
+    fs::write(root.join(ARM64_DONE), packages.join("\n") + "\n")
+        .map_err(io_err("write", root.join(ARM64_DONE)))?;
+    if !dest.exists() {
+        if let Err(e) = fs::rename(&root, &dest) {
+            if !arm64_is_cached_in(cache) {
+                return Err(io_err("move the arm64 files to", &dest)(e));
+            }
+        }
+    }
+    Ok(dest)
+}
+
+/// The arm64 test kernel in the cache (downloaded first when not cached).
+pub fn arm64_kernel() -> Result<PathBuf> {
+    arm64_kernel_in(&cache_dir())
+}
+
+/// [`arm64_kernel`] with an explicit cache directory.
+pub fn arm64_kernel_in(cache: &Path) -> Result<PathBuf> {
+    let root = arm64_root_in(cache)?;
+    let boot = root.join("boot");
+    let mut found: Vec<PathBuf> = fs::read_dir(&boot)
+        .map_err(io_err("read", &boot))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .ok_or_else(|| Error::Arm64(format!("{} has no vmlinuz-*", boot.display())))
+}
+
+/// Debian's signed shim and netboot GRUB for arm64, from the cache.
+pub fn arm64_shim_and_grub() -> Result<(PathBuf, PathBuf)> {
+    arm64_shim_and_grub_in(&cache_dir())
+}
+
+/// [`arm64_shim_and_grub`] with an explicit cache directory.
+pub fn arm64_shim_and_grub_in(cache: &Path) -> Result<(PathBuf, PathBuf)> {
+    let root = arm64_root_in(cache)?;
+    let shim = root.join("usr/lib/shim/shimaa64.efi.signed");
+    let grub = root.join("usr/lib/grub/arm64-efi-signed/grubnetaa64.efi.signed");
+    for f in [&shim, &grub] {
+        if !f.is_file() {
+            return Err(Error::Arm64(format!(
+                "{} is missing from the unpacked arm64 packages; remove {} to fetch them again",
+                f.display(),
+                root.display()
+            )));
+        }
+    }
+    Ok((shim, grub))
+}
+
+/// The modules of a GRUB that netboots an EFI machine and fetches over TFTP and HTTP.
+pub const GRUB_HTTP_MODULES: &[&str] = &[
+    "efinet",
+    "net",
+    "tftp",
+    "http",
+    "linux",
+    "normal",
+    "configfile",
+    "echo",
+    "test",
+    "regexp",
+    "sleep",
+    "reboot",
+    "halt",
+    "boot",
+    "minicmd",
+    "gzio",
+];
+
+/// Builds an (unsigned) arm64 GRUB with the http module and the prefix `/grub` in
+/// `dir` with `grub-mkimage`, from the arm64 GRUB modules in the cache. It boots from
+/// UEFI HTTP Boot (its root is then ironpxe's HTTP server) and from PXE.
+pub fn grub_http_arm64(dir: &Path) -> Result<PathBuf> {
+    grub_http_arm64_in(dir, &cache_dir())
+}
+
+/// [`grub_http_arm64`] with an explicit cache directory.
+pub fn grub_http_arm64_in(dir: &Path, cache: &Path) -> Result<PathBuf> {
+    let modules = arm64_root_in(cache)?.join("usr/lib/grub/arm64-efi");
+    fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    let out = dir.join("grubaa64-http.efi");
+    run(
+        Command::new(crate::preflight::program(crate::preflight::GRUB_MKIMAGE))
+            .args(["-O", "arm64-efi", "-p", "/grub", "-d"])
+            .arg(&modules)
+            .arg("-o")
+            .arg(&out)
+            .args(GRUB_HTTP_MODULES),
+        "grub-mkimage comes with the Debian package grub-common",
+    )?;
+    Ok(out)
 }
 
 /// A minimal writer of the cpio "newc" format the kernel unpacks into its rootfs.

@@ -116,6 +116,11 @@ pub enum Error {
     #[error("test kernel: {0}")]
     Kernel(String),
 
+    /// The lab's ARM64 files (kernel, busybox, shim, GRUB) could not be fetched or
+    /// found.
+    #[error("the lab's ARM64 files: {0}")]
+    Arm64(String),
+
     /// A request the lab cannot carry out (a bad segment number, too many guests, a
     /// mode that does not fit the network).
     #[error("{0}")]

@@ -2,12 +2,14 @@
 //! the network boot client it starts with, i.e. the path a boot takes to ironpxe.
 //!
 //! Each variant is one boot path that works end to end in the lab today. A new path
-//! (arm64 guests, Secure Boot with shim) becomes a new variant once it boots:
-//! its name in [`GuestFirmware::ALL`], its [`GuestConfig`], its needs, and whether
-//! QEMU user networking can carry it.
+//! (RISC-V, say) becomes a new variant once it boots: its name in
+//! [`GuestFirmware::ALL`], its [`GuestConfig`], its needs, the loader its machines
+//! need ([`Loader`]), and whether QEMU user networking can carry it.
 
 use std::fmt;
 use std::str::FromStr;
+
+use ironpxe_core::Loader;
 
 use crate::guest::{Firmware, GuestConfig};
 use crate::lab::Network;
@@ -34,16 +36,34 @@ pub enum GuestFirmware {
     /// OVMF's UEFI HTTP Boot over IPv6 (its only boot option): ironpxe's DHCPv6
     /// ADVERTISE with `HTTPClient`, snponly.efi over HTTP on IPv6. Namespaces only.
     UefiHttp6,
+    /// OVMF with Secure Boot on (Microsoft's keys): EDK2's PXE client loads the signed
+    /// shim, shim the signed GRUB, GRUB the signed kernel, all over TFTP. Namespaces
+    /// only.
+    UefiSb,
+    /// AAVMF (ARM64): EDK2's PXE client (option 93 = 11) loads shim, then GRUB.
+    /// Namespaces only.
+    Arm64,
+    /// AAVMF with Secure Boot on (Microsoft's keys), through shim and GRUB.
+    /// Namespaces only.
+    Arm64Sb,
+    /// AAVMF's UEFI HTTP Boot client (option 93 = 19) loads a GRUB built with the
+    /// http module, which fetches its configuration, kernel and initrds over HTTP.
+    /// Namespaces only.
+    Arm64Http,
 }
 
 impl GuestFirmware {
     /// Every variant, in the order `--help` lists them.
-    pub const ALL: [GuestFirmware; 5] = [
+    pub const ALL: [GuestFirmware; 9] = [
         GuestFirmware::Bios,
         GuestFirmware::Uefi,
         GuestFirmware::UefiHttp,
         GuestFirmware::Uefi6,
         GuestFirmware::UefiHttp6,
+        GuestFirmware::UefiSb,
+        GuestFirmware::Arm64,
+        GuestFirmware::Arm64Sb,
+        GuestFirmware::Arm64Http,
     ];
 
     /// The name on the command line.
@@ -54,6 +74,10 @@ impl GuestFirmware {
             GuestFirmware::UefiHttp => "uefi-http",
             GuestFirmware::Uefi6 => "uefi6",
             GuestFirmware::UefiHttp6 => "uefi-http6",
+            GuestFirmware::UefiSb => "uefi-sb",
+            GuestFirmware::Arm64 => "arm64",
+            GuestFirmware::Arm64Sb => "arm64-sb",
+            GuestFirmware::Arm64Http => "arm64-http",
         }
     }
 
@@ -76,6 +100,36 @@ impl GuestFirmware {
                 "OVMF UEFI HTTP Boot over IPv6: snponly.efi over HTTP on IPv6 \
                  (not with --user-net)"
             }
+            GuestFirmware::UefiSb => {
+                "OVMF with Secure Boot: signed shim, signed GRUB and kernel over TFTP \
+                 (not with --user-net)"
+            }
+            GuestFirmware::Arm64 => {
+                "AAVMF (ARM64): EDK2's PXE client, shim, GRUB over TFTP (not with --user-net)"
+            }
+            GuestFirmware::Arm64Sb => {
+                "AAVMF (ARM64) with Secure Boot: signed shim and GRUB over TFTP \
+                 (not with --user-net)"
+            }
+            GuestFirmware::Arm64Http => {
+                "AAVMF (ARM64) UEFI HTTP Boot: a GRUB with http, everything over HTTP \
+                 (not with --user-net)"
+            }
+        }
+    }
+
+    /// The loader a machine booted on this path needs: iPXE, or shim (Secure Boot,
+    /// and ARM64, for which distributions ship no iPXE), or GRUB with http for ARM64
+    /// HTTP Boot.
+    pub fn loader(self) -> Loader {
+        match self {
+            GuestFirmware::Bios
+            | GuestFirmware::Uefi
+            | GuestFirmware::UefiHttp
+            | GuestFirmware::Uefi6
+            | GuestFirmware::UefiHttp6 => Loader::Ipxe,
+            GuestFirmware::UefiSb | GuestFirmware::Arm64 | GuestFirmware::Arm64Sb => Loader::Shim,
+            GuestFirmware::Arm64Http => Loader::Grub,
         }
     }
 
@@ -87,19 +141,29 @@ impl GuestFirmware {
             | GuestFirmware::UefiHttp
             | GuestFirmware::Uefi6
             | GuestFirmware::UefiHttp6 => Firmware::Uefi,
+            GuestFirmware::UefiSb => Firmware::UefiSecureBoot,
+            GuestFirmware::Arm64 | GuestFirmware::Arm64Http => Firmware::Arm64,
+            GuestFirmware::Arm64Sb => Firmware::Arm64SecureBoot,
         }
     }
 
     /// Why this boot path cannot run on `network`, if it cannot.
     pub fn unsupported_on(self, network: Network) -> Option<&'static str> {
         match (self, network) {
-            (GuestFirmware::UefiHttp, Network::User) => Some(
+            (GuestFirmware::UefiHttp | GuestFirmware::Arm64Http, Network::User) => Some(
                 "UEFI HTTP Boot needs a DHCP offer with option 60 HTTPClient and a URL, \
                  which only ProxyDHCP sends; QEMU's user networking cannot",
             ),
             (GuestFirmware::Uefi6 | GuestFirmware::UefiHttp6, Network::User) => Some(
                 "IPv6 boots need ironpxe's DHCPv6 on the guest's segment; QEMU's user \
                  networking has no DHCPv6 server ironpxe can stand beside",
+            ),
+            (
+                GuestFirmware::UefiSb | GuestFirmware::Arm64 | GuestFirmware::Arm64Sb,
+                Network::User,
+            ) => Some(
+                "shim and GRUB come over TFTP from the server the DHCP answers name, \
+                 which QEMU's user networking does not carry",
             ),
             _ => None,
         }
@@ -114,6 +178,10 @@ impl GuestFirmware {
             (GuestFirmware::UefiHttp, _) => GuestConfig::uefi_http_boot(),
             (GuestFirmware::Uefi6, _) => GuestConfig::uefi_pxe6(),
             (GuestFirmware::UefiHttp6, _) => GuestConfig::uefi_http6(),
+            (GuestFirmware::UefiSb, _) => GuestConfig::uefi_secure_boot(),
+            (GuestFirmware::Arm64, _) => GuestConfig::arm64(),
+            (GuestFirmware::Arm64Sb, _) => GuestConfig::arm64_secure_boot(),
+            (GuestFirmware::Arm64Http, _) => GuestConfig::arm64_http_boot(),
         }
     }
 
@@ -128,6 +196,11 @@ impl GuestFirmware {
         match self.firmware() {
             Firmware::Bios => needs.bios = true,
             Firmware::Uefi => needs.uefi = true,
+            Firmware::UefiSecureBoot => needs.secure_boot = true,
+            Firmware::Arm64 | Firmware::Arm64SecureBoot => needs.arm64 = true,
+        }
+        if self == GuestFirmware::Arm64Http {
+            needs.grub_http = true;
         }
     }
 }
@@ -176,10 +249,11 @@ mod tests {
         for f in GuestFirmware::ALL {
             assert_eq!(f.name().parse::<GuestFirmware>(), Ok(f));
         }
-        let e = "arm64".parse::<GuestFirmware>().unwrap_err();
+        let e = "riscv64".parse::<GuestFirmware>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown firmware \"arm64\": expected one of bios, uefi, uefi-http, uefi6, uefi-http6"
+            "unknown firmware \"riscv64\": expected one of bios, uefi, uefi-http, uefi6, \
+             uefi-http6, uefi-sb, arm64, arm64-sb, arm64-http"
         );
     }
 
@@ -192,9 +266,23 @@ mod tests {
         );
         let user = GuestFirmware::Uefi.guest_config(Network::User);
         assert!(user.ipxe_rom);
-        assert!(GuestFirmware::UefiHttp
-            .unsupported_on(Network::User)
-            .is_some());
+        for f in [
+            GuestFirmware::UefiHttp,
+            GuestFirmware::UefiSb,
+            GuestFirmware::Arm64,
+            GuestFirmware::Arm64Sb,
+            GuestFirmware::Arm64Http,
+        ] {
+            assert!(f.unsupported_on(Network::User).is_some(), "{f}");
+        }
+        let sb = GuestFirmware::UefiSb.guest_config(Network::Namespaces);
+        assert_eq!(sb.firmware, Firmware::UefiSecureBoot);
+        assert!(!sb.ipxe_rom);
+        let http = GuestFirmware::Arm64Http.guest_config(Network::Namespaces);
+        assert!(http.uefi_http_only && http.firmware.is_arm64());
+        assert_eq!(GuestFirmware::Arm64Sb.loader(), Loader::Shim);
+        assert_eq!(GuestFirmware::Arm64Http.loader(), Loader::Grub);
+        assert_eq!(GuestFirmware::Uefi.loader(), Loader::Ipxe);
         assert!(GuestFirmware::ALL
             .iter()
             .all(|f| f.unsupported_on(Network::Namespaces).is_none()));

@@ -3,8 +3,11 @@
 //! A BIOS guest is SeaBIOS with iPXE as the virtio-net option ROM; SeaBIOS's serial
 //! console (`etc/sercon-port`) puts the BIOS and iPXE screens on the serial port. A
 //! UEFI guest is OVMF (read-only code, a private copy of the variable store) with the
-//! iPXE EFI ROM, or without it, booting through EDK2's own PXE or HTTP client. Either
-//! way the serial port is QEMU's stdout, read line by line with timestamps, and QEMU
+//! iPXE EFI ROM, or without it, booting through EDK2's own PXE or HTTP client. A
+//! Secure Boot guest is OVMF with Microsoft's keys enrolled and Secure Boot on (SMM, a
+//! secure flash); an ARM64 guest is AAVMF on QEMU's `virt` machine (always TCG), with
+//! or without Secure Boot, its serial port the PL011 (`ttyAMA0`). Either way the
+//! serial port is QEMU's stdout, read line by line with timestamps, and QEMU
 //! is killed by PID when the [`Guest`] is dropped.
 //!
 //! With user networking ([`crate::Network::User`]) the guest's NIC is on its own QEMU
@@ -24,7 +27,10 @@ use crate::assets::MARKER_PREFIX;
 use crate::error::{io_err, Error, Result, WaitEnd};
 use crate::lab::Lab;
 use crate::netns::exec_in;
-use crate::preflight::{program, EFI_VIRTIO_ROM, PXE_VIRTIO_ROM, QEMU_X86_64};
+use crate::preflight::{
+    program, AAVMF_CODE, AAVMF_VARS, AAVMF_VARS_MS, EFI_VIRTIO_ROM, OVMF_CODE_MS, OVMF_VARS_MS,
+    PXE_VIRTIO_ROM, QEMU_AARCH64, QEMU_X86_64,
+};
 use crate::proc::{LineMode, LogLine, Proc, Stop};
 
 /// How long a guest may take to print the marker by default.
@@ -38,6 +44,13 @@ pub enum Firmware {
     Bios,
     /// OVMF (EDK2) on QEMU's `q35` machine.
     Uefi,
+    /// OVMF with Secure Boot on and Microsoft's keys enrolled
+    /// (`OVMF_CODE_4M.ms.fd`, `OVMF_VARS_4M.ms.fd`), on `q35` with SMM.
+    UefiSecureBoot,
+    /// AAVMF (EDK2 for ARM64) on QEMU's `virt` machine, Secure Boot off.
+    Arm64,
+    /// AAVMF with Secure Boot on and Microsoft's keys enrolled (`AAVMF_VARS.ms.fd`).
+    Arm64SecureBoot,
 }
 
 impl Firmware {
@@ -46,7 +59,27 @@ impl Firmware {
     pub fn ipxe_arch(self) -> ClientArch {
         match self {
             Firmware::Bios => ClientArch::Bios,
-            Firmware::Uefi => ClientArch::EfiX64,
+            Firmware::Uefi | Firmware::UefiSecureBoot => ClientArch::EfiX64,
+            Firmware::Arm64 | Firmware::Arm64SecureBoot => ClientArch::EfiArm64,
+        }
+    }
+
+    /// Whether the guest is an ARM64 machine.
+    pub fn is_arm64(self) -> bool {
+        matches!(self, Firmware::Arm64 | Firmware::Arm64SecureBoot)
+    }
+
+    /// Whether the firmware enforces Secure Boot.
+    pub fn secure_boot(self) -> bool {
+        matches!(self, Firmware::UefiSecureBoot | Firmware::Arm64SecureBoot)
+    }
+
+    /// The CPU of the guest, for its initrd.
+    pub fn arch(self) -> crate::assets::GuestArch {
+        if self.is_arm64() {
+            crate::assets::GuestArch::Arm64
+        } else {
+            crate::assets::GuestArch::X86_64
         }
     }
 }
@@ -124,6 +157,41 @@ impl GuestConfig {
             ..Self::uefi()
         }
     }
+
+    /// An x86-64 Secure Boot guest (OVMF with Microsoft's keys) booting with EDK2's
+    /// own PXE client: only signed images (shim) start.
+    pub fn uefi_secure_boot() -> Self {
+        GuestConfig {
+            firmware: Firmware::UefiSecureBoot,
+            ..Self::uefi_native_pxe()
+        }
+    }
+
+    /// An ARM64 guest (AAVMF) with 1 GiB, booting with EDK2's own PXE client.
+    pub fn arm64() -> Self {
+        GuestConfig {
+            firmware: Firmware::Arm64,
+            memory_mib: 1024,
+            ..Self::uefi_native_pxe()
+        }
+    }
+
+    /// An ARM64 Secure Boot guest (AAVMF with Microsoft's keys).
+    pub fn arm64_secure_boot() -> Self {
+        GuestConfig {
+            firmware: Firmware::Arm64SecureBoot,
+            ..Self::arm64()
+        }
+    }
+
+    /// An ARM64 guest with PXE turned off: AAVMF's UEFI HTTP Boot client (option 93 =
+    /// 19) boots it.
+    pub fn arm64_http_boot() -> Self {
+        GuestConfig {
+            uefi_http_only: true,
+            ..Self::arm64()
+        }
+    }
 }
 
 /// What the lab initrd printed: the kernel command line the guest booted with.
@@ -143,6 +211,16 @@ impl Marker {
     /// asked for). Everything else is left byte for byte.
     pub fn user_cmdline(&self) -> &str {
         strip_initrd_words(&self.cmdline)
+    }
+
+    /// The command line after the `BOOT_IMAGE=<kernel path>` word GRUB's `linux`
+    /// puts first, and that path; `None` when the command line does not start so.
+    pub fn after_boot_image(&self) -> Option<(&str, &str)> {
+        let rest = self.cmdline.strip_prefix("BOOT_IMAGE=")?;
+        Some(match rest.split_once(' ') {
+            Some((image, args)) => (image, args),
+            None => (rest, ""),
+        })
     }
 
     /// Like [`Marker::user_cmdline`], and also without a first word equal to
@@ -183,6 +261,13 @@ pub fn strip_initrd_words(cmdline: &str) -> &str {
         }
     }
     s
+}
+
+/// Parses the initrd's Secure Boot line: what is between the brackets.
+pub fn parse_secure_boot(line: &str) -> Option<String> {
+    let prefix = crate::assets::SECURE_BOOT_PREFIX;
+    let rest = &line[line.find(prefix)? + prefix.len()..];
+    Some(rest[..rest.rfind(']')?].to_string())
 }
 
 /// Parses a serial line carrying the marker.
@@ -257,13 +342,22 @@ pub(crate) fn qemu_command(
     in_switch_ns: bool,
 ) -> Result<Command> {
     let tmp = lab.tmp_dir();
-    let qemu = program(QEMU_X86_64);
+    let qemu = program(if config.firmware.is_arm64() {
+        QEMU_AARCH64
+    } else {
+        QEMU_X86_64
+    });
     let mut cmd = if in_switch_ns {
         exec_in(&lab.switch_ns(), qemu)
     } else {
         Command::new(qemu)
     };
-    let accel = lab.accel().accel.qemu_name();
+    // An x86 host's KVM cannot run an ARM64 guest.
+    let accel = if config.firmware.is_arm64() {
+        "tcg"
+    } else {
+        lab.accel().accel.qemu_name()
+    };
     cmd.args(["-name", name, "-accel", accel, "-smp", "1"])
         .args(["-m", &config.memory_mib.to_string()])
         .args(["-uuid", uuid])
@@ -287,7 +381,7 @@ pub(crate) fn qemu_command(
             let rom = match (config.ipxe_rom, config.firmware) {
                 (false, _) => "",
                 (true, Firmware::Bios) => PXE_VIRTIO_ROM,
-                (true, Firmware::Uefi) => EFI_VIRTIO_ROM,
+                (true, _) => EFI_VIRTIO_ROM,
             };
             cmd.arg("-device").arg(format!(
                 "virtio-net-pci,netdev=n0,mac={mac},romfile={rom},disable-legacy=on,bootindex=1"
@@ -328,17 +422,38 @@ pub(crate) fn qemu_command(
                 .arg("-fw_cfg")
                 .arg(format!("name=etc/sercon-port,file={}", sercon.display()));
         }
-        Firmware::Uefi => {
-            let vars = tmp.join(format!("{name}-OVMF_VARS.fd"));
-            let template = crate::preflight::ovmf_vars();
-            fs::copy(&template, &vars).map_err(io_err("copy the OVMF variables to", &vars))?;
+        efi => {
+            let (code, template) = match efi {
+                Firmware::UefiSecureBoot => {
+                    (PathBuf::from(OVMF_CODE_MS), PathBuf::from(OVMF_VARS_MS))
+                }
+                Firmware::Arm64 => (PathBuf::from(AAVMF_CODE), PathBuf::from(AAVMF_VARS)),
+                Firmware::Arm64SecureBoot => {
+                    (PathBuf::from(AAVMF_CODE), PathBuf::from(AAVMF_VARS_MS))
+                }
+                _ => (crate::preflight::ovmf_code(), crate::preflight::ovmf_vars()),
+            };
+            let vars = tmp.join(format!("{name}-VARS.fd"));
+            fs::copy(&template, &vars).map_err(io_err("copy the EFI variables to", &vars))?;
             // A read-only template stays read-only in its copy; QEMU writes to it.
             let _ = set_writable(&vars);
-            cmd.args(["-machine", "q35"])
-                .arg("-drive")
+            match efi {
+                Firmware::UefiSecureBoot => {
+                    // The Secure Boot build keeps its variables in SMM-protected flash.
+                    cmd.args(["-machine", "q35,smm=on"])
+                        .args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+                }
+                Firmware::Arm64 | Firmware::Arm64SecureBoot => {
+                    cmd.args(["-machine", "virt", "-cpu", "cortex-a57"]);
+                }
+                _ => {
+                    cmd.args(["-machine", "q35"]);
+                }
+            }
+            cmd.arg("-drive")
                 .arg(format!(
                     "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                    crate::preflight::ovmf_code().display()
+                    code.display()
                 ))
                 .arg("-drive")
                 .arg(format!(
@@ -346,6 +461,7 @@ pub(crate) fn qemu_command(
                     vars.display()
                 ));
             if config.uefi_http_only {
+                // OVMF and AAVMF both read these: only HTTP Boot is left to try.
                 cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no"])
                     .args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"]);
             }
@@ -411,6 +527,16 @@ impl Guest {
         self.wait_for_line(&format!("a serial line with {needle:?}"), timeout, |l| {
             l.text.contains(needle).then(|| l.clone())
         })
+    }
+
+    /// The kernel's Secure Boot line as the lab initrd printed it (see
+    /// [`crate::assets::SECURE_BOOT_PREFIX`]), e.g. `secureboot: Secure boot enabled`,
+    /// if it has printed it by now (it comes just before the marker).
+    pub fn secure_boot_line(&self) -> Option<String> {
+        self.proc
+            .lines()
+            .iter()
+            .find_map(|l| parse_secure_boot(&l.text))
     }
 
     /// Waits for the initrd's marker and returns the command line it reported.

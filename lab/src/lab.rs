@@ -91,6 +91,7 @@ pub struct LabBuilder {
     relayed_segment: bool,
     site_v6: crate::v6::SiteV6,
     ipv4: bool,
+    site_next_server: bool,
     out_dir: Option<PathBuf>,
     needs: Option<Needs>,
     accel: Option<Accel>,
@@ -123,6 +124,15 @@ impl LabBuilder {
     /// them iPXE waits about 16 s for one in its "Configuring" step.
     pub fn router_advertisements(mut self, on: bool) -> Self {
         self.router_advertisements = on;
+        self
+    }
+
+    /// Whether the site DHCP server names ironpxe as next-server (`siaddr`, with no
+    /// boot file) in its answers (default off). Debian's signed GRUB takes its TFTP
+    /// server from there, not from ProxyDHCP, so labs that boot through shim and
+    /// GRUB turn this on, as a real site must.
+    pub fn site_next_server(mut self, on: bool) -> Self {
+        self.site_next_server = on;
         self
     }
 
@@ -276,6 +286,7 @@ impl LabBuilder {
                     self.router_advertisements,
                     self.relayed_segment,
                     self.site_v6,
+                    self.site_next_server,
                 )?;
             }
         }
@@ -390,6 +401,7 @@ impl Lab {
             relayed_segment: false,
             site_v6: crate::v6::SiteV6::RaOnly,
             ipv4: true,
+            site_next_server: false,
             out_dir: None,
             needs: None,
             accel: None,

@@ -30,6 +30,27 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// The QEMU binary for x86_64 guests.
 pub const QEMU_X86_64: &str = "qemu-system-x86_64";
 
+/// OVMF with Secure Boot and Microsoft's keys enrolled (code; needs SMM).
+pub const OVMF_CODE_MS: &str = "/usr/share/OVMF/OVMF_CODE_4M.ms.fd";
+/// The variable store of [`OVMF_CODE_MS`], with Microsoft's keys and Secure Boot on.
+pub const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+
+/// The QEMU binary for ARM64 guests.
+pub const QEMU_AARCH64: &str = "qemu-system-aarch64";
+/// AAVMF, the ARM64 build of EDK2 (code).
+pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+/// AAVMF's variable store, Secure Boot off.
+pub const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
+/// AAVMF's variable store with Microsoft's keys and Secure Boot on.
+pub const AAVMF_VARS_MS: &str = "/usr/share/AAVMF/AAVMF_VARS.ms.fd";
+
+/// Debian's signed shim for x86-64.
+pub const SHIM_X64: &str = "/usr/lib/shim/shimx64.efi.signed";
+/// Debian's signed netboot GRUB for x86-64.
+pub const GRUB_NET_X64: &str = "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed";
+/// The program that builds a GRUB image from modules (the lab's GRUB with http).
+pub const GRUB_MKIMAGE: &str = "grub-mkimage";
+
 /// The OVMF code file in use: `$IRONPXE_LAB_OVMF_CODE`, else [`OVMF_CODE`].
 pub fn ovmf_code() -> PathBuf {
     env_path("IRONPXE_LAB_OVMF_CODE").unwrap_or_else(|| PathBuf::from(OVMF_CODE))
@@ -64,6 +85,15 @@ pub struct Needs {
     pub ipxe_binaries: bool,
     /// The directory the test kernel is cached in.
     pub cache_dir: Option<PathBuf>,
+    /// x86-64 Secure Boot guests: OVMF with Microsoft's keys, Debian's signed shim
+    /// and netboot GRUB.
+    pub secure_boot: bool,
+    /// ARM64 guests: qemu-system-aarch64, AAVMF, and the lab's ARM64 files (kernel,
+    /// busybox, shim, GRUB) in the cache, or apt able to fetch them.
+    pub arm64: bool,
+    /// A GRUB built with the http module for ARM64 UEFI HTTP Boot guests
+    /// (grub-mkimage, and the ARM64 GRUB modules).
+    pub grub_http: bool,
 }
 
 impl Needs {
@@ -78,6 +108,20 @@ impl Needs {
             test_kernel: true,
             ipxe_binaries: true,
             cache_dir: None,
+            secure_boot: false,
+            arm64: false,
+            grub_http: false,
+        }
+    }
+
+    /// [`Needs::everything`] and the shim and GRUB paths: x86-64 Secure Boot and
+    /// ARM64 guests, and the GRUB with http.
+    pub fn with_loaders() -> Self {
+        Needs {
+            secure_boot: true,
+            arm64: true,
+            grub_http: true,
+            ..Self::everything()
         }
     }
 
@@ -91,6 +135,9 @@ impl Needs {
             test_kernel: false,
             ipxe_binaries: false,
             cache_dir: None,
+            secure_boot: false,
+            arm64: false,
+            grub_http: false,
         }
     }
 }
@@ -236,6 +283,68 @@ pub fn check(needs: &Needs) -> Report {
         for fd in [code, vars] {
             need(fd.is_file(), &fd.display().to_string(), Some("ovmf"), None);
         }
+    }
+    if needs.secure_boot {
+        need(
+            qemu.is_some(),
+            &format!("{QEMU_X86_64} in PATH"),
+            Some("qemu-system-x86"),
+            None,
+        );
+        for fd in [OVMF_CODE_MS, OVMF_VARS_MS] {
+            need(Path::new(fd).is_file(), fd, Some("ovmf"), None);
+        }
+        need(
+            Path::new(SHIM_X64).is_file(),
+            SHIM_X64,
+            Some("shim-signed"),
+            None,
+        );
+        need(
+            Path::new(GRUB_NET_X64).is_file(),
+            GRUB_NET_X64,
+            Some("grub-efi-amd64-signed"),
+            None,
+        );
+    }
+    if needs.arm64 {
+        need(
+            find_program(QEMU_AARCH64).is_some(),
+            &format!("{QEMU_AARCH64} in PATH"),
+            Some("qemu-system-arm"),
+            None,
+        );
+        for fd in [AAVMF_CODE, AAVMF_VARS, AAVMF_VARS_MS] {
+            need(Path::new(fd).is_file(), fd, Some("qemu-efi-aarch64"), None);
+        }
+        let cache = needs
+            .cache_dir
+            .clone()
+            .unwrap_or_else(crate::assets::cache_dir);
+        if !crate::assets::arm64_is_cached_in(&cache) {
+            need(
+                crate::assets::apt_has_arm64(),
+                &format!(
+                    "the lab's ARM64 packages in {} ({})",
+                    cache.display(),
+                    crate::assets::ARM64_PACKAGES.join(", ")
+                ),
+                None,
+                Some(
+                    "run scripts/setup-debian, which adds the arm64 architecture to apt \
+                     (dpkg --add-architecture arm64 && apt-get update) and unpacks them \
+                     into the cache; nothing arm64 is installed on the host",
+                ),
+            );
+        }
+    }
+    if needs.grub_http {
+        need(
+            find_program(GRUB_MKIMAGE).is_some(),
+            &format!("{GRUB_MKIMAGE} in PATH"),
+            Some("grub-common"),
+            None,
+        );
     }
     if needs.ipxe_binaries {
         let dir = std::env::var_os("IRONPXE_IPXE_DIR").filter(|d| !d.is_empty());

@@ -1,6 +1,9 @@
 //! The site DHCP server: dnsmasq in the site namespace, handing out addresses (and
 //! IPv6 router advertisements) the way a site's own DHCP server does next to
-//! ironpxe. It never sends boot options; ironpxe's ProxyDHCP does that.
+//! ironpxe. It never sends boot options; ironpxe's ProxyDHCP does that. With
+//! [`crate::LabBuilder::site_next_server`] it names ironpxe as next-server (no boot
+//! file), as a site must for Debian's signed GRUB, which takes its TFTP server from
+//! the site's DHCPACK.
 
 use std::fs;
 use std::net::Ipv4Addr;
@@ -19,6 +22,7 @@ impl Lab {
         ra: bool,
         relayed: bool,
         v6: crate::v6::SiteV6,
+        next_server: bool,
     ) -> Result<()> {
         let (lo, hi) = self.dhcp_range();
         let leases = self.tmp_dir().join("site-dnsmasq.leases");
@@ -27,6 +31,10 @@ impl Lab {
             cmd.arg(format!("--dhcp-range={lo},{hi},255.255.255.0,1h"));
         }
         cmd.arg(format!("--dhcp-leasefile={}", leases.display()));
+        if next_server {
+            // siaddr = ironpxe, no boot file: what a site serving signed GRUB sets.
+            cmd.arg(format!("--dhcp-boot=,,{}", self.pxe_addr()));
+        }
         if relayed {
             let far = crate::segments::segment_prefix(1, self.subnet());
             cmd.arg(format!(

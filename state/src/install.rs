@@ -305,6 +305,7 @@ mod tests {
             initrds: vec![],
             cmdline: String::new(),
             message: None,
+            loader: Default::default(),
         }
     }
 

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use ironpxe_core::loader::{is_optional_probe, loader_step, GrubPath, LoaderStep};
 use ironpxe_core::MacAddr;
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +28,8 @@ pub enum Phase {
     Kernel,
     /// Fetching initrds.
     Initrd,
-    /// iPXE called `/_/booting` and started the kernel: done, as far as we can see.
+    /// iPXE called `/_/booting` and started the kernel, or GRUB received the last
+    /// byte of its last file: done, as far as we can see.
     Booted,
     /// A transfer failed; the machine may retry.
     Failed,
@@ -242,7 +244,8 @@ impl Machine {
                 if restarted {
                     self.start_boot(t, &mut out);
                 }
-                if rec.text("path").as_deref() == Some("tftp") {
+                // TFTP boot files: iPXE's, or the first of the shim or GRUB chain.
+                if matches!(rec.text("path").as_deref(), Some("tftp" | "shim" | "grub")) {
                     // Over IPv6 the boot file is a URL (`tftp://[addr]/name`); TFTP
                     // requests name only the file.
                     self.tftp_offer = rec.text("boot").map(|b| {
@@ -264,8 +267,47 @@ impl Machine {
                 self.reason = rec.text("reason");
                 self.enter(Phase::Ignored, t, 0, &mut out);
             }
-            "tftp.start" => self.enter(Phase::Chainloading, t, 20, &mut out),
-            "tftp.done" => self.enter(Phase::Chainloaded, t, 30, &mut out),
+            "tftp.start" | "http.grub" => {
+                if rec.event == "http.grub" {
+                    self.set_ip(&rec);
+                }
+                match rec.text("file").as_deref().and_then(loader_step) {
+                    // GRUB's configuration is its script.
+                    Some(LoaderStep::Config) => self.enter(Phase::Script, t, 40, &mut out),
+                    Some(LoaderStep::File(step)) if step.kind() == "kernel" => {
+                        self.enter(Phase::Kernel, t, 45, &mut out)
+                    }
+                    Some(LoaderStep::File(_)) => {
+                        let p = self.initrd_progress(false);
+                        self.enter(Phase::Initrd, t, p, &mut out);
+                    }
+                    // iPXE, shim or GRUB itself.
+                    Some(LoaderStep::Binary(_)) | None => {
+                        self.enter(Phase::Chainloading, t, 20, &mut out)
+                    }
+                }
+                if rec.event == "http.grub" {
+                    self.loader_file_done(&rec);
+                }
+            }
+            "tftp.done" => match rec.text("file").as_deref().and_then(loader_step) {
+                Some(LoaderStep::Config) => {}
+                Some(LoaderStep::File(_)) => self.loader_file_done(&rec),
+                Some(LoaderStep::Binary(_)) | None => {
+                    self.enter(Phase::Chainloaded, t, 30, &mut out)
+                }
+            },
+            // shim and GRUB ask for files they do without on every boot.
+            "tftp.failed" if rec.text("file").as_deref().is_some_and(is_optional_probe) => {}
+            // GRUB boots the kernel once it has the last byte; the ACK of that byte can
+            // be lost as the machine leaves its firmware, and the transfer then fails.
+            "tftp.failed"
+                if self.state == Some(Phase::Booted)
+                    && rec
+                        .text("file")
+                        .as_deref()
+                        .and_then(GrubPath::parse)
+                        .is_some() => {}
             "tftp.failed" | "http.file.failed" => {
                 self.reason = rec.text("reason");
                 self.enter(Phase::Failed, t, 0, &mut out);
@@ -301,7 +343,7 @@ impl Machine {
                 };
                 self.progress = self.progress.max(p);
             }
-            "http.booting" => {
+            "http.booting" | "grub.booting" => {
                 self.set_ip(&rec);
                 self.enter(Phase::Booted, t, 100, &mut out);
                 self.boots += 1;
@@ -321,6 +363,25 @@ impl Machine {
             self.events.pop_front();
         }
         out
+    }
+
+    /// A kernel or initrd sent to GRUB: counted like an HTTP download.
+    fn loader_file_done(&mut self, rec: &Record) {
+        let Some(GrubPath::File { id, step, .. }) =
+            rec.text("file").as_deref().and_then(GrubPath::parse)
+        else {
+            return;
+        };
+        let id = id.to_string();
+        if !self.files_done.contains(&id) {
+            self.files_done.push(id);
+        }
+        let p = if step.kind() == "kernel" {
+            70
+        } else {
+            self.initrd_progress(true)
+        };
+        self.progress = self.progress.max(p);
     }
 
     fn set_ip(&mut self, rec: &Record) {

@@ -338,7 +338,7 @@ impl Metrics {
                     .get_or_create(&KindLabels { kind: kind() })
                     .inc_by(r.number("bytes").unwrap_or(0));
             }
-            "http.booting" => {
+            "http.booting" | "grub.booting" => {
                 self.boots.inc();
             }
             _ => {}

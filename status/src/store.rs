@@ -5,6 +5,9 @@
 //! only have the client's address, so [`Store::ingest`] attributes them, most sound
 //! first:
 //!
+//! 0. a TFTP transfer of a GRUB path that names its machine (a configuration, kernel
+//!    or initrd of `grub/m/<mac>/...`) belongs to that machine, and teaches the
+//!    store its address;
 //! 1. a TFTP transfer's later events go where its `tftp.start` went (same peer
 //!    address and port);
 //! 2. the IP address a machine used for its script or boot callback (or its 4011
@@ -32,6 +35,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
+use ironpxe_core::loader::GrubPath;
 use ironpxe_core::{BootSpec, MacAddr};
 use serde::{Deserialize, Serialize};
 
@@ -326,15 +330,28 @@ impl Store {
         let t = rec.t_ms;
         let peer = rec.str("peer").map(str::to_owned);
         let ip = peer.as_deref().and_then(peer_ip);
-        let named = rec.str("mac").and_then(|m| m.parse::<MacAddr>().ok());
         let is_client_event = rec.event.starts_with("tftp.") || rec.event.starts_with("http.");
+        // A TFTP path of GRUB's that names the machine is as good as a MAC field, and
+        // comes from the machine's own address.
+        let grub_mac = rec
+            .event
+            .starts_with("tftp.")
+            .then(|| rec.str("file"))
+            .flatten()
+            .and_then(GrubPath::parse)
+            .and_then(|p| p.mac());
+        let named = rec
+            .str("mac")
+            .and_then(|m| m.parse::<MacAddr>().ok())
+            .or(grub_mac);
 
         let mut out = Vec::new();
         let mac = match named {
             Some(mac) => {
                 // Only these come from the client's own address; a DISCOVER comes
                 // from 0.0.0.0 or a relay.
-                let from_client = rec.event.starts_with("http.") || rec.event == "dhcp.ack";
+                let from_client =
+                    rec.event.starts_with("http.") || rec.event == "dhcp.ack" || grub_mac.is_some();
                 if let (Some(ip), true) = (ip, from_client) {
                     self.learn_ip(ip, mac, t, &mut out);
                 }

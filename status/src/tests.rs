@@ -23,6 +23,7 @@ fn spec() -> BootSpec {
         ],
         cmdline: String::new(),
         message: None,
+        loader: Default::default(),
     }
 }
 
@@ -1034,4 +1035,123 @@ fn active_transfer_gauges_follow_starts_and_ends() {
     // An end seen twice counts once.
     st.record(http("http.file.done", "10.0.0.5:40000", "k1"));
     assert_eq!(active(&st), (0, 0));
+}
+
+/// The TFTP events of one shim and GRUB boot, 100 ms apart, from `ip`.
+fn grub_boot(t: u64, m: &str, ip: &str, spec: &BootSpec) -> Vec<Record> {
+    use ironpxe_core::loader::{GrubPath, GrubStep};
+    let mac: MacAddr = m.parse().unwrap();
+    let n = spec.initrds.len();
+    let mut files = vec![GrubPath::File {
+        mac,
+        step: GrubStep::Kernel { initrds: n },
+        id: spec.kernel.id(),
+        name: "vmlinuz".into(),
+    }
+    .to_path()];
+    for (i, f) in spec.initrds.iter().enumerate() {
+        files.push(
+            GrubPath::File {
+                mac,
+                step: GrubStep::Initrd {
+                    index: i + 1,
+                    of: n,
+                },
+                id: f.id(),
+                name: format!("initrd{i}"),
+            }
+            .to_path(),
+        );
+    }
+    let cfg = GrubPath::Machine {
+        mac,
+        cpu: ironpxe_core::EfiCpu::X64,
+    }
+    .to_path();
+    let mut out = vec![offer(t, m, "shim", "shimx64.efi")];
+    let mut t = t;
+    let mut tftp = |ev: &str, file: &str, port: u16| {
+        t += 100;
+        let r = with_peer(Record::new(t, ev), &format!("{ip}:{port}")).with("file", file);
+        match ev {
+            "tftp.done" => r.with("bytes", 1000u64).with("duration_ms", 100u64),
+            "tftp.failed" => r.with("reason", "file not found"),
+            _ => r,
+        }
+    };
+    out.push(tftp("tftp.start", "shimx64.efi", 1001));
+    out.push(tftp("tftp.done", "shimx64.efi", 1001));
+    out.push(tftp("tftp.failed", "revocations_sbat.efi", 1002));
+    out.push(tftp("tftp.start", "grubx64.efi", 1003));
+    out.push(tftp("tftp.done", "grubx64.efi", 1003));
+    out.push(tftp("tftp.start", "grub/grub.cfg", 1004));
+    out.push(tftp("tftp.done", "grub/grub.cfg", 1004));
+    out.push(tftp("tftp.start", &cfg, 1005));
+    out.push(tftp("tftp.done", &cfg, 1005));
+    let n_files = files.len();
+    for (i, f) in files.iter().enumerate() {
+        let port = 1006 + i as u16;
+        out.push(tftp("tftp.start", f, port));
+        out.push(tftp("tftp.sent", f, port));
+        if i + 1 < n_files {
+            out.push(tftp("tftp.done", f, port));
+        }
+    }
+    let last = files.last().unwrap().clone();
+    let last_port = 1006 + n_files as u16 - 1;
+    out.push(with_peer(
+        Record::new(t + 1, "grub.booting")
+            .with("mac", m)
+            .with("file", last.as_str()),
+        &format!("{ip}:{last_port}"),
+    ));
+    // The machine booted before it acknowledged the last block: that transfer then
+    // fails, which does not undo the boot.
+    t += 1000;
+    out.push(
+        with_peer(Record::new(t, "tftp.failed"), &format!("{ip}:{last_port}"))
+            .with("file", last.as_str())
+            .with("reason", "no acknowledgement after 10 retransmissions"),
+    );
+    out
+}
+
+#[test]
+fn a_shim_and_grub_boot_reaches_booted_at_its_last_tftp_byte() {
+    let st = status();
+    let s = spec();
+    st.store().expect(mac(MAC), &s, T0);
+    for r in grub_boot(T0, MAC, "10.0.0.60", &s) {
+        st.record(r);
+    }
+    let store = st.store();
+    let m = store.machine(&mac(MAC)).unwrap();
+    assert_eq!(m.state, Some(Phase::Booted));
+    assert_eq!(m.progress, 100);
+    assert_eq!(m.boots, 1);
+    assert_eq!(m.reason, None, "shim's optional probe is not a failure");
+    // Every event found the machine: the binaries by the offer, the probe by the
+    // address GRUB's paths taught, the GRUB files by their paths.
+    assert_eq!(store.unattributed().count(), 0);
+    assert_eq!(m.ip.as_deref(), Some("10.0.0.60"));
+    let phases: Vec<Phase> = m.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(
+        phases,
+        [
+            Phase::Offered,
+            Phase::Chainloading,
+            Phase::Chainloaded,
+            Phase::Chainloading,
+            Phase::Chainloaded,
+            Phase::Script,
+            Phase::Kernel,
+            Phase::Initrd,
+            Phase::Booted,
+        ]
+    );
+    assert_eq!(
+        m.files_done.len(),
+        2,
+        "the last file was sent, not acknowledged"
+    );
 }

@@ -321,6 +321,7 @@ async fn run_transfer(
     let mut armed = t.poll_timeout().unwrap_or(started);
     let timer = tokio::time::sleep_until(armed.into());
     tokio::pin!(timer);
+    let mut all_sent = false;
     loop {
         // Data from memory or the page cache is read here at once; a read that has
         // to wait for the disk goes to the blocking pool, and the transfer goes on
@@ -348,6 +349,14 @@ async fn run_transfer(
             if let Err(e) = sock.send_to(&pkt, peer).await {
                 tracing::debug!(error = %e, "tftp send failed");
             }
+        }
+        if !all_sent && t.all_sent() {
+            all_sent = true;
+            emit(BootEvent::TftpSent {
+                file: file.to_string(),
+                peer,
+                bytes: t.size().unwrap_or_default(),
+            });
         }
         if t.is_finished() {
             break;

@@ -433,6 +433,15 @@ impl Transfer {
         self.windowsize * self.blksize as u64 + 3 * self.read_chunk as u64
     }
 
+    /// True once every data block, the last one included, has been handed out by
+    /// [`Transfer::poll_transmit`] at least once: the client may have the whole file,
+    /// even if its last ACK never arrives (a client that boots what it loaded may
+    /// stop its network before that ACK leaves).
+    pub fn all_sent(&self) -> bool {
+        self.total_blocks
+            .is_some_and(|total| self.highest_sent >= total)
+    }
+
     /// True once nothing is left to send and the transfer is over.
     pub fn is_finished(&self) -> bool {
         self.state == State::Done && self.error_queued.is_none()
@@ -853,6 +862,32 @@ mod tests {
                 retransmits: 0
             })
         );
+    }
+
+    #[test]
+    fn all_sent_once_the_last_block_went_out_before_its_ack() {
+        let t0 = Instant::now();
+        let mut t = start(
+            t0,
+            &req(Options::default()),
+            file(1024),
+            &TftpConfig::default(),
+        );
+        // 1024 bytes in 512-byte blocks: two full blocks and an empty last one.
+        for b in 1..=2u16 {
+            assert_eq!(blocks(&drain(&mut t)), [b]);
+            assert!(!t.all_sent());
+            t.handle(t0, &ack(b));
+        }
+        assert_eq!(blocks(&drain(&mut t)), [3]);
+        assert!(t.all_sent() && !t.is_finished());
+        // The last ACK never comes: the transfer fails, but every byte went out.
+        for i in 1..=20u64 {
+            t.handle_timeout(t0 + Duration::from_secs(10 * i));
+            let _ = drain(&mut t);
+        }
+        assert!(matches!(t.outcome(), Some(Outcome::Failed { .. })));
+        assert!(t.all_sent());
     }
 
     #[test]

@@ -18,6 +18,7 @@ fn netboot(cmdline: &str) -> BootDecision {
         initrds: vec![],
         cmdline: cmdline.into(),
         message: None,
+        loader: Default::default(),
     }))
 }
 

@@ -436,3 +436,104 @@ fn server_tftp_per_address() {
         ["/etc/ironpxe/test.toml:2: server.tftp_per_address: must be at least 1"]
     );
 }
+
+/// Knows one loader binary set: a shim and GRUB for x64 only, unless `[loaders]`
+/// names more.
+struct LoaderChecks;
+
+impl Checks for LoaderChecks {
+    fn loader(&self, loader: Loader, paths: &LoaderPaths) -> Result<(), String> {
+        let has = |b: LoaderBinary| b == LoaderBinary::GrubX64 || paths.get(b).is_some();
+        let ok = match loader {
+            Loader::Shim => has(LoaderBinary::ShimX64) || has(LoaderBinary::ShimArm64),
+            _ => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("loader {loader:?}: no shim binary found"))
+        }
+    }
+}
+
+#[test]
+fn loaders_per_profile_and_machine() {
+    let text = r#"
+[loaders]
+grub_arm64 = "efi/grubaa64-http.efi"
+
+[profiles.sb]
+kernel = "/srv/bzImage"
+loader = "shim"
+
+[profiles.plain]
+kernel = "/srv/bzImage"
+
+[[machines]]
+mac = "52:54:00:00:00:01"
+profile = "sb"
+
+[[machines]]
+mac = "52:54:00:00:00:02"
+profile = "sb"
+loader = "ipxe"
+
+[[machines]]
+mac = "52:54:00:00:00:03"
+profile = "plain"
+loader = "grub"
+
+[[machines]]
+mac = "52:54:00:00:00:04"
+profile = "plain"
+"#;
+    // Every loader is there for Fake (no `loader` check).
+    let c = parse(text).unwrap();
+    assert_eq!(spec_of(&c.booter, mac(1)).loader, Loader::Shim);
+    assert_eq!(spec_of(&c.booter, mac(2)).loader, Loader::Ipxe);
+    assert_eq!(spec_of(&c.booter, mac(3)).loader, Loader::Grub);
+    assert_eq!(spec_of(&c.booter, mac(4)).loader, Loader::Ipxe);
+    assert_eq!(c.loaders_used, [Loader::Shim, Loader::Grub]);
+    assert_eq!(
+        c.loaders.get(LoaderBinary::GrubArm64),
+        Some(&PathBuf::from("/etc/ironpxe/efi/grubaa64-http.efi"))
+    );
+    assert_eq!(c.loaders.get(LoaderBinary::ShimX64), None);
+}
+
+#[test]
+fn loader_problems_name_the_line_and_key() {
+    let text = r#"
+[loaders]
+shim_x86 = "/srv/shim.efi"
+grub_x64 = "/srv/missing/grubx64.efi"
+
+[profiles.sb]
+kernel = "/srv/bzImage"
+loader = "Shim"
+
+[[machines]]
+mac = "52:54:00:00:00:01"
+profile = "sb"
+loader = "pxelinux"
+"#;
+    assert_eq!(
+        lines(parse(text).unwrap_err()),
+        [
+            "/etc/ironpxe/test.toml:3: loaders.shim_x86: unknown key, expected one of shim_x64, grub_x64, shim_arm64, grub_arm64",
+            "/etc/ironpxe/test.toml:4: loaders.grub_x64: grub-x64 binary /srv/missing/grubx64.efi: no such file",
+            "/etc/ironpxe/test.toml:8: profiles.sb.loader: unknown loader \"Shim\": expected \"ipxe\", \"grub\" or \"shim\"",
+            "/etc/ironpxe/test.toml:13: machines[0].loader: unknown loader \"pxelinux\": expected \"ipxe\", \"grub\" or \"shim\"",
+        ]
+    );
+    // A loader this server cannot give is a problem at its `loader` key.
+    let text = "[profiles.sb]\nkernel = \"/k\"\nloader = \"shim\"\n\n[profiles.g]\nkernel = \"/k\"\nloader = \"grub\"\n";
+    let e = Config::parse(text, Path::new("/etc/ironpxe/test.toml"), &LoaderChecks).unwrap_err();
+    assert_eq!(
+        lines(e),
+        ["/etc/ironpxe/test.toml:3: profiles.sb.loader: loader Shim: no shim binary found"]
+    );
+    // ... and none once `[loaders]` names one.
+    let text = format!("[loaders]\nshim_arm64 = \"/srv/shimaa64.efi\"\n{text}");
+    assert!(Config::parse(&text, Path::new("/etc/ironpxe/test.toml"), &LoaderChecks).is_ok());
+}
