@@ -35,12 +35,16 @@ impl MacAddr {
 
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        // Written into one buffer and handed over at once: MACs are formatted for
+        // every logged and recorded DHCP packet.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b':'; 17];
+        for (i, b) in self.0.iter().enumerate() {
+            out[i * 3] = HEX[usize::from(b >> 4)];
+            out[i * 3 + 1] = HEX[usize::from(b & 0xf)];
+        }
+        // Only ASCII hex digits and colons were written.
+        f.pad(std::str::from_utf8(&out).unwrap_or_default())
     }
 }
 
@@ -97,6 +101,11 @@ mod tests {
         let b: MacAddr = "52-54-00-ab-CD-01".parse().unwrap();
         assert_eq!(a, b);
         assert_eq!(a.to_string(), "52:54:00:ab:cd:01");
+        assert_eq!(
+            MacAddr([0, 0x0f, 0xf0, 0xff, 1, 0x10]).to_string(),
+            "00:0f:f0:ff:01:10"
+        );
+        assert_eq!(format!("{:>18}|", a), " 52:54:00:ab:cd:01|");
         assert_eq!(a.to_string().parse::<MacAddr>().unwrap(), a);
     }
 

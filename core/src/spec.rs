@@ -76,9 +76,11 @@ impl FileRef {
         h.update(b"ironpxe-file-v1\0");
         h.update(self.to_string().as_bytes());
         let digest = h.finalize();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut s = String::with_capacity(32);
         for b in &digest[..16] {
-            s.push_str(&format!("{b:02x}"));
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 0xf)]));
         }
         FileId(s)
     }

@@ -1,14 +1,17 @@
 //! DHCPv4 decode → classify/decide → encode → decode, with a fixed configuration and
-//! booter. Never panics; a reply never assigns an address and never answers a client
-//! that is not PXE or HTTP Boot firmware; what is sent decodes back to what was
-//! decided.
+//! two booters: one whose machines boot through iPXE, one through shim and GRUB.
+//! Never panics; a reply never assigns an address and never answers a client that
+//! is not PXE or HTTP Boot firmware; what is sent decodes back to what was decided;
+//! a shim or GRUB binary goes only to a machine whose loader asks for it.
 #![no_main]
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Once, OnceLock};
 use std::time::Instant;
 
-use ironpxe_core::{BootSpec, FileRef, IpxeRole, StaticBooter};
+use ironpxe_core::{
+    BootSpec, EfiCpu, FileRef, IpxeRole, Loader, LoaderBinary, LoaderSet, StaticBooter,
+};
 use ironpxe_dhcp::dhcproto::v4::{DhcpOption, MessageType, Opcode, OptionCode};
 use ironpxe_dhcp::dhcproto::Encodable;
 use ironpxe_dhcp::{
@@ -21,7 +24,18 @@ const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 
 struct Fixed {
     cfg: ProxyConfig,
-    booter: StaticBooter,
+    ipxe: StaticBooter,
+    shim: StaticBooter,
+}
+
+fn booter(loader: Loader) -> StaticBooter {
+    StaticBooter::new(BootSpec {
+        kernel: FileRef::parse("/srv/vmlinuz").unwrap(),
+        initrds: vec![],
+        cmdline: "console=ttyS0".into(),
+        message: None,
+        loader,
+    })
 }
 
 fn fixed() -> &'static Fixed {
@@ -34,15 +48,16 @@ fn fixed() -> &'static Fixed {
                 .with(IpxeRole::Efi64, "ipxe.efi")
                 .with(IpxeRole::Snponly, "snponly.efi")
                 .with(IpxeRole::Ipxe, "ipxe.pxe"),
+            loaders: LoaderSet::default()
+                .with(LoaderBinary::ShimX64)
+                .with(LoaderBinary::GrubX64)
+                .with(LoaderBinary::ShimArm64)
+                .with(LoaderBinary::GrubArm64)
+                .with_grub_http(EfiCpu::Arm64),
             ..ProxyConfig::default()
         },
-        booter: StaticBooter::new(BootSpec {
-            kernel: FileRef::parse("/srv/vmlinuz").unwrap(),
-            initrds: vec![],
-            cmdline: "console=ttyS0".into(),
-            message: None,
-            loader: Default::default(),
-        }),
+        ipxe: booter(Loader::Ipxe),
+        shim: booter(Loader::Shim),
     })
 }
 
@@ -73,7 +88,13 @@ fuzz_target!(|data: &[u8]| {
     };
     let f = fixed();
     let now = Instant::now();
-    for port in [ServerPort::Dhcp, ServerPort::Pxe] {
+    for (port, booter) in [
+        (ServerPort::Dhcp, &f.ipxe),
+        (ServerPort::Pxe, &f.ipxe),
+        (ServerPort::Dhcp, &f.shim),
+        (ServerPort::Pxe, &f.shim),
+    ] {
+        let shim_machine = std::ptr::eq(booter, &f.shim);
         let meta = RecvMeta {
             local_ip: SERVER,
             ifindex: 2,
@@ -81,7 +102,7 @@ fuzz_target!(|data: &[u8]| {
             src: SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 150), 68),
         };
         let mut memory = ChainloadMemory::default();
-        let Ok(reply) = decide(&f.cfg, &f.booter, &msg, &meta, now, &mut memory) else {
+        let Ok(reply) = decide(&f.cfg, booter, &msg, &meta, now, &mut memory) else {
             continue;
         };
         // Only PXE and HTTP Boot firmware is answered: a BOOTREQUEST from an
@@ -147,6 +168,16 @@ fuzz_target!(|data: &[u8]| {
             BootPath::Chainload { file } => assert!(!file.is_empty()),
             BootPath::Script { url } | BootPath::HttpBoot { url } => {
                 assert!(url.starts_with("http://10.77.0.2:8080/"), "{url}")
+            }
+            BootPath::Loader { loader, file } => {
+                assert!(shim_machine, "an iPXE machine was handed {file}");
+                assert_eq!(*loader, Loader::Shim);
+                assert!(file.starts_with("shim"), "{file}");
+            }
+            BootPath::LoaderHttp { loader, url } => {
+                assert!(shim_machine, "an iPXE machine was handed {url}");
+                assert_eq!(*loader, Loader::Shim);
+                assert!(url.starts_with("http://10.77.0.2:8080/_/bin/"), "{url}")
             }
         }
         // Relayed requests go back to the relay, others are broadcast (67) or

@@ -32,8 +32,10 @@ pub mod http;
 pub mod image;
 pub mod render;
 
-#[cfg(test)]
-mod sim;
+/// A model of GRUB's script lexer and `linux` for checking rendered configurations;
+/// the unit tests and the `grub_config` fuzz target use it (feature `sim`).
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 #[cfg(test)]
 mod tests;
 

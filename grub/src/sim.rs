@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 /// What running a configuration did.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Run {
+pub struct Run {
     /// Lines printed by `echo`.
     pub echoes: Vec<String>,
     /// Files passed to `source`.
@@ -26,10 +26,7 @@ pub(crate) struct Run {
 
 /// Splits a script into commands, each a list of expanded words. Errors on what the
 /// renderer must never write: unbalanced quotes, unquoted `{ } | & < >`.
-pub(crate) fn commands(
-    script: &str,
-    vars: &HashMap<String, String>,
-) -> Result<Vec<Vec<String>>, String> {
+pub fn commands(script: &str, vars: &HashMap<String, String>) -> Result<Vec<Vec<String>>, String> {
     let mut cmds = Vec::new();
     let mut words: Vec<String> = Vec::new();
     let mut word: Option<String> = None;
@@ -151,7 +148,7 @@ fn variable(s: &[char], vars: &HashMap<String, String>) -> Result<(String, usize
 }
 
 /// `grub_create_loader_cmdline` with GRUB's `BOOT_IMAGE=` word first.
-pub(crate) fn kernel_cmdline(file: &str, args: &[String]) -> String {
+pub fn kernel_cmdline(file: &str, args: &[String]) -> String {
     let mut all = vec![file.to_string()];
     all.extend(args.iter().cloned());
     let mut out = String::from("BOOT_IMAGE=");
@@ -178,7 +175,7 @@ pub(crate) fn kernel_cmdline(file: &str, args: &[String]) -> String {
 
 /// Runs a configuration along its success path: `if` conditions succeed, a `for`
 /// loop runs its first round, `boot` ends the run.
-pub(crate) fn run(script: &str, vars: &[(&str, &str)]) -> Result<Run, String> {
+pub fn run(script: &str, vars: &[(&str, &str)]) -> Result<Run, String> {
     let mut vars: HashMap<String, String> = vars
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

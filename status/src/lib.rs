@@ -39,13 +39,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ironpxe_core::{BootDecision, Booter, ClientArch, FileId, FileRef, MacAddr};
+use ironpxe_core::{BootDecision, BootSpec, Booter, ClientArch, FileId, FileRef, MacAddr};
 use ironpxe_core::{BootEvent, EventSink};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 pub use install::InstallApi;
-pub use machine::{Machine, Phase, PhaseSpan};
+pub use machine::{Expected, Machine, Phase, PhaseSpan};
 pub use record::{Record, EVENT_TARGET};
 pub use store::{Neighbors, NoNeighbors, Page, ProcNetArp, Store, StoreConfig};
 pub use web::{LogQuery, PageQuery, DEFAULT_LOG_PAGE, DEFAULT_PAGE, MAX_LOG_PAGE, MAX_PAGE};
@@ -198,6 +198,7 @@ impl Status {
         Arc::new(ObservedBooter {
             inner: booter,
             status: self.clone(),
+            ids: Default::default(),
         })
     }
 
@@ -459,13 +460,37 @@ impl EventSink for Status {
 struct ObservedBooter {
     inner: Arc<dyn Booter>,
     status: Status,
+    /// The file ids of the specs decided lately, by spec: a spec's ids are hashes of
+    /// its file names, computed once per spec rather than once per DHCP packet.
+    /// Each entry holds its spec, so an address is never reused while cached.
+    ids: std::sync::Mutex<Vec<(Arc<BootSpec>, Arc<Expected>)>>,
+}
+
+/// Specs whose file ids [`ObservedBooter`] keeps; a booter with more distinct specs
+/// in rotation computes the rest each time.
+const CACHED_SPECS: usize = 64;
+
+impl ObservedBooter {
+    fn expected(&self, spec: &Arc<BootSpec>) -> Arc<Expected> {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, e)) = ids.iter().find(|(s, _)| Arc::ptr_eq(s, spec)) {
+            return e.clone();
+        }
+        let e = Arc::new(Expected::of(spec));
+        if ids.len() >= CACHED_SPECS {
+            ids.remove(0);
+        }
+        ids.push((spec.clone(), e.clone()));
+        e
+    }
 }
 
 impl Booter for ObservedBooter {
     fn decide(&self, mac: MacAddr, arch: ClientArch, wait: std::time::Duration) -> BootDecision {
         let d = self.inner.decide(mac, arch, wait);
         if let BootDecision::Netboot(spec) = &d {
-            self.status.store().expect(mac, spec, now_ms());
+            let expected = self.expected(spec);
+            self.status.store().expect_files(mac, &expected, now_ms());
         }
         d
     }

@@ -92,6 +92,16 @@ pub struct Expected {
     pub initrds: Vec<String>,
 }
 
+impl Expected {
+    /// The file ids of `spec`'s kernel and initrds.
+    pub fn of(spec: &ironpxe_core::BootSpec) -> Expected {
+        Expected {
+            kernel: spec.kernel.id().to_string(),
+            initrds: spec.initrds.iter().map(|f| f.id().to_string()).collect(),
+        }
+    }
+}
+
 /// What [`Machine::apply`] changed, for metrics.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Applied {

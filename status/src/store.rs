@@ -304,22 +304,33 @@ impl Store {
     /// Notes what the booter chose for `mac`, so HTTP file events can be told apart
     /// as kernel or initrd and progress can count initrds.
     pub fn expect(&mut self, mac: MacAddr, spec: &BootSpec, t_ms: u64) {
-        let expected = Expected {
-            kernel: spec.kernel.id().to_string(),
-            initrds: spec.initrds.iter().map(|f| f.id().to_string()).collect(),
-        };
-        if self.data.kinds.len() > MAX_HINTS {
-            self.data.kinds.clear();
-        }
-        self.data
-            .kinds
-            .insert(expected.kernel.clone(), "kernel".into());
-        for i in &expected.initrds {
-            self.data.kinds.insert(i.clone(), "initrd".into());
+        self.expect_files(mac, &Expected::of(spec), t_ms);
+    }
+
+    /// [`Store::expect`] with the spec's file ids already computed (the booter
+    /// computes them once per spec, not once per DHCP packet).
+    pub fn expect_files(&mut self, mac: MacAddr, expected: &Expected, t_ms: u64) {
+        // The kind hints are written only when they are missing, so a machine that
+        // asks again costs lookups, not allocations.
+        if !self.data.kinds.contains_key(&expected.kernel)
+            || expected
+                .initrds
+                .iter()
+                .any(|i| !self.data.kinds.contains_key(i))
+        {
+            if self.data.kinds.len() > MAX_HINTS {
+                self.data.kinds.clear();
+            }
+            self.data
+                .kinds
+                .insert(expected.kernel.clone(), "kernel".into());
+            for i in &expected.initrds {
+                self.data.kinds.insert(i.clone(), "initrd".into());
+            }
         }
         let m = self.machine_mut(mac, t_ms);
-        if m.expected.as_ref() != Some(&expected) {
-            m.expected = Some(expected);
+        if m.expected.as_ref() != Some(expected) {
+            m.expected = Some(expected.clone());
         }
     }
 

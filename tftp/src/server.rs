@@ -321,7 +321,13 @@ async fn run_transfer(
     let mut armed = t.poll_timeout().unwrap_or(started);
     let timer = tokio::time::sleep_until(armed.into());
     tokio::pin!(timer);
-    let mut all_sent = false;
+    // "Every byte sent" matters only for GRUB's kernels and initrds (the last one
+    // marks the machine's boot, since GRUB cannot call back); other transfers skip
+    // the event.
+    let mut all_sent = !matches!(
+        ironpxe_core::loader::GrubPath::parse(&file),
+        Some(ironpxe_core::loader::GrubPath::File { .. })
+    );
     loop {
         // Data from memory or the page cache is read here at once; a read that has
         // to wait for the disk goes to the blocking pool, and the transfer goes on
