@@ -363,11 +363,17 @@ fn check_refusal(e: &ScriptError, input: &Input, cmdline: &str) {
 fuzz_target!(|data: &[u8]| {
     let Some(input) = decode(data) else { return };
     // A booter's command line may name served files (`\0<id>\0` markers), which
-    // become this machine's file URLs; any other NUL must be refused.
+    // become this machine's file URLs, and the install-done URL (`\0done\0`), which
+    // becomes this machine's `installed` URL; any other NUL must be refused.
     let urls = BootUrls::from_base(BASE).unwrap();
     let file_url = |id: &ironpxe_core::FileId| urls.file(MAC, input.arch, id);
-    let cmdline = ironpxe_core::template::render_cmdline(&input.spec.cmdline, &file_url)
-        .expect("markers always expand");
+    let done_url = format!("{BASE}/api/v1/machines/{MAC}/installed");
+    let cmdline = ironpxe_core::template::render_cmdline_with(
+        &input.spec.cmdline,
+        &file_url,
+        Some(&done_url),
+    )
+    .expect("markers always expand");
     let p = BootScript {
         base_url: BASE,
         mac: MAC,
