@@ -293,6 +293,15 @@ fn raise_open_file_limit() {
     }
 }
 
+/// Concurrent TFTP transfers: a quarter of the open-file limit (each holds a socket,
+/// and a file when it is not in memory), at least 1,024 and at most 16,384. A
+/// request past them waits for the client to repeat it.
+fn tftp_slots() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    (soft / 4).clamp(1024, 16_384) as usize
+}
+
 async fn serve_async(
     args: &ServerConfig,
     booter: Arc<dyn Booter>,
@@ -506,6 +515,7 @@ async fn serve_async(
     let tftp_cfg = ironpxe_tftp::TftpConfig {
         shutdown_drain: drain,
         max_per_address: args.tftp_per_address,
+        max_transfers: tftp_slots(),
         ..ironpxe_tftp::TftpConfig::default()
     };
     let (files6, tftp_cfg6) = (files.clone(), tftp_cfg.clone());

@@ -28,14 +28,16 @@ pub(crate) enum Verdict {
 }
 
 impl Verdict {
-    /// The message of the ERROR answering a refusal.
+    /// The message of the ERROR answering a refusal. A full server sends none: the
+    /// request goes unanswered, the client sends it again after its timeout (every
+    /// PXE ROM and iPXE does), and it starts once a slot is free. An ERROR would end
+    /// that client's boot attempt instead of delaying it.
     pub(crate) fn busy_message(self) -> Option<&'static str> {
         match self {
-            Verdict::ServerFull => Some("server busy: too many transfers, retry later"),
             Verdict::AddressFull => {
                 Some("server busy: too many transfers from this address, retry later")
             }
-            Verdict::Start | Verdict::Duplicate => None,
+            Verdict::ServerFull | Verdict::Start | Verdict::Duplicate => None,
         }
     }
 }

@@ -138,6 +138,12 @@ async fn accept(
                     tracing::debug!(%peer, file = %req.filename, "tftp repeated request joins its transfer");
                     None
                 }
+                Err(Verdict::ServerFull) => {
+                    // Backpressure, not failure: the client's retransmitted request
+                    // takes the next free slot.
+                    tracing::debug!(%peer, file = %req.filename, "tftp slots all taken; request left for the client to repeat");
+                    None
+                }
                 Err(refused) => {
                     let msg = refused.busy_message().unwrap_or("server busy");
                     if refuse(ErrorCode::NotDefined, msg.into()).await {

@@ -50,8 +50,9 @@ pub struct TftpConfig {
     pub max_retries: u32,
     /// Hard limit on the duration of one transfer (default 10 min).
     pub max_lifetime: Duration,
-    /// Concurrent transfers the server runs; past this, requests get ERROR 0 "server
-    /// busy" (default 1024). A transfer costs a socket and at most
+    /// Concurrent transfers the server runs; past this, read requests are left
+    /// unanswered, so clients repeat them and start as slots free up (default 1024;
+    /// the ironpxe binary sizes it from the open-file limit). A transfer costs a socket and at most
     /// [`Transfer::buffer_limit`] bytes of file data: files in memory are shared,
     /// files on disk are read a chunk at a time. Used by [`crate::serve`].
     pub max_transfers: usize,

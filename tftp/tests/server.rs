@@ -197,7 +197,7 @@ async fn wrong_tid_gets_error_5_and_the_transfer_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn past_max_transfers_the_client_hears_server_busy() {
+async fn past_max_transfers_a_request_waits_for_a_free_slot() {
     let cfg = TftpConfig {
         max_transfers: 1,
         ..TftpConfig::default()
@@ -211,7 +211,9 @@ async fn past_max_transfers_the_client_hears_server_busy() {
             tsize: Some(0),
             ..Options::default()
         };
-        probe.send_to(&rrq("undionly.kpxe", tsize.clone()), addr).unwrap();
+        probe
+            .send_to(&rrq("undionly.kpxe", tsize.clone()), addr)
+            .unwrap();
         let (oack, tid) = recv(&probe);
         assert_eq!(
             oack,
@@ -220,31 +222,49 @@ async fn past_max_transfers_the_client_hears_server_busy() {
                 ..Options::default()
             })
         );
+        // Every slot is taken: the request is not refused (an ERROR would end that
+        // client's boot), it goes unanswered.
         let other = client();
-        other.send_to(&rrq("undionly.kpxe", Options::default()), addr).unwrap();
-        assert!(matches!(
-            recv(&other).0,
-            Packet::Error { code: ErrorCode::NotDefined, message } if message.contains("server busy")
-        ));
-        // The probe ends with ERROR 8; the slot frees up and a real fetch works.
+        other
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let request = rrq("undionly.kpxe", Options::default());
+        other.send_to(&request, addr).unwrap();
+        let mut buf = [0u8; 1500];
+        assert!(
+            other.recv_from(&mut buf).is_err(),
+            "a request past the last slot was answered"
+        );
+        // The probe ends with ERROR 8; the slot frees up, and the client's repeated
+        // request starts its transfer.
         let abort = Packet::Error {
             code: ErrorCode::OptionNegotiation,
             message: "tsize probe".into(),
         };
         probe.send_to(&abort.encode().unwrap(), tid).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match fetch(addr, "undionly.kpxe", Options::default()) {
-                Fetched::File { data, .. } => {
-                    assert_eq!(data, pattern(100_000).to_vec());
-                    break;
-                }
-                Fetched::Error(_, m) if m.contains("busy") && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                other => panic!("{other:?}"),
+        let first = loop {
+            other.send_to(&request, addr).unwrap();
+            match other.recv_from(&mut buf) {
+                Ok((n, from)) => break (Packet::parse(&buf[..n]).unwrap(), from),
+                Err(_) if std::time::Instant::now() < deadline => {}
+                Err(e) => panic!("the repeated request was never served: {e}"),
             }
+        };
+        match &first.0 {
+            Packet::Data { block, payload } => {
+                assert_eq!(block.0, 1);
+                assert_eq!(&payload[..], &pattern(100_000)[..512]);
+            }
+            other => panic!("expected the first block, got {other:?}"),
         }
+        assert_ne!(first.1, addr, "the transfer runs on its own port");
+        // The client gives up, which ends that transfer.
+        let gone = Packet::Error {
+            code: ErrorCode::NotDefined,
+            message: "done".into(),
+        };
+        other.send_to(&gone.encode().unwrap(), first.1).unwrap();
     })
     .await;
     srv.stop().await;
