@@ -84,7 +84,7 @@ pub async fn serve(
 }
 
 /// Tells the receive threads to end when `serve` returns, however it returns.
-struct StopOnDrop(Arc<AtomicBool>);
+pub(crate) struct StopOnDrop(pub(crate) Arc<AtomicBool>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {

@@ -159,28 +159,7 @@ pub fn kernel_in(cache: &Path) -> Result<PathBuf> {
         .prefix(".download-")
         .tempdir_in(cache)
         .map_err(io_err("create a temporary directory in", cache))?;
-    run(
-        Command::new("apt-get")
-            .args(["download", &package])
-            .current_dir(work.path()),
-        "run `apt-get update` first, and check that Debian's package mirror is reachable",
-    )?;
-    let deb = fs::read_dir(work.path())
-        .map_err(io_err("read", work.path()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or_else(|| {
-            Error::Kernel(format!(
-                "`apt-get download {package}` produced no .deb in {}",
-                work.path().display()
-            ))
-        })?;
-    let root = work.path().join("root");
-    run(
-        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
-        "dpkg-deb comes with the dpkg package",
-    )?;
+    let root = download_and_unpack(&package, work.path())?;
     // Only boot/ is used, and the few network modules of the lab's installer
     // initrd (kept next to the kernel); the modules are most of the package's size.
     let _ = crate::installer::keep_net_modules(&root, cache, &package);
@@ -201,6 +180,34 @@ pub fn kernel_in(cache: &Path) -> Result<PathBuf> {
             dest.display()
         ))
     })
+}
+
+/// Downloads the Debian package `package` (`apt-get download`) into `work` and
+/// unpacks it (`dpkg-deb -x`) into `work/root`, which it returns.
+pub(crate) fn download_and_unpack(package: &str, work: &Path) -> Result<PathBuf> {
+    run(
+        Command::new("apt-get")
+            .args(["download", package])
+            .current_dir(work),
+        "run `apt-get update` first, and check that Debian's package mirror is reachable",
+    )?;
+    let deb = fs::read_dir(work)
+        .map_err(io_err("read", work))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| {
+            Error::Kernel(format!(
+                "`apt-get download {package}` produced no .deb in {}",
+                work.display()
+            ))
+        })?;
+    let root = work.join("root");
+    run(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
+        "dpkg-deb comes with the dpkg package",
+    )?;
+    Ok(root)
 }
 
 /// Whether [`kernel`] can answer without downloading.

@@ -17,9 +17,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use crate::assets::{busybox_path, is_static_elf, run, NewcWriter};
+use crate::assets::{busybox_path, is_static_elf, NewcWriter};
 use crate::error::{io_err, Error, Result};
 
 /// What the installer prints once the server acknowledged its report.
@@ -150,23 +149,7 @@ pub fn net_modules_in(cache: &Path) -> Result<Vec<PathBuf>> {
         .prefix(".modules-")
         .tempdir_in(cache)
         .map_err(io_err("create a temporary directory in", cache))?;
-    run(
-        Command::new("apt-get")
-            .args(["download", &package])
-            .current_dir(work.path()),
-        "run `apt-get update` first, and check that Debian's package mirror is reachable",
-    )?;
-    let deb = fs::read_dir(work.path())
-        .map_err(io_err("read", work.path()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or_else(|| Error::Kernel(format!("`apt-get download {package}` produced no .deb")))?;
-    let root = work.path().join("root");
-    run(
-        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
-        "dpkg-deb comes with the dpkg package",
-    )?;
+    let root = crate::assets::download_and_unpack(&package, work.path())?;
     keep_net_modules(&root, cache, &package)?;
     read_order(&dir).ok_or_else(|| Error::Kernel(format!("{}: no module list", dir.display())))
 }

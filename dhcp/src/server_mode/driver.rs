@@ -20,6 +20,7 @@ use crate::decide::{
     answer, classify, ChainloadMemory, Destination, ProxyConfig, RecvMeta, Reply, ServerPort,
 };
 use crate::request::PxeRequest;
+use crate::server::StopOnDrop;
 use crate::sock::{DhcpSocket, RecvBatch};
 
 /// What the DHCP server hands out, and where its leases are kept.
@@ -96,15 +97,6 @@ pub async fn serve(
             Ok(r) => r,
             Err(e) => Err(io::Error::other(e)),
         },
-    }
-}
-
-/// Tells the server threads to end when `serve` returns, however it returns.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }
 
