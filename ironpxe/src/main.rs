@@ -12,6 +12,7 @@ mod ipxe_files;
 mod lab_cmd;
 mod loader_files;
 mod machines_cmd;
+mod own_thread;
 mod privileges;
 mod run;
 mod server_config;

@@ -16,6 +16,7 @@ use crate::cli::{BootArgs, Cli, Command, LogArgs, LogFormat};
 use crate::install::InstallWiring;
 use crate::ipxe_files::{IpxeSet, SEARCH_DIRS};
 use crate::loader_files::LoaderFileSet;
+use crate::own_thread::OwnThread;
 use crate::server_config::{ServerConfig, StatusPlace};
 
 /// The boot status store, fed by the log subscriber's status layer.
@@ -384,7 +385,7 @@ async fn serve_async(
             ])
         }
     };
-    let dhcp_thread = DhcpThread::open(open_dhcp)?;
+    let dhcp_thread = dhcp_thread(open_dhcp)?;
     let v6 = crate::v6::bind(args, device)?;
     let tftp_addr = SocketAddrV4::new(listen, args.tftp_port);
     let tftp_socket = tokio::net::UdpSocket::bind(tftp_addr)
@@ -608,12 +609,12 @@ async fn serve_async(
              that names another next-server for GRUB machines goes unnoticed"
         ),
     }
-    let done = dhcp_thread.serve(
+    let done = dhcp_thread.serve((
         proxy,
         booter,
         dhcp_server,
         shutdown.clone().cancelled_owned(),
-    );
+    ));
     servers.spawn(async move {
         let r = done
             .await
@@ -663,83 +664,30 @@ async fn serve_async(
     result
 }
 
-/// ProxyDHCP's own thread, with a current-thread runtime: its receive loop never
-/// waits behind HTTP or TFTP work on the main runtime's workers.
-struct DhcpThread {
-    jobs: std::sync::mpsc::SyncSender<DhcpJob>,
-}
-
-/// What the DHCP thread is told to run once its sockets are open: ProxyDHCP, and
+/// What the ProxyDHCP thread is told to run once its sockets are open: ProxyDHCP, and
 /// with a [`ironpxe_dhcp::server_mode::ServerMode`] the DHCP server on UDP 67.
 type DhcpJob = (
     ProxyConfig,
     Arc<dyn Booter>,
     Option<ironpxe_dhcp::server_mode::ServerMode>,
     tokio_util::sync::WaitForCancellationFutureOwned,
-    tokio::sync::oneshot::Sender<std::io::Result<()>>,
 );
 
-impl DhcpThread {
-    /// Starts the thread and opens the sockets there with `open`; returns once they
-    /// are open, or with `open`'s error.
-    fn open(open: impl FnOnce() -> Result<Vec<DhcpSocket>> + Send + 'static) -> Result<DhcpThread> {
-        let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<()>>();
-        let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<DhcpJob>(1);
-        std::thread::Builder::new()
-            .name("ironpxe-dhcp".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ =
-                            opened_tx
-                                .send(Err(anyhow::Error::new(e)
-                                    .context("cannot start the ProxyDHCP runtime")));
-                        return;
-                    }
-                };
-                let sockets = match rt.block_on(async { open() }) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = opened_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = opened_tx.send(Ok(()));
-                let Ok((proxy, booter, server, stop, done)) = job_rx.recv() else {
-                    return;
-                };
-                let r = match server {
-                    Some(server) => rt.block_on(ironpxe_dhcp::server_mode::serve(
-                        sockets, proxy, booter, server, stop,
-                    )),
-                    None => rt.block_on(ironpxe_dhcp::serve(sockets, proxy, booter, stop)),
-                };
-                let _ = done.send(r);
-            })
-            .context("cannot start the ProxyDHCP thread")?;
-        opened_rx
-            .recv()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the ProxyDHCP thread ended")))?;
-        Ok(DhcpThread { jobs: job_tx })
-    }
-
-    /// Serves until `stop`; the receiver gets the driver's result.
-    fn serve(
-        self,
-        proxy: ProxyConfig,
-        booter: Arc<dyn Booter>,
-        server: Option<ironpxe_dhcp::server_mode::ServerMode>,
-        stop: tokio_util::sync::WaitForCancellationFutureOwned,
-    ) -> tokio::sync::oneshot::Receiver<std::io::Result<()>> {
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        // The thread waits for exactly this one job; if it is gone, `done_rx` says so.
-        let _ = self.jobs.send((proxy, booter, server, stop, done_tx));
-        done_rx
-    }
+/// Starts ProxyDHCP's own thread and opens its sockets there with `open`.
+fn dhcp_thread(
+    open: impl FnOnce() -> Result<Vec<DhcpSocket>> + Send + 'static,
+) -> Result<OwnThread<DhcpJob>> {
+    OwnThread::open(
+        "ironpxe-dhcp",
+        "ProxyDHCP",
+        open,
+        |rt, sockets, (proxy, booter, server, stop): DhcpJob| match server {
+            Some(server) => rt.block_on(ironpxe_dhcp::server_mode::serve(
+                sockets, proxy, booter, server, stop,
+            )),
+            None => rt.block_on(ironpxe_dhcp::serve(sockets, proxy, booter, stop)),
+        },
+    )
 }
 
 fn bind_dhcp(

@@ -17,6 +17,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::own_thread::OwnThread;
 use crate::server_config::{Ipv6Config, ServerConfig};
 
 /// The DHCPv6 server port.
@@ -30,7 +31,7 @@ pub(crate) struct Bound6 {
     cfg: Ipv6Config,
     tftp: tokio::net::UdpSocket,
     http: tokio::net::TcpListener,
-    dhcp: DhcpThread6,
+    dhcp: OwnThread<Job6>,
 }
 
 /// A socket on `[listen]:port` that takes IPv6 only.
@@ -92,7 +93,7 @@ pub(crate) fn bind(args: &ServerConfig, device: Option<&str>) -> Result<Option<B
     let device = device.map(str::to_string);
     let pxe_port = args.pxe_port;
     let server_id = ironpxe_dhcp::v6::server_duid(device.as_deref());
-    let dhcp = DhcpThread6::open(
+    let dhcp = dhcp6_thread(
         move || -> Result<Vec<Dhcp6Socket>> {
             let d = device.as_deref();
             Ok(vec![
@@ -187,13 +188,13 @@ impl Bound6 {
             proxy_preference: self.cfg.proxy_preference,
             ..Config6::default()
         };
-        let done = self.dhcp.serve(
+        let done = self.dhcp.serve((
             cfg,
             self.cfg.listen,
             shared.lookup_wait,
             shared.booter,
             shutdown.clone().cancelled_owned(),
-        );
+        ));
         servers.spawn(async move {
             let r = done
                 .await
@@ -205,85 +206,35 @@ impl Bound6 {
 
 type Leases6 = Option<(ironpxe_dhcp::v6::Leases, LeaseFile)>;
 
-/// DHCPv6's own thread and current-thread runtime, as ProxyDHCP has: its receive
-/// loop never waits behind downloads on the main runtime's workers.
-struct DhcpThread6 {
-    jobs: std::sync::mpsc::SyncSender<Job6>,
-}
-
+/// What the DHCPv6 thread runs once its sockets are open.
 type Job6 = (
     Config6,
     Ipv6Addr,
     std::time::Duration,
     Arc<dyn Booter>,
     tokio_util::sync::WaitForCancellationFutureOwned,
-    tokio::sync::oneshot::Sender<std::io::Result<()>>,
 );
 
-impl DhcpThread6 {
-    fn open(
-        open: impl FnOnce() -> Result<Vec<Dhcp6Socket>> + Send + 'static,
-        (leases, server_id): (Leases6, Vec<u8>),
-    ) -> Result<Self> {
-        let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<()>>();
-        let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job6>(1);
-        std::thread::Builder::new()
-            .name("ironpxe-dhcp6".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ =
-                            opened_tx
-                                .send(Err(anyhow::Error::new(e)
-                                    .context("cannot start the DHCPv6 runtime")));
-                        return;
-                    }
-                };
-                let sockets = match rt.block_on(async { open() }) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = opened_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = opened_tx.send(Ok(()));
-                let Ok((cfg, listen, lookup_wait, booter, stop, done)) = job_rx.recv() else {
-                    return;
-                };
-                let setup = Setup6 {
-                    cfg,
-                    server_id,
-                    listen,
-                    leases,
-                    lookup_wait,
-                    max_lookups: ironpxe_dhcp::MAX_LOOKUPS,
-                };
-                let r = rt.block_on(ironpxe_dhcp::v6::serve6(sockets, setup, booter, stop));
-                let _ = done.send(r);
-            })
-            .context("cannot start the DHCPv6 thread")?;
-        opened_rx
-            .recv()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the DHCPv6 thread ended")))?;
-        Ok(DhcpThread6 { jobs: job_tx })
-    }
-
-    fn serve(
-        self,
-        cfg: Config6,
-        listen: Ipv6Addr,
-        lookup_wait: std::time::Duration,
-        booter: Arc<dyn Booter>,
-        stop: tokio_util::sync::WaitForCancellationFutureOwned,
-    ) -> tokio::sync::oneshot::Receiver<std::io::Result<()>> {
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let _ = self
-            .jobs
-            .send((cfg, listen, lookup_wait, booter, stop, done_tx));
-        done_rx
-    }
+/// Starts DHCPv6's own thread (as ProxyDHCP has one) and opens its sockets there
+/// with `open`.
+fn dhcp6_thread(
+    open: impl FnOnce() -> Result<Vec<Dhcp6Socket>> + Send + 'static,
+    (leases, server_id): (Leases6, Vec<u8>),
+) -> Result<OwnThread<Job6>> {
+    OwnThread::open(
+        "ironpxe-dhcp6",
+        "DHCPv6",
+        open,
+        move |rt, sockets, (cfg, listen, lookup_wait, booter, stop): Job6| {
+            let setup = Setup6 {
+                cfg,
+                server_id,
+                listen,
+                leases,
+                lookup_wait,
+                max_lookups: ironpxe_dhcp::MAX_LOOKUPS,
+            };
+            rt.block_on(ironpxe_dhcp::v6::serve6(sockets, setup, booter, stop))
+        },
+    )
 }
